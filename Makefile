@@ -1,0 +1,26 @@
+# `make test` is the project's test command: a virtual environment with the pinned requirements, then pytest.
+# A clean clone installs everything from nothing; later runs reinstall only when a requirements file changes.
+PYTHON ?= python3
+VENV ?= .venv
+
+.PHONY: test train api web clean
+
+$(VENV)/installed: requirements.txt requirements-web.txt requirements-test.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-test.txt
+	touch $@
+
+test: $(VENV)/installed
+	$(VENV)/bin/python -m pytest
+
+train: $(VENV)/installed
+	$(VENV)/bin/python train.py
+
+api: $(VENV)/installed
+	$(VENV)/bin/python api.py
+
+web: $(VENV)/installed
+	$(VENV)/bin/python web.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache __pycache__

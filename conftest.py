@@ -1,0 +1,48 @@
+"""Shared fixtures: a model trained by train.py into a temporary folder, and the API built on it."""
+
+import os
+
+import pytest
+import webtest
+
+import api
+import train
+
+USERNAME = "tester"
+PASSWORD = "s3cret-test-password"
+
+
+def require(available, reason):
+    """Skip a test that needs a missing part, but fail it in CI, which must exercise the real stack."""
+    if available:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set, so this is a failure, not a skip)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def model_path(tmp_path_factory):
+    """A logistic-regression artifact and its metadata, trained exactly as `python train.py` does."""
+    path = tmp_path_factory.mktemp("model") / "iris.joblib"
+    train.main(["--output", str(path)])
+    return path
+
+
+@pytest.fixture(scope="session")
+def wsgi_app(model_path):
+    return api.create_app(USERNAME, PASSWORD, model_path)
+
+
+@pytest.fixture
+def client(wsgi_app):
+    """A WebTest client that sends the right credentials."""
+    app = webtest.TestApp(wsgi_app)
+    app.authorization = ("Basic", (USERNAME, PASSWORD))
+    return app
+
+
+@pytest.fixture
+def anonymous(wsgi_app):
+    """A WebTest client that sends no credentials."""
+    return webtest.TestApp(wsgi_app)
