@@ -1,6 +1,10 @@
 """Shared fixtures: a model trained by train.py into a temporary folder, and the API built on it."""
 
 import os
+import socketserver
+import threading
+from contextlib import contextmanager
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import pytest
 import webtest
@@ -19,6 +23,28 @@ def require(available, reason):
     if os.environ.get("CI"):
         pytest.fail(f"{reason} (CI is set, so this is a failure, not a skip)")
     pytest.skip(reason)
+
+
+class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@contextmanager
+def serve(app):
+    """Serve a WSGI app on a free 127.0.0.1 port in a thread; yields its base URL and stops it afterwards."""
+    server = make_server("127.0.0.1", 0, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture(scope="session")
@@ -46,3 +72,10 @@ def client(wsgi_app):
 def anonymous(wsgi_app):
     """A WebTest client that sends no credentials."""
     return webtest.TestApp(wsgi_app)
+
+
+@pytest.fixture(scope="session")
+def live_api(wsgi_app):
+    """The real API, served on a free loopback port for the web app to call."""
+    with serve(wsgi_app) as url:
+        yield url

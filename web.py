@@ -1,0 +1,401 @@
+"""Iris web page: a form for four measurements that asks the API and shows its answer on a shareable URL.
+
+Run it locally beside the API (Bottle's development server):
+    API_USERNAME=my_username API_PASSWORD=my_password python web.py
+In production (what the container runs):
+    gunicorn --config gunicorn.conf.py 'web:app_from_env()'
+
+Environment, read once at start-up:
+    API_URL            base URL of the API (default: http://localhost:8000)
+    API_USERNAME       user name for the API (required)
+    API_PASSWORD       password for the API (this or API_PASSWORD_FILE is required)
+    API_PASSWORD_FILE  file holding the password, e.g. a Docker secret under /run/secrets
+    API_TIMEOUT        seconds to wait for the API before showing "unavailable" (default: 5)
+    HOST, PORT         where `python web.py` listens (default: 127.0.0.1 and 5000)
+    LOG_LEVEL          DEBUG, INFO, WARNING or ERROR (default: INFO)
+
+The API is the one place where the validation rules live: this app forwards the values as typed and shows the
+API's messages. It needs only Bottle and the standard library.
+"""
+
+import base64
+import hashlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from urllib.error import HTTPError, URLError
+from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.request import Request, urlopen
+
+import bottle
+
+FEATURES = ("sepal_length", "sepal_width", "petal_length", "petal_width")
+# Label and typical range in cm (the span of Fisher's 150 flowers), shown as a hint beside each input.
+FIELDS = {
+    "sepal_length": ("Sepal length", 4.3, 7.9),
+    "sepal_width": ("Sepal width", 2.0, 4.4),
+    "petal_length": ("Petal length", 1.0, 6.9),
+    "petal_width": ("Petal width", 0.1, 2.5),
+}
+EXAMPLES = {
+    "setosa": (5.1, 3.5, 1.4, 0.2),
+    "versicolor": (6.0, 2.8, 4.4, 1.4),
+    "virginica": (6.9, 3.1, 5.4, 2.1),
+}
+DEFAULT_API_URL = "http://localhost:8000"
+DEFAULT_TIMEOUT = 5.0
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 5000
+READINESS_TIMEOUT = 2.0
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+STATIC_ROOT = Path(__file__).resolve().parent / "static"
+# The stylesheet's URL carries a hash of its content, so browsers may cache it for a year.
+STATIC_MAX_AGE = 365 * 24 * 3600
+SECURITY_HEADERS = [
+    ("Content-Security-Policy", "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "no-referrer"),
+]
+
+PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{{title}} · Iris classifier</title>
+<link rel="stylesheet" href="{{stylesheet}}">
+<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">
+</head>
+<body>
+<header class="top"><a href="/" class="brand">Iris classifier</a></header>
+<main>
+% if view == "form":
+  <h1>Which iris is this?</h1>
+  <p class="lead">Enter four measurements of one flower, in centimetres, and the model names its species.</p>
+  <p class="examples">Or start from a typical
+  % for i, (species, link) in enumerate(examples):
+    <a href="{{link}}">{{species}}</a>{{"," if i < len(examples) - 2 else (" or" if i == len(examples) - 2 else ".")}}
+  % end
+  </p>
+  % if general_errors:
+  <div class="alert" role="alert">
+    <p>The service could not use this request:</p>
+    <ul>
+    % for message in general_errors:
+      <li>{{message}}</li>
+    % end
+    </ul>
+  </div>
+  % end
+  <form action="/prediction" method="get" class="measurements">
+  % for name, (label, low, high) in fields:
+    <div class="field{{" invalid" if name in errors else ""}}">
+      <label for="{{name}}">{{label}} <span class="unit">(cm)</span></label>
+      % if name in errors:
+      <input id="{{name}}" name="{{name}}" type="number" inputmode="decimal" step="0.1" min="0.1" required
+             value="{{values.get(name, "")}}" aria-invalid="true" aria-describedby="{{name}}-hint {{name}}-error">
+      <p class="error" id="{{name}}-error">{{label}} {{errors[name]}}</p>
+      % else:
+      <input id="{{name}}" name="{{name}}" type="number" inputmode="decimal" step="0.1" min="0.1" required
+             value="{{values.get(name, "")}}" aria-describedby="{{name}}-hint">
+      % end
+      <p class="hint" id="{{name}}-hint">Typically {{low}} to {{high}} cm</p>
+    </div>
+  % end
+    <button type="submit">Predict the species</button>
+  </form>
+% elif view == "result":
+  <p class="eyebrow">The model says this is</p>
+  <h1 class="species">Iris {{answer["prediction"]}}</h1>
+  <p class="lead">with a probability of {{percent(answer["probabilities"][answer["prediction"]])}}.</p>
+  % if answer["warnings"]:
+  <div class="alert" role="note">
+    <p><strong>Take this answer with care.</strong> Some measurements lie outside what the model was trained on:</p>
+    <ul>
+    % for warning in answer["warnings"]:
+      <li>{{warning}}</li>
+    % end
+    </ul>
+  </div>
+  % end
+  <h2>Probabilities</h2>
+  <ul class="chart">
+  % for species, probability in answer["probabilities"].items():
+    <li class="{{"best" if species == answer["prediction"] else "other"}}">
+      <span class="label">{{species}}</span>
+      <svg class="bar" viewBox="0 0 100 10" preserveAspectRatio="none" aria-hidden="true" focusable="false">
+        <rect class="track" width="100" height="10"></rect>
+        <rect class="fill" width="{{"%.2f" % (100 * probability)}}" height="10"></rect>
+      </svg>
+      <span class="value">{{percent(probability)}}</span>
+    </li>
+  % end
+  </ul>
+  <h2>Measurements</h2>
+  <dl class="measured">
+  % for name, (label, low, high) in fields:
+    <dt>{{label}}</dt><dd>{{"%g" % answer["features"][name]}} cm</dd>
+  % end
+  </dl>
+  <p class="actions"><a class="button" href="{{edit_link}}">Change these measurements</a> <a href="/">Start again</a></p>
+  <p class="meta">Model {{answer["model"]["name"]}}, version {{answer["model"]["version"]}}</p>
+% else:
+  <h1>{{heading}}</h1>
+  <p class="lead">{{advice}}</p>
+  <p class="actions">
+  % if retry_link:
+    <a class="button" href="{{retry_link}}">Try again</a>
+  % end
+    <a href="/">Back to the form</a>
+  </p>
+% end
+</main>
+<footer><p>Predictions from a scikit-learn model trained on Fisher's iris data.</p></footer>
+</body>
+</html>
+"""
+
+logger = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """A configuration problem that must stop the service before it serves anything."""
+
+
+class ApiUnavailable(Exception):
+    """The API could not be reached or did not answer in time."""
+
+
+# --- Configuration -------------------------------------------------------------------------------------------
+
+
+def read_password(environ):
+    """The password from API_PASSWORD or the file named by API_PASSWORD_FILE (exactly one of them)."""
+    password, password_file = environ.get("API_PASSWORD"), environ.get("API_PASSWORD_FILE")
+    if password and password_file:
+        raise StartupError("set API_PASSWORD or API_PASSWORD_FILE, not both")
+    if password_file:
+        try:
+            return Path(password_file).read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeError) as err:
+            raise StartupError(f"cannot read API_PASSWORD_FILE {password_file}: {err}") from None
+    return password
+
+
+def read_settings(environ):
+    """Validated settings from environment variables; StartupError names the first bad one."""
+    username, password = environ.get("API_USERNAME"), read_password(environ)
+    if not username or not password:
+        raise StartupError("API_USERNAME and API_PASSWORD (or API_PASSWORD_FILE) must be set: "
+                           "the web app needs them to call the API")
+    api_url = environ.get("API_URL", DEFAULT_API_URL).rstrip("/")
+    if urlsplit(api_url).scheme not in ("http", "https") or not urlsplit(api_url).hostname:
+        raise StartupError(f"API_URL must be an http:// or https:// URL, got {api_url!r}")
+    timeout = environ.get("API_TIMEOUT", str(DEFAULT_TIMEOUT))
+    try:
+        seconds = float(timeout)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds <= 300:
+        raise StartupError(f"API_TIMEOUT must be a number of seconds from 0 to 300, got {timeout!r}")
+    port = environ.get("PORT", str(DEFAULT_PORT))
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise StartupError(f"PORT must be an integer from 1 to 65535, got {port!r}")
+    level = environ.get("LOG_LEVEL", "INFO").upper()
+    if level not in LOG_LEVELS:
+        raise StartupError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
+    return {"api_url": api_url, "username": username, "password": password, "timeout": seconds,
+            "host": environ.get("HOST", DEFAULT_HOST), "port": int(port), "log_level": level}
+
+
+# --- Talking to the API ----------------------------------------------------------------------------------------
+
+
+def form_values(query_string):
+    """The four measurements as typed, from a raw query string; anything else the browser sent is dropped."""
+    pairs = parse_qsl(query_string, keep_blank_values=True, errors="replace", max_num_fields=64)
+    return [(name, value) for name, value in pairs if name in FIELDS]
+
+
+def call_api(url, authorization, timeout):
+    """GET a URL of the API: (status, parsed JSON body or None). ApiUnavailable when it does not answer."""
+    request = Request(url, headers={"Authorization": authorization, "Accept": "application/json"})
+    try:
+        with urlopen(request, timeout=timeout) as response:
+            return response.status, json.load(response)
+    except HTTPError as err:
+        with err:
+            try:
+                return err.code, json.load(err)
+            except ValueError:
+                return err.code, None
+    except (URLError, OSError) as err:  # refused, unresolvable, reset or timed out (TimeoutError is an OSError)
+        raise ApiUnavailable(str(getattr(err, "reason", err))) from None
+    except ValueError:  # a 200 whose body is not JSON
+        return 200, None
+
+
+def percent(probability):
+    return f"{100 * probability:.1f}\u00a0%"  # a no-break space keeps "91.8 %" on one line
+
+
+def query_link(path, pairs):
+    return f"{path}?{urlencode(pairs)}" if pairs else path
+
+
+# --- The application -------------------------------------------------------------------------------------------
+
+
+def with_headers_and_access_log(app):
+    """Wrap a WSGI app: security headers on every response, one log line per request, and no crash leaks."""
+    crash_page = b"<!doctype html><title>Error</title><h1>Something went wrong</h1><p>The error was logged.</p>"
+
+    def logged_app(environ, start_response):
+        started, status = time.perf_counter(), ["500"]
+
+        def secure_start_response(line, headers, exc_info=None):
+            status[0] = line[:3]
+            return start_response(line, headers + SECURITY_HEADERS, exc_info)
+
+        try:
+            return app(environ, secure_start_response)
+        except Exception:
+            logger.exception("unhandled error on %s %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
+            secure_start_response("500 Internal Server Error", [("Content-Type", "text/html; charset=UTF-8")],
+                                  sys.exc_info())
+            return [crash_page]
+        finally:
+            logger.info("%s %s %s %.1fms", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), status[0],
+                        (time.perf_counter() - started) * 1000)
+
+    return logged_app
+
+
+def create_app(api_url, username, password, timeout=DEFAULT_TIMEOUT):
+    """The web app as a WSGI app, talking to the API at api_url with these credentials."""
+    api_url = api_url.rstrip("/")
+    authorization = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+    page = bottle.SimpleTemplate(PAGE)
+    stylesheet_hash = hashlib.sha256((STATIC_ROOT / "style.css").read_bytes()).hexdigest()[:12]
+    common = {
+        "stylesheet": f"/static/style.css?v={stylesheet_hash}",
+        "fields": list(FIELDS.items()),
+        "examples": [(species, query_link("/", list(zip(FEATURES, map(str, values)))))
+                     for species, values in EXAMPLES.items()],
+        "percent": percent,
+    }
+
+    def render(view, title, **context):
+        return page.render(view=view, title=title, **common, **context)
+
+    def render_form(values=(), errors=None, general_errors=()):
+        return render("form", "Predict the species", values=dict(values), errors=errors or {},
+                      general_errors=list(general_errors))
+
+    def failure(status, title, heading, advice, retry_link=None):
+        bottle.response.status = status
+        return render("failure", title, heading=heading, advice=advice, retry_link=retry_link)
+
+    app = bottle.Bottle()
+    app.catchall = False  # crashes go to with_headers_and_access_log, which logs them once
+
+    @app.get("/")
+    def form():
+        return render_form(form_values(bottle.request.environ.get("QUERY_STRING", "")))
+
+    @app.get("/prediction")
+    def prediction():
+        values = form_values(bottle.request.environ.get("QUERY_STRING", ""))
+        url = f"{api_url}/api/v1.0?{urlencode(values)}"
+        try:
+            status, body = call_api(url, authorization, timeout)
+        except ApiUnavailable as err:
+            logger.error("prediction service unavailable at %s: %s", api_url, err)
+            return failure(503, "Service unavailable", "The prediction service is unavailable",
+                           "It did not answer in time. Your measurements are kept in this page's address: "
+                           "try again in a moment.", retry_link=query_link("/prediction", values))
+        if status == 200 and body:
+            return render("result", f"Iris {body['prediction']}", answer=body,
+                          edit_link=query_link("/", [(name, f"{body['features'][name]:g}") for name in FEATURES]))
+        if status == 400 and body and "errors" in body:
+            field_errors = {e["field"]: e["message"] for e in body["errors"] if e.get("field") in FIELDS}
+            other = [f"{e['field']} {e['message']}" for e in body["errors"] if e.get("field") not in FIELDS]
+            bottle.response.status = 400
+            return render_form(values, field_errors, other)
+        if status == 401:
+            logger.error("the API refused the web app's credentials for user %r: check API_USERNAME and "
+                         "API_PASSWORD", username)
+            return failure(502, "Configuration error", "This web app is misconfigured",
+                           "The prediction service did not accept this web app's credentials. "
+                           "Please tell the people who run this site.")
+        logger.error("the API answered %s to %s", status, url.split("?")[0])
+        return failure(502, "Service error", "The prediction service failed",
+                       "It answered with an error. Try again later; if it keeps happening, tell the people who run "
+                       "this site.", retry_link=query_link("/prediction", values))
+
+    @app.get("/static/<filename:path>")
+    def static(filename):
+        return bottle.static_file(filename, root=STATIC_ROOT,
+                                  headers={"Cache-Control": f"public, max-age={STATIC_MAX_AGE}, immutable"})
+
+    @app.get("/healthz")
+    def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz():
+        """Ready when the API is: the page is useless without it."""
+        try:
+            status, _ = call_api(f"{api_url}/readyz", authorization, min(timeout, READINESS_TIMEOUT))
+        except ApiUnavailable as err:
+            status = f"unreachable ({err})"
+        if status != 200:
+            bottle.response.status = 503
+            return {"status": "not ready", "api": str(status)}
+        return {"status": "ready"}
+
+    def error_page(error):
+        titles = {404: "There is no page here", 405: "This page cannot be used that way"}
+        return failure(error.status, "Not found" if error.status_code == 404 else "Error",
+                       titles.get(error.status_code, "Something went wrong"),
+                       "Start again from the form.")
+
+    app.default_error_handler = error_page
+    return with_headers_and_access_log(app)
+
+
+def start(environ):
+    """Settings and app from the environment, with logging set up; one clear line and exit 1 when they are bad."""
+    level = environ.get("LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(level=level if level in LOG_LEVELS else "INFO", format=LOG_FORMAT)
+    try:
+        settings = read_settings(environ)
+    except StartupError as err:
+        logger.critical("web refuses to start: %s", err)
+        raise SystemExit(1) from None
+    app = create_app(settings["api_url"], settings["username"], settings["password"], settings["timeout"])
+    logger.info("asking the API at %s as user %r, timeout %gs", settings["api_url"], settings["username"],
+                settings["timeout"])
+    return settings, app
+
+
+def app_from_env():
+    """The entry point for gunicorn: 'web:app_from_env()'."""
+    return start(os.environ)[1]
+
+
+def main():
+    settings, app = start(os.environ)
+    logger.info("serving on http://%s:%s (Bottle's development server; use gunicorn in production)",
+                settings["host"], settings["port"])
+    bottle.run(app, host=settings["host"], port=settings["port"], quiet=True)
+
+
+if __name__ == "__main__":
+    main()
