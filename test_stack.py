@@ -1,0 +1,158 @@
+"""The real stack: `docker compose up --build` with both images, reached on published loopback ports.
+
+Skips where Docker is missing (fails instead when CI is set). Always runs `docker compose down -v` at the end.
+"""
+
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import require
+
+ROOT = Path(__file__).resolve().parent
+SETOSA_QUERY = "sepal_length=5.1&sepal_width=3.5&petal_length=1.4&petal_width=0.2"
+UP_TIMEOUT = 900  # a first build on a fresh machine downloads scikit-learn and friends
+
+
+def docker_available():
+    if not shutil.which("docker"):
+        return False
+    return subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0 and \
+        subprocess.run(["docker", "info"], capture_output=True).returncode == 0
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Stack:
+    """One compose project with its own name and host ports."""
+
+    def __init__(self):
+        self.project = f"iris-test-{uuid.uuid4().hex[:8]}"
+        self.api_port, self.web_port = free_port(), free_port()
+        self.env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "API_PORT": str(self.api_port),
+                    "WEB_PORT": str(self.web_port)}
+
+    def compose(self, *args, check=True, timeout=120):
+        return subprocess.run(["docker", "compose", "-p", self.project, *args], cwd=ROOT, env=self.env,
+                              capture_output=True, text=True, check=check, timeout=timeout)
+
+    def container(self, service):
+        return self.compose("ps", "-a", "-q", service).stdout.strip()
+
+    def inspect(self, service, template):
+        return subprocess.run(["docker", "inspect", "-f", template, self.container(service)], capture_output=True,
+                              text=True, check=True).stdout.strip()
+
+    def web(self, path, timeout=10):
+        """(status, body) of a page of the web app on its published port."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}{path}", timeout=timeout) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as err:
+            with err:
+                return err.code, err.read().decode()
+
+
+@pytest.fixture(scope="module")
+def stack():
+    require(docker_available(), "Docker Engine with the Compose plugin is not available "
+                                "(../shared/tools/docker-ready installs it)")
+    stack = Stack()
+    try:
+        up = stack.compose("up", "--build", "-d", "--wait", check=False, timeout=UP_TIMEOUT)
+        if up.returncode != 0:
+            logs = stack.compose("logs", "--no-color", check=False).stdout[-4000:]
+            pytest.fail(f"docker compose up failed:\n{up.stderr[-4000:]}\n{logs}")
+        yield stack
+    finally:
+        stack.compose("down", "-v", check=False, timeout=300)
+        # Untag this run's images; their layers stay in Docker's build cache for the next run.
+        subprocess.run(["docker", "image", "rm", f"{stack.project}-api", f"{stack.project}-web"], capture_output=True)
+
+
+def readme_curl(port):
+    """The exact curl command from the README, pointed at the test's API port."""
+    readme = (ROOT / "README.md").read_text()
+    command = next(line for line in readme.splitlines() if line.startswith('curl -i -H "Content-Type:application/json"'))
+    assert "localhost:8000/api/v1.0?sepal_length=1&sepal_width=1&petal_length=1&petal_width=1" in command
+    return shlex.split(command.replace("localhost:8000", f"localhost:{port}"))
+
+
+def test_readme_curl_answers_a_species(stack):
+    require(shutil.which("curl"), "curl is not installed")
+    result = subprocess.run(readme_curl(stack.api_port), capture_output=True, text=True, timeout=30)
+    assert result.stdout.startswith("HTTP/1.1 200")
+    assert re.search(r'"prediction": "(setosa|versicolor|virginica)"', result.stdout)
+    assert "extrapolation" in result.stdout
+
+
+def test_wrong_password_gives_401(stack):
+    command = [arg.replace("my_password", "wrong") for arg in readme_curl(stack.api_port)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    assert result.stdout.startswith("HTTP/1.1 401")
+    assert "application/problem+json" in result.stdout
+
+
+def test_web_page_form_and_prediction(stack):
+    status, form = stack.web("/")
+    assert status == 200 and '<form action="/prediction" method="get"' in form
+    status, page = stack.web(f"/prediction?{SETOSA_QUERY}")
+    assert status == 200 and "Iris setosa" in page
+
+
+@pytest.mark.parametrize("service", ["api", "web"])
+def test_containers_are_non_root_and_read_only(stack, service):
+    assert stack.compose("exec", "-T", service, "id", "-u").stdout.strip() == "10001"
+    assert stack.inspect(service, "{{.HostConfig.ReadonlyRootfs}}") == "true"
+    touch = stack.compose("exec", "-T", service, "touch", "/app/written", check=False)
+    assert touch.returncode != 0 and "Read-only file system" in touch.stderr
+
+
+def test_web_image_has_no_scientific_stack(stack):
+    for module in ("sklearn", "numpy", "scipy"):
+        result = stack.compose("exec", "-T", "web", "python", "-c", f"import {module}", check=False)
+        assert result.returncode != 0 and "ModuleNotFoundError" in result.stderr
+    assert stack.compose("exec", "-T", "api", "python", "-c", "import sklearn").returncode == 0
+
+
+def test_web_survives_the_api_going_away_and_recovers(stack):
+    web_started = stack.inspect("web", "{{.State.StartedAt}}")
+    stack.compose("stop", "api")
+    try:
+        started = time.monotonic()
+        status, page = stack.web(f"/prediction?{SETOSA_QUERY}")
+        assert status == 503 and "The prediction service is unavailable" in page
+        assert time.monotonic() - started < 5 + 1  # within API_TIMEOUT (5 s) and a margin
+    finally:
+        stack.compose("start", "api")
+    deadline = time.monotonic() + 60
+    while stack.web(f"/prediction?{SETOSA_QUERY}")[0] != 200:
+        assert time.monotonic() < deadline, "the web page did not recover after the API came back"
+        time.sleep(0.5)
+    assert "Iris setosa" in stack.web(f"/prediction?{SETOSA_QUERY}")[1]
+    assert stack.inspect("web", "{{.State.StartedAt}}") == web_started  # web was not restarted
+
+
+def test_report_image_sizes(stack, capsys):
+    sizes = {}
+    for service in ("api", "web"):
+        image = stack.inspect(service, "{{.Image}}")
+        size = subprocess.run(["docker", "image", "inspect", "-f", "{{.Size}}", image], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        sizes[service] = int(size) / 1e6
+    with capsys.disabled():
+        print(f"\nimage sizes: api {sizes['api']:.0f} MB, web {sizes['web']:.0f} MB")
+    assert sizes["web"] < sizes["api"]
