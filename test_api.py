@@ -7,9 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import webtest
 from openapi_spec_validator import validate
+from sklearn.datasets import load_iris
 
 import api
 from conftest import PASSWORD, USERNAME
@@ -415,3 +417,61 @@ def test_api_with_a_bad_model_refuses_to_start_with_one_line(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "not found: train a model first" in lines[0]
 
+
+
+# --- The prediction engines ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def forest_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("forest") / "iris.joblib"
+    import train
+    train.main(["--model", "random_forest", "--output", str(path)])
+    return path
+
+
+def test_default_linear_model_uses_the_numpy_fast_path_and_matches_scikit_learn(model_path):
+    model = api.load_model(model_path)
+    assert model.engine == "numpy"
+    rng = np.random.default_rng(0)
+    rows = np.vstack([load_iris().data, rng.uniform(0.01, 100, size=(1000, 4))])
+    assert np.abs(model.predict_proba(rows) - model.estimator.predict_proba(rows)).max() <= 1e-9
+
+
+def test_other_estimators_go_through_scikit_learn_unchanged(forest_path):
+    model = api.load_model(forest_path)
+    assert model.engine == "scikit-learn"
+    rows = load_iris().data
+    assert (model.predict_proba(rows) == model.estimator.predict_proba(rows)).all()
+    client = webtest.TestApp(api.create_app(USERNAME, PASSWORD, forest_path))
+    client.authorization = ("Basic", (USERNAME, PASSWORD))
+    assert client.get("/readyz").json["engine"] == "scikit-learn"
+    assert client.get(f"/api/v1.0?{query(**VIRGINICA)}").json["prediction"] == "virginica"
+    batch = client.post_json("/api/v1.0/predict", {"instances": [list(SETOSA.values())]}).json
+    assert batch["predictions"][0]["prediction"] == "setosa"
+
+
+def test_a_fast_path_that_disagrees_with_scikit_learn_is_not_used(model_path, monkeypatch, caplog):
+    def skewed(estimator):
+        return lambda rows: np.full((len(rows), 3), 1 / 3)
+    monkeypatch.setattr(api, "linear_predictor", skewed)
+    model = api.load_model(model_path)
+    assert model.engine == "scikit-learn"
+    assert "differs from scikit-learn" in caplog.text
+    rows = load_iris().data
+    assert (model.predict_proba(rows) == model.estimator.predict_proba(rows)).all()
+
+
+def test_readiness_names_the_engine(anonymous):
+    assert anonymous.get("/readyz").json["engine"] == "numpy"
+
+
+def test_batch_mixing_row_forms_and_number_types(client):
+    rows = [[1, 1, 1, 1], {"sepal_length": 2, "sepal_width": 2.5, "petal_length": 2, "petal_width": 2}, [1.5, 2, 3, 4]]
+    assert len(client.post_json("/api/v1.0/predict", {"instances": rows}).json["predictions"]) == 3
+
+
+def test_an_integer_too_large_for_a_float_is_named(client):
+    body = json.dumps({"instances": [[1, 1, 1, 1], [1, 1, 1, 10 ** 400]]})
+    response = client.post("/api/v1.0/predict", body, content_type="application/json", status=400)
+    assert errors_of(response)["instances[1][3]"] == "must be a finite number"

@@ -24,6 +24,7 @@ from pathlib import Path
 import joblib
 import numpy as np
 import sklearn
+from sklearn.calibration import CalibratedClassifierCV
 from sklearn.datasets import load_iris
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
@@ -49,7 +50,10 @@ ALGORITHMS = {
     ),
     "random_forest": lambda seed: RandomForestClassifier(n_estimators=100, random_state=seed),
     "knn": lambda seed: make_pipeline(StandardScaler(), KNeighborsClassifier(n_neighbors=5)),
-    "svc": lambda seed: make_pipeline(StandardScaler(), SVC(probability=True, random_state=seed)),
+    # SVC has no probabilities of its own: calibrate its scores (what scikit-learn 1.9 recommends over probability=True).
+    "svc": lambda seed: make_pipeline(
+        StandardScaler(), CalibratedClassifierCV(SVC(random_state=seed), ensemble=False)
+    ),
 }
 
 

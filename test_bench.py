@@ -1,0 +1,29 @@
+"""A smoke run of bench.py: it starts the services as the containers do, loads them with wrk and prints its table.
+
+Not a timed test: the figures are printed, not asserted; only that every request succeeded.
+"""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import require
+
+BENCH = Path(__file__).resolve().parent / "bench.py"
+
+
+def test_bench_runs_and_prints_its_table(model_path):
+    require(shutil.which("wrk"), "wrk is not installed (apt-get install wrk)")
+    result = subprocess.run([sys.executable, str(BENCH), "--duration", "1", "--rounds", "1", "--no-docker",
+                             "--model-path", str(model_path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    cases = {line.split(" | ")[0][2:]: line for line in table}
+    for case in ("hello world, 16 connections (the ceiling)", "GET /api/v1.0, 1 connection",
+                 "GET /api/v1.0, 16 connections", "POST /api/v1.0/predict, 10000 rows, 2 connections",
+                 "web GET /prediction, 16 connections", "API process cold start (gunicorn start to first 200 from /readyz)"):
+        assert case in cases, result.stdout
+    for case, line in cases.items():
+        if "connection" in case:
+            assert line.rstrip(" |").endswith("| 0"), f"failed requests in: {line}"  # the 'failed' column
