@@ -4,7 +4,7 @@
     python bench.py --duration 1 --rounds 1 --no-docker     # a smoke run of a few seconds
     python bench.py --docker             # also the API container: cold start, load through Docker's proxy, size
 
-It starts gunicorn with gunicorn.conf.py and the same WORKERS and THREADS as the images, on free loopback ports,
+It starts gunicorn with gunicorn.conf.py and the same settings as the images (WORKERS=2, gevent), on free loopback ports,
 with each service's logging going to a file as it goes to Docker's log in a container. Load comes from wrk
 (apt-get install wrk / brew install wrk). Every URL is on 127.0.0.1. Needs a trained model (python train.py).
 
@@ -33,8 +33,7 @@ ROOT = Path(__file__).resolve().parent
 USERNAME, PASSWORD = "bench", "bench-password"
 AUTH = "Basic " + base64.b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode()
 SETOSA = "sepal_length=5.1&sepal_width=3.5&petal_length=1.4&petal_width=0.2"
-SERVER = {"WORKERS": "2"}  # as in Dockerfile.api and Dockerfile.web
-API_THREADS, WEB_THREADS = "4", "8"
+SERVER = {"WORKERS": "2"}  # as in Dockerfile.api and Dockerfile.web; WORKER_CLASS etc. pass through from the environment
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 
@@ -69,10 +68,10 @@ def wait_ready(url, timeout=60.0):
 class Service:
     """A gunicorn process tree serving one app on a free loopback port, logging to a file."""
 
-    def __init__(self, name, app, threads, env=None):
+    def __init__(self, name, app, env=None):
         self.name, self.port = name, free_port()
         self.log = tempfile.NamedTemporaryFile(prefix=f"bench-{name}-", suffix=".log", delete=False)
-        environ = {**os.environ, **SERVER, "THREADS": threads, "HOST": "127.0.0.1", "PORT": str(self.port),
+        environ = {**os.environ, **SERVER, "HOST": "127.0.0.1", "PORT": str(self.port),
                    "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", **(env or {})}
         self.process = subprocess.Popen([sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", app],
                                         cwd=ROOT, env=environ, stdout=self.log, stderr=self.log)
@@ -171,10 +170,10 @@ def main(argv=None):
 
     credentials = {"API_USERNAME": USERNAME, "API_PASSWORD": PASSWORD, "LOG_LEVEL": "INFO",
                    "MODEL_PATH": str(args.model_path)}
-    hello = Service("hello", "bench:hello_app()", API_THREADS)
-    api = Service("api", "api:app_from_env()", API_THREADS, credentials)
+    hello = Service("hello", "bench:hello_app()")
+    api = Service("api", "api:app_from_env()", credentials)
     api_cold_start = wait_ready(api.url + "/readyz")
-    web = Service("web", "web:app_from_env()", WEB_THREADS, {**credentials, "API_URL": api.url})
+    web = Service("web", "web:app_from_env()", {**credentials, "API_URL": api.url})
     wait_ready(hello.url + "/")
     wait_ready(web.url + "/readyz")
     scripts = {rows: post_script(rows) for rows in (1, 100, 10_000)}
@@ -201,8 +200,9 @@ def main(argv=None):
             os.unlink(script)
 
     ceiling = median_of(results["hello world, 16 connections (the ceiling)"], "rps")
-    print(f"\n{os.cpu_count()} cores, Python {sys.version.split()[0]}, WORKERS={SERVER['WORKERS']}, "
-          f"THREADS={API_THREADS} (API) / {WEB_THREADS} (web), {args.rounds} rounds of {args.duration} s, medians\n")
+    print(f"\n{os.cpu_count()} cores, Python {sys.version.split()[0]}, gunicorn WORKERS={SERVER['WORKERS']} "
+          f"WORKER_CLASS={os.environ.get('WORKER_CLASS', 'gevent')}, {args.rounds} rounds of {args.duration} s, "
+          "medians\n")
     print("| case | requests/s | rows/s | p50 ms | p99 ms | vs ceiling | failed |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, samples in results.items():
