@@ -1,0 +1,131 @@
+"""Generated bad input: Schemathesis from the API's own /openapi.json, and Hypothesis on the validation rules."""
+
+import base64
+import json
+import math
+import urllib.request
+from urllib.parse import urlencode
+
+import pytest
+import schemathesis
+import webtest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import api
+from conftest import PASSWORD, USERNAME
+
+AUTHORIZATION = {"Authorization": "Basic " + base64.b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode()}
+# Enough cases over the two operations that take input to pass 500 with credentials alone.
+CASES_PER_OPERATION = 300
+FUZZ = settings(max_examples=CASES_PER_OPERATION, deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
+                                       HealthCheck.function_scoped_fixture])
+cases_run = {"with credentials": 0, "without credentials": 0}
+
+
+# The document the API serves at /openapi.json (test_the_fuzzed_document_is_the_served_one proves it). Loaded at
+# import, because Schemathesis' lazy fixture loader does not work with this pytest; the calls go to the real API.
+schema = schemathesis.openapi.from_dict(api.openapi_document())
+
+
+def test_the_fuzzed_document_is_the_served_one(live_api):
+    with urllib.request.urlopen(f"{live_api}/openapi.json") as response:
+        assert json.load(response) == api.openapi_document()
+
+
+@schema.parametrize()
+@FUZZ
+def test_api_keeps_its_document_with_credentials(case, live_api):
+    cases_run["with credentials"] += 1
+    case.call_and_validate(base_url=live_api, headers=AUTHORIZATION)
+
+
+@schema.parametrize()
+@FUZZ
+def test_api_keeps_its_document_without_credentials(case, live_api):
+    cases_run["without credentials"] += 1
+    case.call_and_validate(base_url=live_api)
+
+
+def test_enough_cases_were_generated():
+    """Runs after the two above (pytest keeps file order): proves the fuzzing was not vacuous."""
+    assert cases_run["with credentials"] >= 500, cases_run
+    assert cases_run["without credentials"] >= 500, cases_run
+
+
+# --- Hypothesis on the validation ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def app(wsgi_app):
+    client = webtest.TestApp(wsgi_app)
+    client.authorization = ("Basic", (USERNAME, PASSWORD))
+    return client
+
+
+def expected_value(text):
+    """What the API must make of one query value: a float it accepts, or None."""
+    if not api.DECIMAL.fullmatch(text):
+        return None
+    value = float(text)
+    return value if math.isfinite(value) and 0 < value <= api.MAX_CM else None
+
+
+numbers_as_text = st.floats(min_value=1e-3, max_value=150, allow_nan=False).map(repr)
+text = st.text(alphabet=st.characters(exclude_categories=("Cs",)))  # anything a URL can carry
+query_values = st.one_of(text, numbers_as_text, st.sampled_from(["", "nan", "inf", "1e999", "0x10", "1_0", "-1"]))
+names = st.one_of(st.sampled_from(api.FEATURES), text.filter(bool))
+
+
+@given(params=st.lists(st.tuples(names, query_values), max_size=6))
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_query_gives_a_prediction_or_a_400_naming_the_problem(app, params):
+    response = app.get("/api/v1.0?" + urlencode(params), expect_errors=True)
+    seen = {}
+    for name, value in params:
+        seen.setdefault(name, []).append(value)
+    valid = set(seen) == set(api.FEATURES) and all(
+        len(values) == 1 and expected_value(values[0]) is not None for values in seen.values())
+    if valid:
+        assert response.status_int == 200
+        assert response.json["features"] == {name: expected_value(values[0]) for name, values in seen.items()}
+        assert response.json["prediction"] in ("setosa", "versicolor", "virginica")
+    else:
+        assert response.status_int == 400, response.text
+        assert response.content_type == "application/problem+json"
+        fields = {error["field"] for error in response.json["errors"]}
+        assert fields, response.json
+        assert fields <= {*api.FEATURES, "query"} | {api.shorten(name) for name in seen}
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda children: st.lists(children, max_size=6) | st.dictionaries(st.text(), children, max_size=6),
+    max_leaves=30,
+)
+rows = st.one_of(
+    st.lists(st.floats(min_value=-10, max_value=200, allow_nan=False) | st.integers(-5, 200), min_size=3, max_size=5),
+    st.fixed_dictionaries({name: st.floats(min_value=0.01, max_value=100) for name in api.FEATURES}),
+    json_values,
+)
+bodies = st.one_of(json_values, st.fixed_dictionaries({"instances": st.lists(rows, max_size=5)}))
+
+
+@given(body=bodies)
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_json_body_gives_predictions_or_a_4xx_naming_the_problem(app, body):
+    response = app.post("/api/v1.0/predict", json.dumps(body), content_type="application/json", expect_errors=True)
+    if response.status_int == 200:
+        assert len(response.json["predictions"]) == len(body["instances"])
+        return
+    assert response.status_int == 400, response.text
+    assert response.content_type == "application/problem+json"
+    assert all(error["field"] and error["message"] for error in response.json["errors"])
+
+
+@given(raw=st.binary(max_size=200))
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_bytes_as_a_body_give_a_400(app, raw):
+    response = app.post("/api/v1.0/predict", raw, content_type="application/json", expect_errors=True)
+    assert response.status_int in (200, 400)
