@@ -3,6 +3,8 @@
 import os
 import socketserver
 import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from contextlib import contextmanager
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -79,3 +81,40 @@ def live_api(wsgi_app):
     """The real API, served on a free loopback port for the web app to call."""
     with serve(wsgi_app) as url:
         yield url
+
+
+class _Answer(BaseHTTPRequestHandler):
+    """A stand-in API that sleeps, then answers with a fixed status; for the failures a real API rarely shows."""
+    delay, status = 0.0, 500
+
+    def do_GET(self):
+        time.sleep(self.delay)
+        try:
+            self.send_response(self.status)
+            self.send_header("Content-Type", "text/plain")
+            self.end_headers()
+            self.wfile.write(b"oops")
+        except OSError:
+            pass  # the web app gave up waiting and closed the connection
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def broken_api():
+    """Start a stand-in API with a given delay and status; yields a function that returns its URL."""
+    servers = []
+
+    def start(delay=0.0, status=500):
+        handler = type("Handler", (_Answer,), {"delay": delay, "status": status})
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_port}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()

@@ -3,9 +3,8 @@
 import base64
 import logging
 import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlencode
 
 import pytest
 import webtest
@@ -38,43 +37,6 @@ def closed_port_url():
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}"
-
-
-class _Answer(BaseHTTPRequestHandler):
-    """A stand-in API that sleeps, then answers with a fixed status; for the failures a real API rarely shows."""
-    delay, status = 0.0, 500
-
-    def do_GET(self):
-        time.sleep(self.delay)
-        try:
-            self.send_response(self.status)
-            self.send_header("Content-Type", "text/plain")
-            self.end_headers()
-            self.wfile.write(b"oops")
-        except OSError:
-            pass  # the web app gave up waiting and closed the connection
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def broken_api():
-    """Start a stand-in API with a given delay and status; yields a function that returns its URL."""
-    servers = []
-
-    def start(delay=0.0, status=500):
-        handler = type("Handler", (_Answer,), {"delay": delay, "status": status})
-        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_port}"
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
 
 
 # --- The form --------------------------------------------------------------------------------------------------
@@ -165,6 +127,18 @@ def test_script_in_a_value_comes_back_escaped(browser):
     assert "<script>" not in page.text
     assert "&lt;script&gt;" in page.text
     assert page.html.find("script") is None
+
+
+@pytest.mark.parametrize("field", web.FEATURES)
+@pytest.mark.parametrize("hostile", ['<script>alert(1)</script>', '" onfocus="alert(1)" x="', "' onmouseover='alert(1)",
+                                     '</textarea><img src=x onerror=alert(1)>'])
+def test_hostile_text_in_any_field_comes_back_inert(browser, field, hostile):
+    values = {**SETOSA, field: hostile}
+    for path, status in (("/", 200), ("/prediction", 400)):
+        page = browser.get(f"{path}?{urlencode(values)}", status=status)
+        assert page.html.find("script") is None and page.html.find("img") is None
+        assert not [tag for tag in page.html.find_all(True) if any(a.startswith("on") for a in tag.attrs)]
+        assert page.html.find("input", id=field)["value"] == hostile  # kept, as text
 
 
 def test_quotes_cannot_break_out_of_an_attribute(browser):
