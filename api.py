@@ -634,8 +634,7 @@ def create_app(username, password, model_path=DEFAULT_MODEL_PATH):
     logger.info("model %s version %s (%s) loaded from %s; predictions computed by %s", model.metadata["name"],
                 model.metadata["version"], model.metadata["algorithm"], model_path, model.engine)
     is_authorised = credentials_checker(username, password)
-    unauthorised = problem(401, "Send valid credentials with HTTP basic authentication.",
-                           headers={"WWW-Authenticate": f'Basic realm="{REALM}", charset="UTF-8"'})
+    challenge = {"WWW-Authenticate": f'Basic realm="{REALM}", charset="UTF-8"'}
     openapi = json.dumps(openapi_document())
 
     app = bottle.Bottle()
@@ -647,7 +646,9 @@ def create_app(username, password, model_path=DEFAULT_MODEL_PATH):
         @functools.wraps(callback)
         def guarded(*args, **kwargs):
             if not is_authorised(bottle.request.environ.get("HTTP_AUTHORIZATION", "")):
-                raise unauthorised
+                # A new response each time: re-raising one exception object would chain every traceback onto it
+                # and keep all those frames alive (a leak found by load.py).
+                raise problem(401, "Send valid credentials with HTTP basic authentication.", headers=challenge)
             return callback(*args, **kwargs)
         return guarded
 

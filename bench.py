@@ -77,12 +77,15 @@ class Service:
                                         cwd=ROOT, env=environ, stdout=self.log, stderr=self.log)
         self.url = f"http://127.0.0.1:{self.port}"
 
+    def rss_mib(self):
+        """Resident memory of the master and of each worker, in MiB."""
+        children = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout
+        return [rss_mib(pid) for pid in [self.process.pid, *map(int, children.split())]]
+
     def memory_mib(self):
-        """Resident memory of the master and of the largest worker, in MiB."""
-        pids = [self.process.pid] + [int(p) for p in subprocess.run(
-            ["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout.split()]
-        rss = [rss_mib(pid) for pid in pids]
-        return rss[0], max(rss[1:], default=0.0), len(pids) - 1
+        """Resident memory of the master and of the largest worker, in MiB, and the number of workers."""
+        master, *workers = self.rss_mib()
+        return master, max(workers, default=0.0), len(workers)
 
     def stop(self):
         self.process.terminate()

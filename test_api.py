@@ -5,6 +5,7 @@ import json
 import logging
 import subprocess
 import sys
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -475,3 +476,20 @@ def test_an_integer_too_large_for_a_float_is_named(client):
     body = json.dumps({"instances": [[1, 1, 1, 1], [1, 1, 1, 10 ** 400]]})
     response = client.post("/api/v1.0/predict", body, content_type="application/json", status=400)
     assert errors_of(response)["instances[1][3]"] == "must be a finite number"
+
+
+def test_refused_requests_do_not_accumulate_memory(anonymous):
+    url = f"/api/v1.0?{README_QUERY}"
+    for _ in range(100):
+        anonymous.get(url, status=401)
+    logging.disable(logging.WARNING)  # pytest keeps every log record it captures: not what is measured here
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(1000):
+            anonymous.get(url, status=401)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+        logging.disable(logging.NOTSET)
+    assert grown < 250_000, f"{grown} bytes kept after 1000 refused requests"

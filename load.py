@@ -1,0 +1,183 @@
+"""Load test: many requests, valid and invalid, against the API and the web app served as the containers serve them.
+
+    python load.py                        # 100,000 requests at 32 connections (about a minute here)
+    python load.py --requests 2000        # a smoke run
+
+It starts gunicorn with gunicorn.conf.py for both services on free loopback ports, sends a fixed mix of requests
+(predictions, batches, invalid values, malformed JSON, missing credentials, web pages) from 4 processes x 8 threads
+over kept-alive connections, checks every answer against what the model itself computes, and prints requests/s,
+latency percentiles, the count of each status code, connection errors and the servers' memory after warm-up and at
+the end. It exits 1 when a target is missed: a 5xx, a connection error, a wrong answer, or memory growth of 10 % or
+more after warm-up. Needs a trained model (python train.py).
+"""
+
+import argparse
+import base64
+import collections
+import http.client
+import json
+import multiprocessing
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+import api
+from bench import Service, wait_ready
+
+USERNAME, PASSWORD = "load", "load-password"
+AUTH = {"Authorization": "Basic " + base64.b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode()}
+FLOWERS = {"setosa": (5.1, 3.5, 1.4, 0.2), "versicolor": (6.0, 2.8, 4.4, 1.4), "virginica": (6.9, 3.1, 5.4, 2.1),
+           "odd": (1.0, 1.0, 1.0, 1.0)}
+PROCESSES, THREADS = 4, 8  # 32 connections
+WARM_UP_SHARE = 0.05
+MAX_MEMORY_GROWTH = 0.10
+
+
+def query(values):
+    return "&".join(f"{name}={value}" for name, value in zip(api.FEATURES, values))
+
+
+def build_mix(model_path):
+    """(service, method, path, headers, body, expected status, check) for each kind of request, with the answer
+    that the model itself gives, so that every response can be checked."""
+    model = api.load_model(model_path)
+    answers = {name: api.predict(model, np.array([values]))[0] for name, values in FLOWERS.items()}
+    batch = [FLOWERS[name] for name in ("setosa", "versicolor", "virginica", "odd")] * 5
+    batch_answers = [answers[name] for name in ("setosa", "versicolor", "virginica", "odd")] * 5
+    json_headers = {**AUTH, "Content-Type": "application/json"}
+
+    def single(name):
+        return lambda body: {k: body[k] for k in ("prediction", "probabilities", "warnings")} == answers[name]
+
+    mix = [("api", "GET", f"/api/v1.0?{query(values)}", AUTH, None, 200, single(name)) for name, values in FLOWERS.items()]
+    mix += [
+        ("api", "POST", "/api/v1.0/predict", json_headers, json.dumps({"instances": batch}), 200,
+         lambda body: body["predictions"] == batch_answers),
+        ("api", "GET", "/api/v1.0?sepal_length=abc&sepal_width=1&petal_length=1&petal_width=1", AUTH, None, 400,
+         lambda body: [e["field"] for e in body["errors"]] == ["sepal_length"]),
+        ("api", "GET", f"/api/v1.0?{query(FLOWERS['setosa'])}", {}, None, 401, lambda body: body["status"] == 401),
+        ("api", "POST", "/api/v1.0/predict", json_headers, '{"instances": [[1, 2', 400,
+         lambda body: body["errors"][0]["field"] == "body"),
+        ("web", "GET", f"/prediction?{query(FLOWERS['virginica'])}", {}, None, 200,
+         lambda text: "<h1 class=\"species\">Iris virginica</h1>" in text),
+        ("web", "GET", "/prediction?sepal_length=0&sepal_width=1&petal_length=1&petal_width=1", {}, None, 400,
+         lambda text: "must be greater than 0" in text),
+        ("web", "GET", "/", {}, None, 200, lambda text: 'action="/prediction"' in text),
+    ]
+    return mix
+
+
+def run_client(ports, mix_args, count, seed):
+    """One process: THREADS threads, each on its own kept-alive connections, `count` requests in all."""
+    mix = build_mix(*mix_args)
+    statuses, errors, wrong, samples = collections.Counter(), collections.Counter(), [], []
+    lock = threading.Lock()
+
+    def worker(index, share):
+        connections = {}
+        rng = np.random.default_rng(seed * 100 + index)
+        for choice in rng.integers(0, len(mix), size=share):
+            service, method, path, headers, body, expected, check = mix[choice]
+            started = time.perf_counter()
+            try:
+                connection = connections.get(service) or http.client.HTTPConnection("127.0.0.1", ports[service],
+                                                                                     timeout=30)
+                connections[service] = connection
+                connection.request(method, path, body=body, headers=headers)
+                response = connection.getresponse()
+                raw = response.read()
+                status = response.status
+            except (OSError, http.client.HTTPException) as err:
+                connections.pop(service, None)
+                with lock:
+                    errors[type(err).__name__] += 1
+                continue
+            elapsed = time.perf_counter() - started
+            text = raw.decode()
+            ok = status == expected and check(json.loads(text) if service == "api" else text)
+            with lock:
+                statuses[status] += 1
+                samples.append(elapsed)
+                if not ok:
+                    wrong.append(f"{method} {path} -> {status}: {text[:200]}")
+
+    shares = [count // THREADS + (1 if i < count % THREADS else 0) for i in range(THREADS)]
+    threads = [threading.Thread(target=worker, args=(i, share)) for i, share in enumerate(shares)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return statuses, errors, wrong, samples
+
+
+def drive(ports, model_path, total):
+    """Send `total` requests from PROCESSES processes; merged results and the wall time."""
+    shares = [total // PROCESSES + (1 if i < total % PROCESSES else 0) for i in range(PROCESSES)]
+    started = time.perf_counter()
+    with multiprocessing.Pool(PROCESSES) as pool:
+        results = pool.starmap(run_client, [(ports, (model_path,), share, i) for i, share in enumerate(shares)])
+    elapsed = time.perf_counter() - started
+    statuses, errors, wrong, samples = collections.Counter(), collections.Counter(), [], []
+    for s, e, w, lat in results:
+        statuses.update(s)
+        errors.update(e)
+        wrong.extend(w)
+        samples.extend(lat)
+    return statuses, errors, wrong, samples, elapsed
+
+
+def memory_mib(service):
+    return sum(service.rss_mib())
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=100_000, help="requests after warm-up (default: 100000)")
+    parser.add_argument("--model-path", type=Path, default=Path(__file__).resolve().parent / "model" / "iris.joblib",
+                        help="the artifact the API serves (default: model/iris.joblib)")
+    args = parser.parse_args(argv)
+    if not args.model_path.exists():
+        sys.exit(f"load.py: no model at {args.model_path}: run python train.py first")
+
+    credentials = {"API_USERNAME": USERNAME, "API_PASSWORD": PASSWORD, "LOG_LEVEL": "INFO"}
+    api_service = Service("api", "api:app_from_env()", {**credentials, "MODEL_PATH": str(args.model_path)})
+    wait_ready(api_service.url + "/readyz")
+    web_service = Service("web", "web:app_from_env()", {**credentials, "API_URL": api_service.url})
+    wait_ready(web_service.url + "/readyz")
+    ports = {"api": api_service.port, "web": web_service.port}
+    try:
+        drive(ports, args.model_path, max(int(args.requests * WARM_UP_SHARE), 200))
+        warm = {name: memory_mib(s) for name, s in (("api", api_service), ("web", web_service))}
+        statuses, errors, wrong, samples, elapsed = drive(ports, args.model_path, args.requests)
+        end = {name: memory_mib(s) for name, s in (("api", api_service), ("web", web_service))}
+    finally:
+        api_service.stop()
+        web_service.stop()
+
+    quantiles = statistics.quantiles(samples, n=1000) if len(samples) > 1 else [0.0] * 999
+    print(f"\n{len(samples):,} requests in {elapsed:.1f} s at {PROCESSES * THREADS} connections: "
+          f"{len(samples) / elapsed:,.0f} requests/s")
+    print(f"latency ms: p50 {quantiles[499] * 1000:.2f}, p90 {quantiles[899] * 1000:.2f}, "
+          f"p99 {quantiles[989] * 1000:.2f}, p99.9 {quantiles[998] * 1000:.2f}, max {max(samples) * 1000:.2f}")
+    print("status codes: " + ", ".join(f"{code}: {n:,}" for code, n in sorted(statuses.items())))
+    print(f"connection errors: {sum(errors.values())} {dict(errors) or ''}")
+    print(f"wrong answers: {len(wrong)}")
+    for line in wrong[:5]:
+        print(f"  {line}")
+    growth = {name: end[name] / warm[name] - 1 for name in warm}
+    for name in warm:
+        print(f"{name} memory (all processes, RSS): {warm[name]:.0f} MiB after warm-up, {end[name]:.0f} MiB at the end "
+              f"({growth[name]:+.1%})")
+    server_errors = sum(n for code, n in statuses.items() if code >= 500)
+    failed = server_errors or errors or wrong or any(g >= MAX_MEMORY_GROWTH for g in growth.values())
+    print("targets: " + ("MISSED" if failed else "met (no 5xx, no connection errors, every answer correct, "
+                                                  "memory growth under 10 %)"))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
