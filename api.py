@@ -18,6 +18,7 @@ GET /api/v1.0/model (metadata), GET /healthz, GET /readyz and GET /openapi.json;
 """
 
 import base64
+import contextvars
 import functools
 import gc
 import hashlib
@@ -29,6 +30,7 @@ import os
 import re
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote_to_bytes
@@ -36,7 +38,9 @@ from urllib.parse import unquote_to_bytes
 import bottle
 import joblib
 import numpy as np
+import prometheus_client
 import sklearn
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
@@ -56,7 +60,11 @@ DEFAULT_MODEL_PATH = Path(__file__).resolve().parent / "model" / "iris.joblib"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_FORMATS = ("text", "json")
+TEXT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+# A client's own X-Request-ID is kept when it is short and plain; anything else is replaced, never logged as sent.
+SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 JSON_TYPE = "application/json"
 PROBLEM_TYPE = "application/problem+json"
 # Plain decimal notation only: float() alone would also take 'nan', 'inf', '1_0' and surrounding spaces.
@@ -64,6 +72,7 @@ DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 REQUIRED_METADATA = ("name", "version", "algorithm", "features", "classes", "feature_ranges", "versions", "sha256")
 
 logger = logging.getLogger(__name__)
+request_id = contextvars.ContextVar("request_id", default="-")
 
 
 class StartupError(Exception):
@@ -115,6 +124,9 @@ def read_settings(environ):
     level = environ.get("LOG_LEVEL", "INFO").upper()
     if level not in LOG_LEVELS:
         raise StartupError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
+    log_format = environ.get("LOG_FORMAT", "text").lower()
+    if log_format not in LOG_FORMATS:
+        raise StartupError(f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, got {log_format!r}")
     return {
         "username": username,
         "password": password,
@@ -122,6 +134,7 @@ def read_settings(environ):
         "host": environ.get("HOST", DEFAULT_HOST),
         "port": int(port),
         "log_level": level,
+        "log_format": log_format,
     }
 
 
@@ -578,6 +591,13 @@ def openapi_document():
                 "security": [{"basicAuth": []}],
                 "responses": {"200": json_response("Model metadata", {"type": "object"}), "401": responses["401"]},
             }},
+            "/metrics": {"get": {
+                "summary": "Prometheus metrics: requests, latency, predictions by class, out-of-range inputs",
+                "security": [{"basicAuth": []}],
+                "responses": {"200": {"description": "The Prometheus text exposition format",
+                                      "content": {"text/plain": {"schema": {"type": "string"}}}},
+                              "401": responses["401"]},
+            }},
             "/healthz": {"get": {"summary": "Liveness", "responses": {"200": json_response("Alive", status)}}},
             "/readyz": {"get": {"summary": "Readiness: the model is loaded and passed its self-test",
                                 "responses": {"200": json_response("Ready", status)}}},
@@ -598,29 +618,116 @@ def error_page(error):
                        "status": error.status_code, "detail": detail})
 
 
-def with_access_log(app):
-    """Wrap a WSGI app: one log line per request, and a logged problem+json 500 instead of any crash."""
+# --- Logs and metrics ------------------------------------------------------------------------------------------
+
+
+class RequestIdFilter(logging.Filter):
+    """Stamp every log record with the ID of the request being answered ("-" outside a request)."""
+
+    def filter(self, record):
+        record.request_id = request_id.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers (LOG_FORMAT=json)."""
+
+    FIELDS = ("request_id", "method", "path", "status", "duration_ms")
+
+    def format(self, record):
+        entry = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name,
+                 "message": record.getMessage()}
+        entry.update({field: getattr(record, field) for field in self.FIELDS if hasattr(record, field)})
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(level, log_format):
+    handler = logging.StreamHandler()
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_LOG_FORMAT))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+class Metrics:
+    """The API's Prometheus metrics.
+
+    Under gunicorn, gunicorn.conf.py sets PROMETHEUS_MULTIPROC_DIR before this module is imported: every worker
+    then writes its counts to files there, and /metrics adds up all the workers' files, so the figures are exact
+    for the whole service. Without it (python api.py, tests) they live in this app's own registry.
+    """
+
+    def __init__(self, model):
+        self.registry = registry = CollectorRegistry()
+        self.requests = Counter("iris_api_requests", "Requests answered, by endpoint, method and status code",
+                                ["endpoint", "method", "status"], registry=registry)
+        self.latency = Histogram("iris_api_request_duration_seconds", "Time to answer a request, by endpoint",
+                                 ["endpoint"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.predictions = Counter("iris_api_predictions", "Predictions made, by predicted class", ["class"],
+                                   registry=registry)
+        self.out_of_range = Counter(
+            "iris_api_inputs_out_of_range",
+            "Input values outside the range seen in training, by feature: the drift signal", ["feature"],
+            registry=registry)
+        Gauge("iris_model_info", "The model being served (the value is always 1)", ["name", "version", "algorithm"],
+              registry=registry, multiprocess_mode="max").labels(
+            model.metadata["name"], model.metadata["version"], model.metadata["algorithm"]).set(1)
+        # Set once, in the gunicorn master; the workers' copies read 0, so "max" reports the master's value.
+        Gauge("iris_api_start_time_seconds", "When the service started, in seconds since the epoch",
+              registry=registry, multiprocess_mode="max").set(time.time())
+
+    def count_predictions(self, model, rows, answers):
+        for name, count in zip(*np.unique([answer["prediction"] for answer in answers], return_counts=True)):
+            self.predictions.labels(name).inc(int(count))
+        outside = ((rows < model.low) | (rows > model.high)).sum(axis=0)
+        for feature, count in zip(FEATURES, outside.tolist()):
+            if count:
+                self.out_of_range.labels(feature).inc(count)
+
+    def exposition(self):
+        """The metrics in the Prometheus text format."""
+        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return prometheus_client.generate_latest(registry)
+        return prometheus_client.generate_latest(self.registry)
+
+
+def with_request_handling(app, metrics):
+    """Wrap a WSGI app: a request ID, one log line and the metrics for every request, and a logged problem+json
+    500 instead of any crash."""
     crash = json.dumps({"type": "about:blank", "title": "Internal Server Error", "status": 500,
                         "detail": "The server failed to answer this request; the error was logged."}).encode()
 
-    def logged_app(environ, start_response):
+    def handled_app(environ, start_response):
         started, status = time.perf_counter(), ["500"]
+        given = environ.get("HTTP_X_REQUEST_ID", "")
+        token = request_id.set(given if SANE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex)
 
-        def record_status(line, headers, exc_info=None):
+        def identified_start_response(line, headers, exc_info=None):
             status[0] = line[:3]
-            return start_response(line, headers, exc_info)
+            return start_response(line, [*headers, ("X-Request-ID", request_id.get())], exc_info)
 
         try:
-            return app(environ, record_status)
+            return app(environ, identified_start_response)
         except Exception:
             logger.exception("unhandled error on %s %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
-            start_response("500 Internal Server Error", [("Content-Type", PROBLEM_TYPE)], sys.exc_info())
+            identified_start_response("500 Internal Server Error", [("Content-Type", PROBLEM_TYPE)], sys.exc_info())
             return [crash]
         finally:
-            logger.info("%s %s %s %.1fms", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), status[0],
-                        (time.perf_counter() - started) * 1000)
+            seconds = time.perf_counter() - started
+            method, path = environ.get("REQUEST_METHOD"), environ.get("PATH_INFO")
+            route = environ.get("bottle.route")
+            endpoint = route.rule if route else "unmatched"  # never the raw path: clients could invent labels
+            metrics.requests.labels(endpoint, method, status[0]).inc()
+            metrics.latency.labels(endpoint).observe(seconds)
+            logger.info("%s %s %s %.1fms", method, path, status[0], seconds * 1000,
+                        extra={"request_id": request_id.get(), "method": method, "path": path,
+                               "status": int(status[0]), "duration_ms": round(seconds * 1000, 2)})
+            request_id.reset(token)
 
-    return logged_app
+    return handled_app
 
 
 def create_app(username, password, model_path=DEFAULT_MODEL_PATH):
@@ -633,12 +740,13 @@ def create_app(username, password, model_path=DEFAULT_MODEL_PATH):
     self_test(model)
     logger.info("model %s version %s (%s) loaded from %s; predictions computed by %s", model.metadata["name"],
                 model.metadata["version"], model.metadata["algorithm"], model_path, model.engine)
+    metrics = Metrics(model)
     is_authorised = credentials_checker(username, password)
     challenge = {"WWW-Authenticate": f'Basic realm="{REALM}", charset="UTF-8"'}
     openapi = json.dumps(openapi_document())
 
     app = bottle.Bottle()
-    # Crashes go to with_access_log, which logs them once with their traceback and answers problem+json.
+    # Crashes go to with_request_handling, which logs them once with their traceback and answers problem+json.
     app.catchall = False
     app.default_error_handler = error_page
 
@@ -657,7 +765,9 @@ def create_app(username, password, model_path=DEFAULT_MODEL_PATH):
     @authenticated
     def predict_one():
         features = parse_query(bottle.request.environ.get("QUERY_STRING", ""))
-        answer = predict(model, np.array([[features[name] for name in FEATURES]]))[0]
+        rows = np.array([[features[name] for name in FEATURES]])
+        answer = predict(model, rows)[0]
+        metrics.count_predictions(model, rows, [answer])
         return {"prediction": answer["prediction"], "probabilities": answer["probabilities"],
                 "features": features, "warnings": answer["warnings"], "model": model.reference}
 
@@ -665,12 +775,20 @@ def create_app(username, password, model_path=DEFAULT_MODEL_PATH):
     @authenticated
     def predict_batch():
         rows = parse_instances(parse_json(read_body(bottle.request.environ)))
-        return {"predictions": predict(model, rows), "model": model.reference}
+        answers = predict(model, rows)
+        metrics.count_predictions(model, rows, answers)
+        return {"predictions": answers, "model": model.reference}
 
     @app.get("/api/v1.0/model")
     @authenticated
     def describe_model():
         return model.metadata
+
+    @app.get("/metrics")
+    @authenticated
+    def metrics_page():
+        bottle.response.content_type = prometheus_client.CONTENT_TYPE_LATEST
+        return metrics.exposition()
 
     @app.get("/healthz")
     def healthz():
@@ -687,19 +805,22 @@ def create_app(username, password, model_path=DEFAULT_MODEL_PATH):
         bottle.response.content_type = JSON_TYPE
         return openapi
 
-    return with_access_log(app)
+    return with_request_handling(app, metrics)
 
 
 def start(environ):
     """Settings and app from the environment, with logging set up; one clear line and exit 1 when they are bad."""
-    level = environ.get("LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(level=level if level in LOG_LEVELS else "INFO", format=LOG_FORMAT)
+    level, log_format = environ.get("LOG_LEVEL", "INFO").upper(), environ.get("LOG_FORMAT", "text").lower()
+    configure_logging(level if level in LOG_LEVELS else "INFO", log_format if log_format in LOG_FORMATS else "text")
     try:
         settings = read_settings(environ)
         app = create_app(settings["username"], settings["password"], settings["model_path"])
     except StartupError as err:
         logger.critical("api refuses to start: %s", err)
         raise SystemExit(1) from None
+    logger.info("settings: log level %s, log format %s, user %r, metrics %s", settings["log_level"],
+                settings["log_format"], settings["username"],
+                "summed over the workers" if "PROMETHEUS_MULTIPROC_DIR" in environ else "in-process")
     # Everything loaded so far (libraries, the model) lives as long as the process: keep the garbage collector
     # from scanning it again and again (a large batch allocates many objects), and keep its pages shared after
     # gunicorn forks the workers.

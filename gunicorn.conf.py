@@ -16,6 +16,13 @@ microseconds, far too short to need threads.
 """
 
 import os
+import shutil
+import tempfile
+
+# Prometheus metrics summed over all workers: each worker writes its counts to files in a directory of this
+# server's own, made fresh at every start (stale files would add old counts), and set before the app is imported,
+# since prometheus_client reads it at import.
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="iris-metrics-")
 
 worker_class = os.environ.get("WORKER_CLASS", "gevent")
 if worker_class == "gevent":
@@ -49,3 +56,20 @@ errorlog = "-"
 # The containers' root filesystem is read-only: no control socket, heartbeat files in the /tmp tmpfs.
 control_socket_disable = True
 worker_tmp_dir = "/tmp"
+
+
+def child_exit(server, worker):
+    """A worker that is gone no longer contributes to live gauges; its counts stay in the totals."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+
+
+def when_ready(server):
+    concurrency = f"{worker_connections} connections" if worker_class == "gevent" else f"{threads} threads"
+    server.log.info("serving on %s with %d %s workers of %s each, graceful timeout %d s", bind, workers,
+                    worker_class, concurrency, graceful_timeout)

@@ -257,8 +257,8 @@ def test_openapi_document_is_valid_and_describes_every_endpoint(anonymous):
     document = response.json
     validate(document)  # raises if the document is not valid OpenAPI 3.1
     assert document["openapi"].startswith("3.1")
-    assert set(document["paths"]) == {"/api/v1.0", "/api/v1.0/predict", "/api/v1.0/model", "/healthz", "/readyz",
-                                      "/openapi.json"}
+    assert set(document["paths"]) == {"/api/v1.0", "/api/v1.0/predict", "/api/v1.0/model", "/metrics", "/healthz",
+                                      "/readyz", "/openapi.json"}
     assert document["components"]["securitySchemes"]["basicAuth"] == {"type": "http", "scheme": "basic"}
 
 

@@ -13,25 +13,33 @@ Environment, read once at start-up:
     API_TIMEOUT        seconds to wait for the API before showing "unavailable" (default: 5)
     HOST, PORT         where `python web.py` listens (default: 127.0.0.1 and 5000)
     LOG_LEVEL          DEBUG, INFO, WARNING or ERROR (default: INFO)
+    LOG_FORMAT         text or json (default: text)
 
-The API is the one place where the validation rules live: this app forwards the values as typed and shows the
+GET /metrics (Prometheus, behind basic auth with the API's credentials) counts page views, predictions asked,
+API failures by kind and the API calls' latency. The API is the one place where the validation rules live: this app forwards the values as typed and shows the
 API's messages. It needs only Bottle and the standard library.
 """
 
 import base64
+import contextvars
 import hashlib
+import hmac
 import json
 import logging
 import math
 import os
+import re
 import sys
 import time
+import uuid
 from pathlib import Path
 from urllib.error import HTTPError, URLError
 from urllib.parse import parse_qsl, urlencode, urlsplit
 from urllib.request import Request, urlopen
 
 import bottle
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess
 
 FEATURES = ("sepal_length", "sepal_width", "petal_length", "petal_width")
 # Label and typical range in cm (the span of Fisher's 150 flowers), shown as a hint beside each input.
@@ -52,7 +60,11 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5000
 READINESS_TIMEOUT = 2.0
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_FORMATS = ("text", "json")
+TEXT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+# A client's own X-Request-ID is kept when it is short and plain; anything else is replaced.
+SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+API_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 STATIC_ROOT = Path(__file__).resolve().parent / "static"
 # The stylesheet's URL carries a hash of its content, so browsers may cache it for a year.
 STATIC_MAX_AGE = 365 * 24 * 3600
@@ -162,6 +174,7 @@ PAGE = """<!doctype html>
 """
 
 logger = logging.getLogger(__name__)
+request_id = contextvars.ContextVar("request_id", default="-")
 
 
 class StartupError(Exception):
@@ -210,8 +223,12 @@ def read_settings(environ):
     level = environ.get("LOG_LEVEL", "INFO").upper()
     if level not in LOG_LEVELS:
         raise StartupError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
+    log_format = environ.get("LOG_FORMAT", "text").lower()
+    if log_format not in LOG_FORMATS:
+        raise StartupError(f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, got {log_format!r}")
     return {"api_url": api_url, "username": username, "password": password, "timeout": seconds,
-            "host": environ.get("HOST", DEFAULT_HOST), "port": int(port), "log_level": level}
+            "host": environ.get("HOST", DEFAULT_HOST), "port": int(port), "log_level": level,
+            "log_format": log_format}
 
 
 # --- Talking to the API ----------------------------------------------------------------------------------------
@@ -225,7 +242,9 @@ def form_values(query_string):
 
 def call_api(url, authorization, timeout):
     """GET a URL of the API: (status, parsed JSON body or None). ApiUnavailable when it does not answer."""
-    request = Request(url, headers={"Authorization": authorization, "Accept": "application/json"})
+    # The API logs the same request ID, so one click can be followed through both services' logs.
+    request = Request(url, headers={"Authorization": authorization, "Accept": "application/json",
+                                    "X-Request-ID": request_id.get()})
     try:
         with urlopen(request, timeout=timeout) as response:
             return response.status, json.load(response)
@@ -252,16 +271,71 @@ def query_link(path, pairs):
 # --- The application -------------------------------------------------------------------------------------------
 
 
-def with_headers_and_access_log(app):
-    """Wrap a WSGI app: security headers on every response, one log line per request, and no crash leaks."""
+class RequestIdFilter(logging.Filter):
+    """Stamp every log record with the ID of the request being answered ("-" outside a request)."""
+
+    def filter(self, record):
+        record.request_id = request_id.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers (LOG_FORMAT=json)."""
+
+    FIELDS = ("request_id", "method", "path", "status", "duration_ms")
+
+    def format(self, record):
+        entry = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name,
+                 "message": record.getMessage()}
+        entry.update({field: getattr(record, field) for field in self.FIELDS if hasattr(record, field)})
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(level, log_format):
+    handler = logging.StreamHandler()
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_LOG_FORMAT))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+class Metrics:
+    """The web app's Prometheus metrics; summed over gunicorn's workers as in api.py (see gunicorn.conf.py)."""
+
+    def __init__(self):
+        self.registry = registry = CollectorRegistry()
+        self.page_views = Counter("iris_web_page_views", "HTML pages served, by page and status code",
+                                  ["page", "status"], registry=registry)
+        self.predictions = Counter("iris_web_predictions", "Predictions asked of the API, by outcome",
+                                   ["outcome"], registry=registry)
+        self.api_failures = Counter("iris_web_api_failures", "Failed calls to the API, by kind", ["kind"],
+                                    registry=registry)
+        self.api_latency = Histogram("iris_web_api_call_duration_seconds", "Time the API took to answer",
+                                     buckets=API_LATENCY_BUCKETS, registry=registry)
+
+    def exposition(self):
+        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return prometheus_client.generate_latest(registry)
+        return prometheus_client.generate_latest(self.registry)
+
+
+def with_request_handling(app, metrics):
+    """Wrap a WSGI app: a request ID, security headers, one log line and a page-view count for every request,
+    and no crash leaks."""
     crash_page = b"<!doctype html><title>Error</title><h1>Something went wrong</h1><p>The error was logged.</p>"
 
-    def logged_app(environ, start_response):
-        started, status = time.perf_counter(), ["500"]
+    def handled_app(environ, start_response):
+        started, status, content_type = time.perf_counter(), ["500"], [""]
+        given = environ.get("HTTP_X_REQUEST_ID", "")
+        token = request_id.set(given if SANE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex)
 
         def secure_start_response(line, headers, exc_info=None):
             status[0] = line[:3]
-            return start_response(line, headers + SECURITY_HEADERS, exc_info)
+            content_type[0] = next((v for k, v in headers if k.lower() == "content-type"), "")
+            return start_response(line, [*headers, *SECURITY_HEADERS, ("X-Request-ID", request_id.get())], exc_info)
 
         try:
             return app(environ, secure_start_response)
@@ -271,16 +345,24 @@ def with_headers_and_access_log(app):
                                   sys.exc_info())
             return [crash_page]
         finally:
-            logger.info("%s %s %s %.1fms", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), status[0],
-                        (time.perf_counter() - started) * 1000)
+            seconds = time.perf_counter() - started
+            method, path = environ.get("REQUEST_METHOD"), environ.get("PATH_INFO")
+            if content_type[0].startswith("text/html"):
+                route = environ.get("bottle.route")
+                metrics.page_views.labels(route.rule if route else "unmatched", status[0]).inc()
+            logger.info("%s %s %s %.1fms", method, path, status[0], seconds * 1000,
+                        extra={"request_id": request_id.get(), "method": method, "path": path,
+                               "status": int(status[0]), "duration_ms": round(seconds * 1000, 2)})
+            request_id.reset(token)
 
-    return logged_app
+    return handled_app
 
 
 def create_app(api_url, username, password, timeout=DEFAULT_TIMEOUT):
     """The web app as a WSGI app, talking to the API at api_url with these credentials."""
     api_url = api_url.rstrip("/")
     authorization = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+    metrics = Metrics()
     page = bottle.SimpleTemplate(PAGE)
     stylesheet_hash = hashlib.sha256((STATIC_ROOT / "style.css").read_bytes()).hexdigest()[:12]
     common = {
@@ -303,7 +385,7 @@ def create_app(api_url, username, password, timeout=DEFAULT_TIMEOUT):
         return render("failure", title, heading=heading, advice=advice, retry_link=retry_link)
 
     app = bottle.Bottle()
-    app.catchall = False  # crashes go to with_headers_and_access_log, which logs them once
+    app.catchall = False  # crashes go to with_request_handling, which logs them once
 
     @app.get("/")
     def form():
@@ -313,21 +395,29 @@ def create_app(api_url, username, password, timeout=DEFAULT_TIMEOUT):
     def prediction():
         values = form_values(bottle.request.environ.get("QUERY_STRING", ""))
         url = f"{api_url}/api/v1.0?{urlencode(values)}"
+        started = time.perf_counter()
         try:
             status, body = call_api(url, authorization, timeout)
         except ApiUnavailable as err:
+            metrics.api_failures.labels("unavailable").inc()
+            metrics.predictions.labels("failed").inc()
             logger.error("prediction service unavailable at %s: %s", api_url, err)
             return failure(503, "Service unavailable", "The prediction service is unavailable",
                            "It did not answer in time. Your measurements are kept in this page's address: "
                            "try again in a moment.", retry_link=query_link("/prediction", values))
+        metrics.api_latency.observe(time.perf_counter() - started)
         if status == 200 and body:
+            metrics.predictions.labels("answered").inc()
             return render("result", f"Iris {body['prediction']}", answer=body,
                           edit_link=query_link("/", [(name, f"{body['features'][name]:g}") for name in FEATURES]))
         if status == 400 and body and "errors" in body:
             field_errors = {e["field"]: e["message"] for e in body["errors"] if e.get("field") in FIELDS}
             other = [f"{e['field']} {e['message']}" for e in body["errors"] if e.get("field") not in FIELDS]
+            metrics.predictions.labels("invalid").inc()
             bottle.response.status = 400
             return render_form(values, field_errors, other)
+        metrics.predictions.labels("failed").inc()
+        metrics.api_failures.labels("credentials refused" if status == 401 else "error").inc()
         if status == 401:
             logger.error("the API refused the web app's credentials for user %r: check API_USERNAME and "
                          "API_PASSWORD", username)
@@ -343,6 +433,17 @@ def create_app(api_url, username, password, timeout=DEFAULT_TIMEOUT):
     def static(filename):
         return bottle.static_file(filename, root=STATIC_ROOT,
                                   headers={"Cache-Control": f"public, max-age={STATIC_MAX_AGE}, immutable"})
+
+    @app.get("/metrics")
+    def metrics_page():
+        """Prometheus metrics, behind basic auth with the credentials this app uses for the API."""
+        given = bottle.request.environ.get("HTTP_AUTHORIZATION", "").encode("latin-1")
+        if not hmac.compare_digest(given, authorization.encode()):
+            bottle.response.status = 401
+            bottle.response.set_header("WWW-Authenticate", 'Basic realm="iris-web", charset="UTF-8"')
+            return {"status": 401, "detail": "Send the service credentials with HTTP basic authentication."}
+        bottle.response.content_type = prometheus_client.CONTENT_TYPE_LATEST
+        return metrics.exposition()
 
     @app.get("/healthz")
     def healthz():
@@ -367,21 +468,23 @@ def create_app(api_url, username, password, timeout=DEFAULT_TIMEOUT):
                        "Start again from the form.")
 
     app.default_error_handler = error_page
-    return with_headers_and_access_log(app)
+    return with_request_handling(app, metrics)
 
 
 def start(environ):
     """Settings and app from the environment, with logging set up; one clear line and exit 1 when they are bad."""
-    level = environ.get("LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(level=level if level in LOG_LEVELS else "INFO", format=LOG_FORMAT)
+    level, log_format = environ.get("LOG_LEVEL", "INFO").upper(), environ.get("LOG_FORMAT", "text").lower()
+    configure_logging(level if level in LOG_LEVELS else "INFO", log_format if log_format in LOG_FORMATS else "text")
     try:
         settings = read_settings(environ)
     except StartupError as err:
         logger.critical("web refuses to start: %s", err)
         raise SystemExit(1) from None
     app = create_app(settings["api_url"], settings["username"], settings["password"], settings["timeout"])
-    logger.info("asking the API at %s as user %r, timeout %gs", settings["api_url"], settings["username"],
-                settings["timeout"])
+    logger.info("settings: API %s as user %r, timeout %gs, log level %s, log format %s, metrics %s",
+                settings["api_url"], settings["username"], settings["timeout"], settings["log_level"],
+                settings["log_format"],
+                "summed over the workers" if "PROMETHEUS_MULTIPROC_DIR" in environ else "in-process")
     return settings, app
 
 

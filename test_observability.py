@@ -1,0 +1,215 @@
+"""Metrics, request IDs and logs of both services: exact counts through gunicorn's workers, IDs followed from the
+web app to the API, JSON log lines."""
+
+import base64
+import io
+import json
+import logging
+import socket
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import webtest
+from prometheus_client.parser import text_string_to_metric_families
+
+import api
+import web
+from bench import Service, wait_ready
+from conftest import PASSWORD, USERNAME
+
+AUTH = {"Authorization": "Basic " + base64.b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode()}
+SETOSA = (5.1, 3.5, 1.4, 0.2)
+ODD = (1, 1, 1, 1)  # sepal length, sepal width and petal length outside the training range
+BATCH = [(6.9, 3.1, 5.4, 2.1), (6.0, 2.8, 4.4, 1.4), (5.0, 3.4, 1.5, 0.2), (7.7, 2.6, 6.9, 2.3), (1, 1, 1, 9)]
+
+
+def query(values):
+    return "&".join(f"{name}={value}" for name, value in zip(api.FEATURES, values))
+
+
+def samples(text):
+    """{(sample name, frozenset of labels): value} from a Prometheus text exposition."""
+    return {(sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def value(parsed, name, **labels):
+    return parsed.get((name, frozenset(labels.items())), 0)
+
+
+def call(url, headers=None, body=None):
+    request = urllib.request.Request(url, data=body, headers={**(headers or {}),
+                                                              **({"Content-Type": "application/json"} if body else {})})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as err:
+        with err:
+            return err.code
+
+
+# --- Exact counts under the production server settings ---------------------------------------------------------
+
+
+def test_api_counters_are_exact_across_gunicorn_workers(model_path):
+    model = api.load_model(model_path)
+    expected_classes = {}
+    for rows, times in (([SETOSA], 60), ([ODD], 40), (BATCH, 10)):
+        for answer in api.predict(model, np.array(rows, dtype=float)):
+            expected_classes[answer["prediction"]] = expected_classes.get(answer["prediction"], 0) + times
+    server = Service("api", "api:app_from_env()", {"API_USERNAME": USERNAME, "API_PASSWORD": PASSWORD,
+                                                   "MODEL_PATH": str(model_path), "LOG_LEVEL": "WARNING"})
+    try:
+        wait_ready(server.url + "/readyz")  # exactly one request: the port opens once the app is built
+        batch = json.dumps({"instances": BATCH}).encode()
+        jobs = ([(f"{server.url}/api/v1.0?{query(SETOSA)}", AUTH, None)] * 60
+                + [(f"{server.url}/api/v1.0?{query(ODD)}", AUTH, None)] * 40
+                + [(f"{server.url}/api/v1.0?sepal_length=abc", AUTH, None)] * 30
+                + [(f"{server.url}/api/v1.0?{query(SETOSA)}", {}, None)] * 20
+                + [(f"{server.url}/api/v1.0/predict", AUTH, batch)] * 10
+                + [(f"{server.url}/no/such/path", {}, None)] * 5)
+        with ThreadPoolExecutor(16) as pool:  # a new connection per request: both workers get their share
+            statuses = list(pool.map(lambda job: call(*job), jobs))
+        assert sorted(set(statuses)) == [200, 400, 401, 404]
+        with urllib.request.urlopen(urllib.request.Request(f"{server.url}/metrics", headers=AUTH)) as response:
+            assert response.headers["Content-Type"].startswith("text/plain")
+            parsed = samples(response.read().decode())
+    finally:
+        server.stop()
+
+    requests = "iris_api_requests_total"
+    assert value(parsed, requests, endpoint="/api/v1.0", method="GET", status="200") == 100
+    assert value(parsed, requests, endpoint="/api/v1.0", method="GET", status="400") == 30
+    assert value(parsed, requests, endpoint="/api/v1.0", method="GET", status="401") == 20
+    assert value(parsed, requests, endpoint="/api/v1.0/predict", method="POST", status="200") == 10
+    assert value(parsed, requests, endpoint="unmatched", method="GET", status="404") == 5
+    assert value(parsed, requests, endpoint="/readyz", method="GET", status="200") == 1
+    assert sum(v for (name, _), v in parsed.items() if name == requests) == 166
+    assert value(parsed, "iris_api_request_duration_seconds_count", endpoint="/api/v1.0") == 150
+    assert value(parsed, "iris_api_request_duration_seconds_bucket", endpoint="/api/v1.0", le="+Inf") == 150
+    for name, count in expected_classes.items():
+        assert value(parsed, "iris_api_predictions_total", **{"class": name}) == count
+    assert sum(v for (name, _), v in parsed.items() if name == "iris_api_predictions_total") == 150
+    out_of_range = "iris_api_inputs_out_of_range_total"
+    assert value(parsed, out_of_range, feature="sepal_length") == 40 + 10  # the ODD flower, and (1, 1, 1, 9)
+    assert value(parsed, out_of_range, feature="sepal_width") == 40 + 10
+    assert value(parsed, out_of_range, feature="petal_length") == 40 + 10
+    assert value(parsed, out_of_range, feature="petal_width") == 10
+    info = [labels for (name, labels), v in parsed.items() if name == "iris_model_info" and v == 1]
+    assert [dict(labels)["algorithm"] for labels in info] == ["logistic_regression"]
+    assert value(parsed, "iris_api_start_time_seconds") > 1.7e9
+
+
+def test_metrics_need_credentials(anonymous):
+    response = anonymous.get("/metrics", status=401)
+    assert response.content_type == "application/problem+json"
+
+
+def test_in_process_metrics_count_this_app(model_path):
+    client = webtest.TestApp(api.create_app(USERNAME, PASSWORD, model_path))
+    client.authorization = ("Basic", (USERNAME, PASSWORD))
+    client.get(f"/api/v1.0?{query(SETOSA)}")
+    parsed = samples(client.get("/metrics").text)
+    assert value(parsed, "iris_api_predictions_total", **{"class": "setosa"}) == 1
+    assert value(parsed, "iris_api_requests_total", endpoint="/api/v1.0", method="GET", status="200") == 1
+
+
+# --- Request IDs and logs --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sent, kept", [
+    ("abc-123_X.y:z", True),
+    ("a" * 64, True),
+    ("a" * 65, False),
+    ("has space", False),
+    ("new\nline", False),
+    ("<script>", False),
+    ("", False),
+])
+def test_api_keeps_a_sane_request_id_and_replaces_others(client, sent, kept, caplog):
+    caplog.set_level(logging.INFO)
+    response = client.get(f"/api/v1.0?{query(SETOSA)}", headers={"X-Request-ID": sent} if sent else {})
+    answered = response.headers["X-Request-ID"]
+    assert (answered == sent) is kept
+    assert api.SANE_REQUEST_ID.fullmatch(answered)
+    assert any(getattr(record, "request_id", None) == answered for record in caplog.records)
+
+
+def test_every_api_response_has_a_request_id(client):
+    for path, status in (("/healthz", 200), ("/nowhere", 404), ("/api/v1.0", 400)):
+        assert client.get(path, status=status).headers["X-Request-ID"]
+
+
+def test_the_web_app_passes_its_request_id_to_the_api(live_api, caplog):
+    caplog.set_level(logging.INFO)
+    client = webtest.TestApp(web.create_app(live_api, USERNAME, PASSWORD))
+    response = client.get(f"/prediction?{query(SETOSA)}", headers={"X-Request-ID": "click-42"})
+    assert response.headers["X-Request-ID"] == "click-42"
+    lines = [(record.name, record.getMessage()) for record in caplog.records if record.request_id == "click-42"]
+    assert ("api", next(m for n, m in lines if n == "api" and m.startswith("GET /api/v1.0 200"))) in lines
+    assert any(name == "web" and message.startswith("GET /prediction 200") for name, message in lines)
+
+
+def test_json_log_lines_carry_the_request_fields(client, caplog):
+    caplog.set_level(logging.INFO, logger="api")
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(api.RequestIdFilter())
+    handler.setFormatter(api.JsonFormatter())
+    logging.getLogger("api").addHandler(handler)
+    try:
+        client.get(f"/api/v1.0?{query(SETOSA)}&secret=1", headers={"X-Request-ID": "json-1"}, status=400)
+    finally:
+        logging.getLogger("api").removeHandler(handler)
+    entries = [json.loads(line) for line in stream.getvalue().splitlines()]
+    access = entries[-1]
+    assert access["request_id"] == "json-1" and access["method"] == "GET" and access["path"] == "/api/v1.0"
+    assert access["status"] == 400 and access["duration_ms"] >= 0 and access["level"] == "INFO" and access["time"]
+    assert "secret" not in stream.getvalue() and PASSWORD not in stream.getvalue()
+
+
+def test_log_format_must_be_known():
+    with pytest.raises(api.StartupError, match="LOG_FORMAT must be one of"):
+        api.read_settings({"API_USERNAME": "u", "API_PASSWORD": "p", "LOG_FORMAT": "xml"})
+
+
+# --- The web app's metrics -------------------------------------------------------------------------------------
+
+
+def test_web_metrics_count_pages_predictions_and_failures(live_api):
+    client = webtest.TestApp(web.create_app(live_api, USERNAME, PASSWORD))
+    client.get("/")
+    client.get(f"/prediction?{query(SETOSA)}")
+    client.get("/prediction?sepal_length=abc", status=400)
+    client.get("/static/style.css")
+    refused = webtest.TestApp(web.create_app(live_api, USERNAME, "wrong"))
+    refused.get(f"/prediction?{query(SETOSA)}", status=502)
+
+    client.get("/metrics", status=401)
+    client.authorization = ("Basic", (USERNAME, PASSWORD))
+    parsed = samples(client.get("/metrics").text)
+    assert value(parsed, "iris_web_page_views_total", page="/", status="200") == 1
+    assert value(parsed, "iris_web_page_views_total", page="/prediction", status="200") == 1
+    assert value(parsed, "iris_web_page_views_total", page="/prediction", status="400") == 1
+    assert sum(v for (name, _), v in parsed.items() if name == "iris_web_page_views_total") == 3  # not the CSS
+    assert value(parsed, "iris_web_predictions_total", outcome="answered") == 1
+    assert value(parsed, "iris_web_predictions_total", outcome="invalid") == 1
+    assert value(parsed, "iris_web_api_call_duration_seconds_count") == 2
+    refused.authorization = ("Basic", (USERNAME, "wrong"))
+    parsed = samples(refused.get("/metrics").text)
+    assert value(parsed, "iris_web_api_failures_total", kind="credentials refused") == 1
+    assert value(parsed, "iris_web_predictions_total", outcome="failed") == 1
+
+
+def test_web_metrics_count_an_unreachable_api():
+    with socket.socket() as sock:  # a loopback port where nothing listens
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    client = webtest.TestApp(web.create_app(closed, USERNAME, PASSWORD, timeout=1))
+    client.get(f"/prediction?{query(SETOSA)}", status=503)
+    client.authorization = ("Basic", (USERNAME, PASSWORD))
+    parsed = samples(client.get("/metrics").text)
+    assert value(parsed, "iris_web_api_failures_total", kind="unavailable") == 1
+    assert value(parsed, "iris_web_page_views_total", page="/prediction", status="503") == 1
