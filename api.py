@@ -12,9 +12,11 @@ Environment, read once at start-up:
     MODEL_PATH         joblib artifact written by train.py (default: model/iris.joblib beside this file)
     HOST, PORT         where `python api.py` listens (default: 127.0.0.1 and 8000)
     LOG_LEVEL          DEBUG, INFO, WARNING or ERROR (default: INFO)
+    LOG_FORMAT         text or json (default: text)
 
 Endpoints: GET /api/v1.0 (one prediction from the query string), POST /api/v1.0/predict (a batch),
-GET /api/v1.0/model (metadata), GET /healthz, GET /readyz and GET /openapi.json; see README.md.
+GET /api/v1.0/model (metadata), GET /metrics (Prometheus), GET /healthz, GET /readyz and GET /openapi.json;
+see README.md.
 """
 
 import base64
@@ -68,7 +70,7 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 JSON_TYPE = "application/json"
 PROBLEM_TYPE = "application/problem+json"
 # Plain decimal notation only: float() alone would also take 'nan', 'inf', '1_0' and surrounding spaces.
-DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")  # ASCII digits only
 REQUIRED_METADATA = ("name", "version", "algorithm", "features", "classes", "feature_ranges", "versions", "sha256")
 
 logger = logging.getLogger(__name__)

@@ -85,6 +85,7 @@ def test_boundary_values_are_accepted(client):
     ("sepal_length=0x10&sepal_width=1&petal_length=1&petal_width=1", "sepal_length", "must be a decimal number"),
     ("sepal_length=1_0&sepal_width=1&petal_length=1&petal_width=1", "sepal_length", "must be a decimal number"),
     ("sepal_length=%201&sepal_width=1&petal_length=1&petal_width=1", "sepal_length", "must be a decimal number"),
+    ("sepal_length=%D9%A3&sepal_width=1&petal_length=1&petal_width=1", "sepal_length", "must be a decimal number"),
     ("sepal_length=0&sepal_width=1&petal_length=1&petal_width=1", "sepal_length", "greater than 0 and at most 100 cm, got 0"),
     ("sepal_length=-1&sepal_width=1&petal_length=1&petal_width=1", "sepal_length", "greater than 0 and at most 100 cm"),
     ("sepal_length=100.5&sepal_width=1&petal_length=1&petal_width=1", "sepal_length", "at most 100 cm, got 100.5"),
