@@ -391,43 +391,61 @@ def create_app(api_url, username, password, timeout=DEFAULT_TIMEOUT):
     def form():
         return render_form(form_values(bottle.request.environ.get("QUERY_STRING", "")))
 
-    @app.get("/prediction")
-    def prediction():
-        values = form_values(bottle.request.environ.get("QUERY_STRING", ""))
-        url = f"{api_url}/api/v1.0?{urlencode(values)}"
+    def ask_api(values):
+        """The API's (status, body) for these form values, with the call timed and its failures counted."""
         started = time.perf_counter()
         try:
-            status, body = call_api(url, authorization, timeout)
-        except ApiUnavailable as err:
+            status, body = call_api(f"{api_url}/api/v1.0?{urlencode(values)}", authorization, timeout)
+        except ApiUnavailable:
             metrics.api_failures.labels("unavailable").inc()
-            metrics.predictions.labels("failed").inc()
-            logger.error("prediction service unavailable at %s: %s", api_url, err)
-            return failure(503, "Service unavailable", "The prediction service is unavailable",
-                           "It did not answer in time. Your measurements are kept in this page's address: "
-                           "try again in a moment.", retry_link=query_link("/prediction", values))
+            raise
         metrics.api_latency.observe(time.perf_counter() - started)
-        if status == 200 and body:
-            metrics.predictions.labels("answered").inc()
-            return render("result", f"Iris {body['prediction']}", answer=body,
-                          edit_link=query_link("/", [(name, f"{body['features'][name]:g}") for name in FEATURES]))
-        if status == 400 and body and "errors" in body:
-            field_errors = {e["field"]: e["message"] for e in body["errors"] if e.get("field") in FIELDS}
-            other = [f"{e['field']} {e['message']}" for e in body["errors"] if e.get("field") not in FIELDS]
-            metrics.predictions.labels("invalid").inc()
-            bottle.response.status = 400
-            return render_form(values, field_errors, other)
-        metrics.predictions.labels("failed").inc()
-        metrics.api_failures.labels("credentials refused" if status == 401 else "error").inc()
+        if status not in (200, 400):
+            metrics.api_failures.labels("credentials refused" if status == 401 else "error").inc()
+        return status, body
+
+    def result_page(answer):
+        edit_link = query_link("/", [(name, f"{answer['features'][name]:g}") for name in FEATURES])
+        return render("result", f"Iris {answer['prediction']}", answer=answer, edit_link=edit_link)
+
+    def form_with_errors(values, errors):
+        """The form again, status 400, with the API's message beside each bad field and the values kept."""
+        bottle.response.status = 400
+        field_errors = {e["field"]: e["message"] for e in errors if e.get("field") in FIELDS}
+        other = [f"{e['field']} {e['message']}" for e in errors if e.get("field") not in FIELDS]
+        return render_form(values, field_errors, other)
+
+    def api_failure_page(status, values):
         if status == 401:
             logger.error("the API refused the web app's credentials for user %r: check API_USERNAME and "
                          "API_PASSWORD", username)
             return failure(502, "Configuration error", "This web app is misconfigured",
                            "The prediction service did not accept this web app's credentials. "
                            "Please tell the people who run this site.")
-        logger.error("the API answered %s to %s", status, url.split("?")[0])
+        logger.error("the API answered %s (at %s)", status, api_url)
         return failure(502, "Service error", "The prediction service failed",
                        "It answered with an error. Try again later; if it keeps happening, tell the people who run "
                        "this site.", retry_link=query_link("/prediction", values))
+
+    @app.get("/prediction")
+    def prediction():
+        values = form_values(bottle.request.environ.get("QUERY_STRING", ""))
+        try:
+            status, body = ask_api(values)
+        except ApiUnavailable as err:
+            metrics.predictions.labels("failed").inc()
+            logger.error("prediction service unavailable at %s: %s", api_url, err)
+            return failure(503, "Service unavailable", "The prediction service is unavailable",
+                           "It did not answer in time. Your measurements are kept in this page's address: "
+                           "try again in a moment.", retry_link=query_link("/prediction", values))
+        if status == 200 and body:
+            metrics.predictions.labels("answered").inc()
+            return result_page(body)
+        if status == 400 and body and "errors" in body:
+            metrics.predictions.labels("invalid").inc()
+            return form_with_errors(values, body["errors"])
+        metrics.predictions.labels("failed").inc()
+        return api_failure_page(status, values)
 
     @app.get("/static/<filename:path>")
     def static(filename):
