@@ -13,8 +13,8 @@ $(VENV)/installed: requirements.txt requirements-web.txt requirements-test.txt
 test: $(VENV)/installed
 	$(VENV)/bin/python -m pytest
 
-train: $(VENV)/installed
-	$(VENV)/bin/python train.py
+train: $(VENV)/installed  # make train MODEL=random_forest for another algorithm
+	$(VENV)/bin/python train.py $(if $(MODEL),--model $(MODEL))
 
 api: $(VENV)/installed
 	$(VENV)/bin/python api.py
