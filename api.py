@@ -647,10 +647,16 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level, log_format):
+    formatter = JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_LOG_FORMAT)
     handler = logging.StreamHandler()
     handler.addFilter(RequestIdFilter())
-    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_LOG_FORMAT))
+    handler.setFormatter(formatter)
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    if log_format == "json":
+        # Under gunicorn, its own messages (workers starting and stopping) become JSON lines too, so that a log
+        # shipper reads one kind of line.
+        for gunicorn_handler in logging.getLogger("gunicorn.error").handlers:
+            gunicorn_handler.setFormatter(formatter)
 
 
 class Metrics:

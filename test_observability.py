@@ -213,3 +213,22 @@ def test_web_metrics_count_an_unreachable_api():
     parsed = samples(client.get("/metrics").text)
     assert value(parsed, "iris_web_api_failures_total", kind="unavailable") == 1
     assert value(parsed, "iris_web_page_views_total", page="/prediction", status="503") == 1
+
+
+@pytest.mark.parametrize("service, app", [("api", "api:app_from_env()"), ("web", "web:app_from_env()")])
+def test_json_logs_under_gunicorn_are_json_lines_only(model_path, service, app):
+    server = Service(service, app, {"API_USERNAME": USERNAME, "API_PASSWORD": PASSWORD, "LOG_FORMAT": "json",
+                                    "MODEL_PATH": str(model_path), "API_URL": "http://127.0.0.1:9"})
+    try:
+        wait_ready(server.url + "/healthz")
+        call(f"{server.url}/healthz", {"X-Request-ID": "json-under-gunicorn"})
+    finally:
+        log = server.log.name
+        server.process.terminate()
+        server.process.wait(timeout=15)
+        with open(log) as handle:
+            lines = handle.read().splitlines()
+        server.stop()
+    entries = [json.loads(line) for line in lines]  # every line, gunicorn's own included, is JSON
+    assert any(e.get("request_id") == "json-under-gunicorn" and e.get("path") == "/healthz" for e in entries)
+    assert any("worker" in e["message"].lower() for e in entries)  # gunicorn's own messages
