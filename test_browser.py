@@ -77,6 +77,15 @@ def test_invalid_value_shows_the_api_message(page, site):
     page.screenshot(path=str(IMAGES / "invalid.png"), full_page=True)
 
 
+def test_the_browser_leaves_validation_to_the_api(page, site):
+    page.goto(f"{site}/")
+    fill(page, {**SETOSA, "sepal_length": "5.15", "petal_width": "0.05"})  # finer than the data's 0.1 cm
+    page.click("button[type=submit]")
+    page.wait_for_url("**/prediction?**")
+    assert page.locator("h1").inner_text() == "Iris setosa"
+    assert "5.15 cm" in page.locator(".measured").inner_text()
+
+
 def test_example_link_then_submit(page, site):
     page.goto(f"{site}/")
     page.click("text=virginica")

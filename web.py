@@ -75,6 +75,8 @@ SECURITY_HEADERS = [
     ("Referrer-Policy", "no-referrer"),
 ]
 
+# One template for every page. The inputs say step="any" and min="0" so that the browser lets any positive decimal
+# through and the API, the one place where the validation rules live, decides.
 PAGE = """<!doctype html>
 <html lang="en">
 <head>
@@ -110,11 +112,11 @@ PAGE = """<!doctype html>
     <div class="field{{" invalid" if name in errors else ""}}">
       <label for="{{name}}">{{label}} <span class="unit">(cm)</span></label>
       % if name in errors:
-      <input id="{{name}}" name="{{name}}" type="number" inputmode="decimal" step="0.1" min="0.1" required
+      <input id="{{name}}" name="{{name}}" type="number" inputmode="decimal" step="any" min="0" required
              value="{{values.get(name, "")}}" aria-invalid="true" aria-describedby="{{name}}-hint {{name}}-error">
       <p class="error" id="{{name}}-error">{{label}} {{errors[name]}}</p>
       % else:
-      <input id="{{name}}" name="{{name}}" type="number" inputmode="decimal" step="0.1" min="0.1" required
+      <input id="{{name}}" name="{{name}}" type="number" inputmode="decimal" step="any" min="0" required
              value="{{values.get(name, "")}}" aria-describedby="{{name}}-hint">
       % end
       <p class="hint" id="{{name}}-hint">Typically {{low}} to {{high}} cm</p>
