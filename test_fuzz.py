@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import api
+import web
 from conftest import PASSWORD, USERNAME
 
 AUTHORIZATION = {"Authorization": "Basic " + base64.b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode()}
@@ -129,3 +130,19 @@ def test_any_json_body_gives_predictions_or_a_4xx_naming_the_problem(app, body):
 def test_any_bytes_as_a_body_give_a_400(app, raw):
     response = app.post("/api/v1.0/predict", raw, content_type="application/json", expect_errors=True)
     assert response.status_int in (200, 400)
+
+
+@pytest.fixture(scope="module")
+def page(live_api):
+    """The web app, talking to the real API."""
+    return webtest.TestApp(web.create_app(live_api, USERNAME, PASSWORD))
+
+
+@given(params=st.lists(st.tuples(names, query_values), max_size=80))
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_query_gives_the_web_page_or_the_form_with_errors(page, params):
+    query = urlencode(params)
+    assert page.get(f"/?{query}").status_int == 200
+    response = page.get(f"/prediction?{query}", expect_errors=True)
+    assert response.status_int in (200, 400), response.text[:500]
+    assert response.content_type == "text/html"

@@ -117,6 +117,12 @@ def test_a_value_cannot_inject_a_parameter_into_the_api_call(browser):
     assert page.html.find(id="petal_width-error") is None
 
 
+def test_a_long_query_is_not_a_crash(browser):
+    extra = "&".join(f"x{i}=1" for i in range(200))
+    assert browser.get(f"/?{extra}").status_int == 200
+    assert browser.get(f"/prediction?{query(**SETOSA)}&{extra}").html.find("h1").text == "Iris setosa"
+
+
 def test_unknown_fields_from_the_browser_are_not_forwarded(browser):
     page = browser.get(f"/prediction?{query(**SETOSA)}&debug=1&sepal_lenght=2")
     assert page.html.find("h1").text == "Iris setosa"
