@@ -237,3 +237,19 @@ def test_web_timeout_gives_503_in_time_and_frees_the_worker(broken_api):
         assert time.monotonic() - started < 0.5
     finally:
         server.stop()
+
+
+def chunked(body, size=65_536):
+    """A body in HTTP/1.1 chunked transfer encoding."""
+    pieces = [body[i:i + size] for i in range(0, len(body), size)]
+    return b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces) + b"0\r\n\r\n"
+
+
+def test_chunked_uploads_are_read_up_to_the_limit(api_server):
+    headers = [f"Authorization: {AUTH}".encode(), b"Content-Type: application/json", b"Transfer-Encoding: chunked"]
+    small = json.dumps({"instances": [[5.1, 3.5, 1.4, 0.2]]}).encode()
+    answer = exchange(api_server.port, request("POST", b"/api/v1.0/predict", headers, chunked(small)))
+    assert status_of(answer) == 200 and b'"prediction": "setosa"' in answer
+    large = b'{"instances": [' + b"[1, 1, 1, 1], " * 100_000 + b"[1, 1, 1, 1]]}"
+    answer = exchange(api_server.port, request("POST", b"/api/v1.0/predict", headers, chunked(large)))
+    assert status_of(answer) == 413
