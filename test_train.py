@@ -67,8 +67,8 @@ def test_same_seed_same_predictions_other_seed_other_version(tmp_path):
 def test_unknown_model_is_one_clear_error(tmp_path):
     result = subprocess.run([sys.executable, TRAIN, "--model", "deep_learning", "--output", str(tmp_path / "m.joblib")],
                             capture_output=True, text=True)
-    assert result.returncode != 0
-    assert "invalid choice: 'deep_learning'" in result.stderr
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "invalid choice: 'deep_learning'" in result.stderr
     assert not (tmp_path / "m.joblib").exists()
 
 

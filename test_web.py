@@ -3,6 +3,8 @@
 import base64
 import logging
 import socket
+import subprocess
+import sys
 import time
 from urllib.parse import urlencode
 
@@ -278,3 +280,11 @@ def test_defaults(tmp_path):
     settings = web.read_settings({"API_USERNAME": "u", "API_PASSWORD_FILE": str(secret)})
     assert settings["password"] == "pw"
     assert (settings["api_url"], settings["timeout"], settings["port"]) == ("http://localhost:8000", 5.0, 5000)
+
+
+def test_web_without_credentials_refuses_to_start_with_one_line():
+    result = subprocess.run([sys.executable, web.__file__], env={"PATH": "/usr/bin:/bin"}, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "web refuses to start" in lines[0] and "API_USERNAME" in lines[0]

@@ -216,8 +216,15 @@ def test_size_fraction(text):
     return value
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Report a bad command line in one line (argparse adds the whole usage first); --help still shows it."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="Train the iris classifier and save it for api.py.")
+    parser = OneLineErrorParser(description="Train the iris classifier and save it for api.py.")
     parser.add_argument("--model", choices=sorted(ALGORITHMS), default=DEFAULT_MODEL,
                         help=f"algorithm to train (default: {DEFAULT_MODEL})")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
