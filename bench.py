@@ -154,6 +154,8 @@ def docker_figures(duration):
         figures["API container memory after load"] = stats.split("/")[0].strip()
     finally:
         subprocess.run(["docker", "rm", "-f", container], capture_output=True)
+        # Untag the images; their layers stay in Docker's build cache for the next run.
+        subprocess.run(["docker", "image", "rm", "iris-bench-api", "iris-bench-web"], capture_output=True)
     return figures
 
 
