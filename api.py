@@ -374,18 +374,21 @@ def read_body(environ):
     media_type = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
     if media_type != JSON_TYPE:
         raise problem(415, f"Send the body as JSON with 'Content-Type: {JSON_TYPE}'.")
-    too_large = problem(413, f"The body is larger than {MAX_BODY_BYTES} bytes; split the batch.")
     length = environ.get("CONTENT_LENGTH") or ""
     if length.isdigit():
-        if int(length) > MAX_BODY_BYTES:
-            raise too_large
+        if int(length) > MAX_BODY_BYTES:  # refused before a byte of it is read
+            raise body_too_large()
         return environ["wsgi.input"].read(int(length))
-    if environ.get("wsgi.input_terminated"):  # chunked upload: read no more than the limit allows
-        body = environ["wsgi.input"].read(MAX_BODY_BYTES + 1)
-        if len(body) > MAX_BODY_BYTES:
-            raise too_large
-        return body
-    return b""
+    if not environ.get("wsgi.input_terminated"):  # no length and not chunked: no body
+        return b""
+    body = environ["wsgi.input"].read(MAX_BODY_BYTES + 1)  # chunked: read no more than the limit allows
+    if len(body) > MAX_BODY_BYTES:
+        raise body_too_large()
+    return body
+
+
+def body_too_large():
+    return problem(413, f"The body is larger than {MAX_BODY_BYTES} bytes; split the batch.")
 
 
 def reject_constant(name):

@@ -139,7 +139,6 @@ def docker_figures(duration):
                               capture_output=True, text=True, check=True).stdout
         figures[f"{name} image"] = f"{int(size) / 1e6:.0f} MB"
     port = free_port()
-    started = time.monotonic()
     container = subprocess.run(
         ["docker", "run", "-d", "--rm", "--read-only", "--tmpfs", "/tmp", "--init", "-p", f"127.0.0.1:{port}:8000",
          "-e", f"API_USERNAME={USERNAME}", "-e", f"API_PASSWORD={PASSWORD}", "iris-bench-api"],

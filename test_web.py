@@ -12,7 +12,7 @@ import pytest
 import webtest
 
 import web
-from conftest import PASSWORD, USERNAME, serve
+from conftest import PASSWORD, USERNAME
 
 SETOSA = {"sepal_length": "5.1", "sepal_width": "3.5", "petal_length": "1.4", "petal_width": "0.2"}
 SECRETS = (PASSWORD, base64.b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode())
