@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 
-.PHONY: test train api web clean
+.PHONY: test train api web screenshots bench load clean
 
 $(VENV)/installed: requirements.txt requirements-web.txt requirements-test.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,5 +22,14 @@ api: $(VENV)/installed
 web: $(VENV)/installed
 	$(VENV)/bin/python web.py
 
+screenshots: $(VENV)/installed  # the README's pictures, taken in headless Chromium into docs/images
+	SCREENSHOTS_DIR=docs/images $(VENV)/bin/python -m pytest tests/test_browser.py
+
+bench: $(VENV)/installed  # the performance table of the README (needs wrk and a trained model: make train)
+	$(VENV)/bin/python -m tools.bench
+
+load: $(VENV)/installed  # 100,000 mixed requests, every answer checked (needs a trained model: make train)
+	$(VENV)/bin/python -m tools.load
+
 clean:
-	rm -rf $(VENV) .pytest_cache __pycache__
+	rm -rf $(VENV) .pytest_cache __pycache__ */__pycache__

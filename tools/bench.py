@@ -1,104 +1,38 @@
-"""Benchmark the services the way the containers run them, and print a markdown table.
+"""Benchmark the services the way the containers run them, and print a markdown table. From the repository root:
 
-    python bench.py                      # about 4 minutes: 3 interleaved rounds of 5 s runs, medians reported
-    python bench.py --duration 1 --rounds 1 --no-docker     # a smoke run of a few seconds
-    python bench.py --docker             # also the API container: cold start, load through Docker's proxy, size
+    python -m tools.bench                # about 4 minutes: 3 interleaved rounds of 5 s runs, medians reported
+    python -m tools.bench --duration 1 --rounds 1 --no-docker     # a smoke run of a few seconds
+    python -m tools.bench --docker       # also the API container: cold start, load through Docker's proxy, size
 
-It starts gunicorn with gunicorn.conf.py and the same settings as the images (WORKERS=2, gevent), on free loopback ports,
-with each service's logging going to a file as it goes to Docker's log in a container. Load comes from wrk
-(apt-get install wrk / brew install wrk). Every URL is on 127.0.0.1. Needs a trained model (python train.py).
-
-A hello-world Bottle route under the same server settings is the ceiling: the API cannot be faster than the
-server that carries it.
+It starts the services as the images do (tests/support.py: the production server with the project's settings), on
+free loopback ports, with each service's logging going to a file as it goes to Docker's log in a container. Load
+comes from wrk (apt-get install wrk / brew install wrk). Every URL is on 127.0.0.1. Needs a trained model (python
+train.py). A hello-world Bottle app under the same server (tools/hello.py) is the ceiling.
 """
 
 import argparse
-import base64
 import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
-import bottle
+from tests.support import (FLOWERS, PASSWORD, ROOT, SERVER_SETTINGS, USERNAME, Server, auth_header, free_port, query,
+                           wait_ready)
 
-ROOT = Path(__file__).resolve().parent
-USERNAME, PASSWORD = "bench", "bench-password"
-AUTH = "Basic " + base64.b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode()
-SETOSA = "sepal_length=5.1&sepal_width=3.5&petal_length=1.4&petal_width=0.2"
-SERVER = {"WORKERS": "2"}  # as in Dockerfile.api and Dockerfile.web; WORKER_CLASS etc. pass through from the environment
+AUTH = auth_header()["Authorization"]
+SETOSA = query(FLOWERS["setosa"])
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 
-def hello_app():
-    """The ceiling: a hello-world Bottle app (gunicorn --config gunicorn.conf.py 'bench:hello_app()')."""
-    app = bottle.Bottle()
-    app.route("/", callback=lambda: "hello")
-    return app
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_ready(url, timeout=60.0):
-    """Seconds until url answers 200."""
-    started = time.monotonic()
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return time.monotonic() - started
-        except OSError:
-            pass
-        if time.monotonic() - started > timeout:
-            raise RuntimeError(f"{url} not ready after {timeout} s")
-        time.sleep(0.01)
-
-
-class Service:
-    """A gunicorn process tree serving one app on a free loopback port, logging to a file."""
-
-    def __init__(self, name, app, env=None):
-        self.name, self.port = name, free_port()
-        self.log = tempfile.NamedTemporaryFile(prefix=f"bench-{name}-", suffix=".log", delete=False)
-        environ = {**os.environ, **SERVER, "HOST": "127.0.0.1", "PORT": str(self.port),
-                   "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", **(env or {})}
-        self.process = subprocess.Popen([sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", app],
-                                        cwd=ROOT, env=environ, stdout=self.log, stderr=self.log)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def rss_mib(self):
-        """Resident memory of the master and of each worker, in MiB."""
-        children = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout
-        return [rss_mib(pid) for pid in [self.process.pid, *map(int, children.split())]]
-
-    def memory_mib(self):
-        """Resident memory of the master and of the largest worker, in MiB, and the number of workers."""
-        master, *workers = self.rss_mib()
-        return master, max(workers, default=0.0), len(workers)
-
-    def stop(self):
-        self.process.terminate()
-        self.process.wait(timeout=15)
-        self.log.close()
-        os.unlink(self.log.name)
-
-
-def rss_mib(pid):
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+def memory_mib(server):
+    """Resident memory of the main process and of the largest worker, in MiB, and the number of workers."""
+    main_process, *workers = server.rss_mib()
+    return main_process, max(workers, default=0.0), len(workers)
 
 
 def post_script(rows):
@@ -174,10 +108,10 @@ def main(argv=None):
 
     credentials = {"API_USERNAME": USERNAME, "API_PASSWORD": PASSWORD, "LOG_LEVEL": "INFO",
                    "MODEL_PATH": str(args.model_path)}
-    hello = Service("hello", "bench:hello_app()")
-    api = Service("api", "api:app_from_env()", credentials)
+    hello = Server("tools.hello:hello_app()")
+    api = Server("api:app_from_env()", credentials)
     api_cold_start = wait_ready(api.url + "/readyz")
-    web = Service("web", "web:app_from_env()", {**credentials, "API_URL": api.url})
+    web = Server("web:app_from_env()", {**credentials, "API_URL": api.url})
     wait_ready(hello.url + "/")
     wait_ready(web.url + "/readyz")
     scripts = {rows: post_script(rows) for rows in (1, 100, 10_000)}
@@ -196,15 +130,15 @@ def main(argv=None):
         for _ in range(args.rounds):  # interleaved, so a noisy moment hurts every case a little, not one a lot
             for name, run in runs.items():
                 results[name].append(run())
-        memory = {service.name: service.memory_mib() for service in (api, web)}
+        memory = {"api": memory_mib(api), "web": memory_mib(web)}
     finally:
-        for service in (hello, api, web):
-            service.stop()
+        for server in (hello, api, web):
+            server.stop()
         for script in scripts.values():
             os.unlink(script)
 
     ceiling = median_of(results["hello world, 16 connections (the ceiling)"], "rps")
-    print(f"\n{os.cpu_count()} cores, Python {sys.version.split()[0]}, gunicorn WORKERS={SERVER['WORKERS']} "
+    print(f"\n{os.cpu_count()} cores, Python {sys.version.split()[0]}, gunicorn WORKERS={SERVER_SETTINGS['WORKERS']} "
           f"WORKER_CLASS={os.environ.get('WORKER_CLASS', 'gevent')}, {args.rounds} rounds of {args.duration} s, "
           "medians\n")
     print("| case | requests/s | rows/s | p50 ms | p99 ms | vs ceiling | failed |")

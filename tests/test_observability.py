@@ -1,11 +1,9 @@
 """Metrics, request IDs and logs of both services: exact counts through gunicorn's workers, IDs followed from the
 web app to the API, JSON log lines."""
 
-import base64
 import io
 import json
 import logging
-import socket
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -15,18 +13,14 @@ import webtest
 from prometheus_client.parser import text_string_to_metric_families
 
 import api
-import web
-from bench import Service, wait_ready
-from conftest import PASSWORD, USERNAME
+import model
+import service
+from tests.support import FLOWERS, PASSWORD, USERNAME, Server, api_server, auth_header, query, wait_ready
 
-AUTH = {"Authorization": "Basic " + base64.b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode()}
-SETOSA = (5.1, 3.5, 1.4, 0.2)
-ODD = (1, 1, 1, 1)  # sepal length, sepal width and petal length outside the training range
+AUTH = auth_header()
+SETOSA = FLOWERS["setosa"]
+ODD = FLOWERS["odd"]  # sepal length, sepal width and petal length outside the training range
 BATCH = [(6.9, 3.1, 5.4, 2.1), (6.0, 2.8, 4.4, 1.4), (5.0, 3.4, 1.5, 0.2), (7.7, 2.6, 6.9, 2.3), (1, 1, 1, 9)]
-
-
-def query(values):
-    return "&".join(f"{name}={value}" for name, value in zip(api.FEATURES, values))
 
 
 def samples(text):
@@ -54,15 +48,13 @@ def call(url, headers=None, body=None):
 
 
 def test_api_counters_are_exact_across_gunicorn_workers(model_path):
-    model = api.load_model(model_path)
+    loaded = model.load_model(model_path)
     expected_classes = {}
     for rows, times in (([SETOSA], 60), ([ODD], 40), (BATCH, 10)):
-        for answer in api.predict(model, np.array(rows, dtype=float)):
+        for answer in model.predict(loaded, np.array(rows, dtype=float)):
             expected_classes[answer["prediction"]] = expected_classes.get(answer["prediction"], 0) + times
-    server = Service("api", "api:app_from_env()", {"API_USERNAME": USERNAME, "API_PASSWORD": PASSWORD,
-                                                   "MODEL_PATH": str(model_path), "LOG_LEVEL": "WARNING"})
+    server = api_server(model_path)  # exactly one request to /readyz: the port opens once the app is built
     try:
-        wait_ready(server.url + "/readyz")  # exactly one request: the port opens once the app is built
         batch = json.dumps({"instances": BATCH}).encode()
         jobs = ([(f"{server.url}/api/v1.0?{query(SETOSA)}", AUTH, None)] * 60
                 + [(f"{server.url}/api/v1.0?{query(ODD)}", AUTH, None)] * 40
@@ -102,13 +94,14 @@ def test_api_counters_are_exact_across_gunicorn_workers(model_path):
     assert value(parsed, "iris_api_start_time_seconds") > 1.7e9
 
 
-def test_metrics_need_credentials(anonymous):
-    response = anonymous.get("/metrics", status=401)
+def test_metrics_need_credentials(anonymous_api_client):
+    response = anonymous_api_client.get("/metrics", status=401)
     assert response.content_type == "application/problem+json"
 
 
 def test_in_process_metrics_count_this_app(model_path):
-    client = webtest.TestApp(api.create_app(USERNAME, PASSWORD, model_path))
+    client = webtest.TestApp(api.create_app(api.Settings(username=USERNAME, password=PASSWORD,
+                                                         model_path=model_path)))
     client.authorization = ("Basic", (USERNAME, PASSWORD))
     client.get(f"/api/v1.0?{query(SETOSA)}")
     parsed = samples(client.get("/metrics").text)
@@ -128,39 +121,38 @@ def test_in_process_metrics_count_this_app(model_path):
     ("<script>", False),
     ("", False),
 ])
-def test_api_keeps_a_sane_request_id_and_replaces_others(client, sent, kept, caplog):
+def test_api_keeps_a_sane_request_id_and_replaces_others(api_client, sent, kept, caplog):
     caplog.set_level(logging.INFO)
-    response = client.get(f"/api/v1.0?{query(SETOSA)}", headers={"X-Request-ID": sent} if sent else {})
+    response = api_client.get(f"/api/v1.0?{query(SETOSA)}", headers={"X-Request-ID": sent} if sent else {})
     answered = response.headers["X-Request-ID"]
     assert (answered == sent) is kept
-    assert api.SANE_REQUEST_ID.fullmatch(answered)
+    assert service.SANE_REQUEST_ID.fullmatch(answered)
     assert any(getattr(record, "request_id", None) == answered for record in caplog.records)
 
 
-def test_every_api_response_has_a_request_id(client):
+def test_every_api_response_has_a_request_id(api_client):
     for path, status in (("/healthz", 200), ("/nowhere", 404), ("/api/v1.0", 400)):
-        assert client.get(path, status=status).headers["X-Request-ID"]
+        assert api_client.get(path, status=status).headers["X-Request-ID"]
 
 
-def test_the_web_app_passes_its_request_id_to_the_api(live_api, caplog):
+def test_the_web_app_passes_its_request_id_to_the_api(web_client, caplog):
     caplog.set_level(logging.INFO)
-    client = webtest.TestApp(web.create_app(live_api, USERNAME, PASSWORD))
-    response = client.get(f"/prediction?{query(SETOSA)}", headers={"X-Request-ID": "click-42"})
+    response = web_client.get(f"/prediction?{query(SETOSA)}", headers={"X-Request-ID": "click-42"})
     assert response.headers["X-Request-ID"] == "click-42"
     lines = [(record.name, record.getMessage()) for record in caplog.records if record.request_id == "click-42"]
     assert ("api", next(m for n, m in lines if n == "api" and m.startswith("GET /api/v1.0 200"))) in lines
     assert any(name == "web" and message.startswith("GET /prediction 200") for name, message in lines)
 
 
-def test_json_log_lines_carry_the_request_fields(client, caplog):
+def test_json_log_lines_carry_the_request_fields(api_client, caplog):
     caplog.set_level(logging.INFO, logger="api")
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    handler.addFilter(api.RequestIdFilter())
-    handler.setFormatter(api.JsonFormatter())
+    handler.addFilter(service.RequestIdFilter())
+    handler.setFormatter(service.JsonFormatter())
     logging.getLogger("api").addHandler(handler)
     try:
-        client.get(f"/api/v1.0?{query(SETOSA)}&secret=1", headers={"X-Request-ID": "json-1"}, status=400)
+        api_client.get(f"/api/v1.0?{query(SETOSA)}&secret=1", headers={"X-Request-ID": "json-1"}, status=400)
     finally:
         logging.getLogger("api").removeHandler(handler)
     entries = [json.loads(line) for line in stream.getvalue().splitlines()]
@@ -171,20 +163,20 @@ def test_json_log_lines_carry_the_request_fields(client, caplog):
 
 
 def test_log_format_must_be_known():
-    with pytest.raises(api.StartupError, match="LOG_FORMAT must be one of"):
+    with pytest.raises(service.StartupError, match="LOG_FORMAT must be one of"):
         api.read_settings({"API_USERNAME": "u", "API_PASSWORD": "p", "LOG_FORMAT": "xml"})
 
 
 # --- The web app's metrics -------------------------------------------------------------------------------------
 
 
-def test_web_metrics_count_pages_predictions_and_failures(live_api):
-    client = webtest.TestApp(web.create_app(live_api, USERNAME, PASSWORD))
+def test_web_metrics_count_pages_predictions_and_failures(live_api, new_web_client):
+    client = new_web_client(live_api)
     client.get("/")
     client.get(f"/prediction?{query(SETOSA)}")
     client.get("/prediction?sepal_length=abc", status=400)
     client.get("/static/style.css")
-    refused = webtest.TestApp(web.create_app(live_api, USERNAME, "wrong"))
+    refused = new_web_client(live_api, password="wrong")
     refused.get(f"/prediction?{query(SETOSA)}", status=502)
 
     client.get("/metrics", status=401)
@@ -203,11 +195,8 @@ def test_web_metrics_count_pages_predictions_and_failures(live_api):
     assert value(parsed, "iris_web_predictions_total", outcome="failed") == 1
 
 
-def test_web_metrics_count_an_unreachable_api():
-    with socket.socket() as sock:  # a loopback port where nothing listens
-        sock.bind(("127.0.0.1", 0))
-        closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    client = webtest.TestApp(web.create_app(closed, USERNAME, PASSWORD, timeout=1))
+def test_web_metrics_count_an_unreachable_api(new_web_client, closed_port_url):
+    client = new_web_client(closed_port_url, timeout=1)
     client.get(f"/prediction?{query(SETOSA)}", status=503)
     client.authorization = ("Basic", (USERNAME, PASSWORD))
     parsed = samples(client.get("/metrics").text)
@@ -215,19 +204,17 @@ def test_web_metrics_count_an_unreachable_api():
     assert value(parsed, "iris_web_page_views_total", page="/prediction", status="503") == 1
 
 
-@pytest.mark.parametrize("service, app", [("api", "api:app_from_env()"), ("web", "web:app_from_env()")])
-def test_json_logs_under_gunicorn_are_json_lines_only(model_path, service, app):
-    server = Service(service, app, {"API_USERNAME": USERNAME, "API_PASSWORD": PASSWORD, "LOG_FORMAT": "json",
-                                    "MODEL_PATH": str(model_path), "API_URL": "http://127.0.0.1:9"})
+@pytest.mark.parametrize("app", ["api:app_from_env()", "web:app_from_env()"])
+def test_json_logs_under_gunicorn_are_json_lines_only(model_path, app):
+    server = Server(app, {"API_USERNAME": USERNAME, "API_PASSWORD": PASSWORD, "LOG_FORMAT": "json",
+                          "MODEL_PATH": str(model_path), "API_URL": "http://127.0.0.1:9"})
     try:
         wait_ready(server.url + "/healthz")
         call(f"{server.url}/healthz", {"X-Request-ID": "json-under-gunicorn"})
-    finally:
-        log = server.log.name
         server.process.terminate()
         server.process.wait(timeout=15)
-        with open(log) as handle:
-            lines = handle.read().splitlines()
+        lines = server.log_text().splitlines()
+    finally:
         server.stop()
     entries = [json.loads(line) for line in lines]  # every line, gunicorn's own included, is JSON
     assert any(e.get("request_id") == "json-under-gunicorn" and e.get("path") == "/healthz" for e in entries)

@@ -1,51 +1,29 @@
 """The web page, through WebTest, against the REAL API served on a loopback port (and a few broken ones)."""
 
-import base64
 import logging
-import socket
 import subprocess
 import sys
 import time
 from urllib.parse import urlencode
 
 import pytest
-import webtest
 
 import web
-from conftest import PASSWORD, USERNAME
+from tests.support import PASSWORD, ROOT, auth_header
 
 SETOSA = {"sepal_length": "5.1", "sepal_width": "3.5", "petal_length": "1.4", "petal_width": "0.2"}
-SECRETS = (PASSWORD, base64.b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode())
+SECRETS = (PASSWORD, auth_header()["Authorization"].split()[1])
 
 
 def query(**values):
     return "&".join(f"{name}={value}" for name, value in values.items())
 
 
-def page_client(api_url, username=USERNAME, password=PASSWORD, timeout=5.0):
-    return webtest.TestApp(web.create_app(api_url, username, password, timeout))
-
-
-@pytest.fixture
-def browser(live_api):
-    """The web app talking to the real API with the right credentials."""
-    return page_client(live_api)
-
-
-@pytest.fixture
-def closed_port_url():
-    """A loopback URL where nothing listens."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
-
-
 # --- The form --------------------------------------------------------------------------------------------------
 
 
-def test_form_has_four_labelled_number_inputs(browser):
-    page = browser.get("/")
+def test_form_has_four_labelled_number_inputs(web_client):
+    page = web_client.get("/")
     form = page.forms[0]
     assert form.action == "/prediction" and form.method.upper() == "GET"
     for name in web.FEATURES:
@@ -57,16 +35,16 @@ def test_form_has_four_labelled_number_inputs(browser):
     assert "Typically 4.3 to 7.9 cm" in page.text
 
 
-def test_example_links_fill_the_form(browser):
-    page = browser.get("/")
+def test_example_links_fill_the_form(web_client):
+    page = web_client.get("/")
     links = {a.text: a["href"] for a in page.html.select(".examples a")}
     assert set(links) == {"setosa", "versicolor", "virginica"}
-    filled = browser.get(links["virginica"]).forms[0]
+    filled = web_client.get(links["virginica"]).forms[0]
     assert [filled[name].value for name in web.FEATURES] == ["6.9", "3.1", "5.4", "2.1"]
 
 
-def test_submitting_the_form_shows_a_real_prediction(browser, wsgi_app):
-    form = browser.get("/").forms[0]
+def test_submitting_the_form_shows_a_real_prediction(web_client):
+    form = web_client.get("/").forms[0]
     for name, value in SETOSA.items():
         form[name] = value
     page = form.submit()
@@ -79,11 +57,11 @@ def test_submitting_the_form_shows_a_real_prediction(browser, wsgi_app):
     assert measured == ["5.1 cm", "3.5 cm", "1.4 cm", "0.2 cm"]
     assert "Model iris-classifier, version" in page.text
     back = page.html.find("a", string="Change these measurements")["href"]
-    assert [browser.get(back).forms[0][name].value for name in web.FEATURES] == list(SETOSA.values())
+    assert [web_client.get(back).forms[0][name].value for name in web.FEATURES] == list(SETOSA.values())
 
 
-def test_extrapolation_warnings_are_shown(browser):
-    page = browser.get("/prediction?sepal_length=1&sepal_width=1&petal_length=1&petal_width=1")
+def test_extrapolation_warnings_are_shown(web_client):
+    page = web_client.get("/prediction?sepal_length=1&sepal_width=1&petal_length=1&petal_width=1")
     assert "Take this answer with care" in page.text
     assert "sepal_length 1 cm lies outside the 4.3 to 7.9 cm seen in training" in page.text
 
@@ -96,8 +74,8 @@ def test_extrapolation_warnings_are_shown(browser):
     ({**SETOSA, "sepal_length": "1e999"}, "sepal_length", "must be a finite number"),
     ({key: value for key, value in SETOSA.items() if key != "petal_width"}, "petal_width", "is required"),
 ])
-def test_api_validation_messages_appear_beside_the_field(browser, values, field, message):
-    page = browser.get(f"/prediction?{query(**values)}", status=400)
+def test_api_validation_messages_appear_beside_the_field(web_client, values, field, message):
+    page = web_client.get(f"/prediction?{query(**values)}", status=400)
     assert message in page.html.find(id=f"{field}-error").text
     assert page.html.find(id=field)["aria-invalid"] == "true"
     form = page.forms[0]
@@ -105,33 +83,33 @@ def test_api_validation_messages_appear_beside_the_field(browser, values, field,
         assert form[name].value == value  # the user's values are kept
 
 
-def test_a_repeated_field_is_reported_by_the_api(browser):
-    page = browser.get(f"/prediction?{query(**SETOSA)}&petal_width=3", status=400)
+def test_a_repeated_field_is_reported_by_the_api(web_client):
+    page = web_client.get(f"/prediction?{query(**SETOSA)}&petal_width=3", status=400)
     assert "was given 2 times" in page.html.find(id="petal_width-error").text
 
 
-def test_a_value_cannot_inject_a_parameter_into_the_api_call(browser):
+def test_a_value_cannot_inject_a_parameter_into_the_api_call(web_client):
     # Typed into the sepal-length box, "1&petal_width=9" must reach the API as one (invalid) value.
     values = {**SETOSA, "sepal_length": "1&petal_width=9"}
-    page = browser.get("/prediction?" + "&".join(f"{k}={v.replace('&', '%26').replace('=', '%3D')}"
+    page = web_client.get("/prediction?" + "&".join(f"{k}={v.replace('&', '%26').replace('=', '%3D')}"
                                                   for k, v in values.items()), status=400)
     assert "got '1&petal_width=9'" in page.html.find(id="sepal_length-error").text
     assert page.html.find(id="petal_width-error") is None
 
 
-def test_a_long_query_is_not_a_crash(browser):
+def test_a_long_query_is_not_a_crash(web_client):
     extra = "&".join(f"x{i}=1" for i in range(200))
-    assert browser.get(f"/?{extra}").status_int == 200
-    assert browser.get(f"/prediction?{query(**SETOSA)}&{extra}").html.find("h1").text == "Iris setosa"
+    assert web_client.get(f"/?{extra}").status_int == 200
+    assert web_client.get(f"/prediction?{query(**SETOSA)}&{extra}").html.find("h1").text == "Iris setosa"
 
 
-def test_unknown_fields_from_the_browser_are_not_forwarded(browser):
-    page = browser.get(f"/prediction?{query(**SETOSA)}&debug=1&sepal_lenght=2")
+def test_unknown_fields_from_the_browser_are_not_forwarded(web_client):
+    page = web_client.get(f"/prediction?{query(**SETOSA)}&debug=1&sepal_lenght=2")
     assert page.html.find("h1").text == "Iris setosa"
 
 
-def test_script_in_a_value_comes_back_escaped(browser):
-    page = browser.get("/prediction?" + query(**{**SETOSA, "sepal_length": "<script>alert(1)</script>"}), status=400)
+def test_script_in_a_value_comes_back_escaped(web_client):
+    page = web_client.get("/prediction?" + query(**{**SETOSA, "sepal_length": "<script>alert(1)</script>"}), status=400)
     assert "<script>" not in page.text
     assert "&lt;script&gt;" in page.text
     assert page.html.find("script") is None
@@ -140,17 +118,17 @@ def test_script_in_a_value_comes_back_escaped(browser):
 @pytest.mark.parametrize("field", web.FEATURES)
 @pytest.mark.parametrize("hostile", ['<script>alert(1)</script>', '" onfocus="alert(1)" x="', "' onmouseover='alert(1)",
                                      '</textarea><img src=x onerror=alert(1)>'])
-def test_hostile_text_in_any_field_comes_back_inert(browser, field, hostile):
+def test_hostile_text_in_any_field_comes_back_inert(web_client, field, hostile):
     values = {**SETOSA, field: hostile}
     for path, status in (("/", 200), ("/prediction", 400)):
-        page = browser.get(f"{path}?{urlencode(values)}", status=status)
+        page = web_client.get(f"{path}?{urlencode(values)}", status=status)
         assert page.html.find("script") is None and page.html.find("img") is None
         assert not [tag for tag in page.html.find_all(True) if any(a.startswith("on") for a in tag.attrs)]
         assert page.html.find("input", id=field)["value"] == hostile  # kept, as text
 
 
-def test_quotes_cannot_break_out_of_an_attribute(browser):
-    page = browser.get("/?sepal_length=%22%20autofocus%20onfocus=%22alert(1)")
+def test_quotes_cannot_break_out_of_an_attribute(web_client):
+    page = web_client.get("/?sepal_length=%22%20autofocus%20onfocus=%22alert(1)")
     field = page.html.find("input", id="sepal_length")
     assert field["value"] == '" autofocus onfocus="alert(1)'
     assert not field.has_attr("onfocus")
@@ -159,46 +137,46 @@ def test_quotes_cannot_break_out_of_an_attribute(browser):
 # --- When the API fails ----------------------------------------------------------------------------------------
 
 
-def test_api_down_gives_a_503_page_with_retry(closed_port_url, caplog):
-    page = page_client(closed_port_url).get(f"/prediction?{query(**SETOSA)}", status=503)
+def test_api_down_gives_a_503_page_with_retry(new_web_client, closed_port_url, caplog):
+    page = new_web_client(closed_port_url).get(f"/prediction?{query(**SETOSA)}", status=503)
     assert "The prediction service is unavailable" in page.text
     retry = page.html.find("a", string="Try again")["href"]
     assert retry.startswith("/prediction?") and "sepal_length=5.1" in retry
     assert "unavailable" in caplog.text
 
 
-def test_wrong_credentials_give_a_502_misconfigured_page(live_api, caplog):
+def test_wrong_credentials_give_a_502_misconfigured_page(new_web_client, live_api, caplog):
     caplog.set_level(logging.INFO)
-    page = page_client(live_api, password="not-the-password").get(f"/prediction?{query(**SETOSA)}", status=502)
+    page = new_web_client(live_api, password="not-the-password").get(f"/prediction?{query(**SETOSA)}", status=502)
     assert "This web app is misconfigured" in page.text
     assert "refused the web app's credentials for user 'tester'" in caplog.text
     assert "not-the-password" not in caplog.text and "not-the-password" not in page.text
 
 
-def test_slow_api_gives_503_within_the_timeout(broken_api):
-    url = broken_api(delay=3.0, status=200)
+def test_slow_api_gives_503_within_the_timeout(new_web_client, stand_in_api):
+    url = stand_in_api(delay=3.0, status=200)
     started = time.monotonic()
-    page = page_client(url, timeout=0.5).get(f"/prediction?{query(**SETOSA)}", status=503)
+    page = new_web_client(url, timeout=0.5).get(f"/prediction?{query(**SETOSA)}", status=503)
     assert time.monotonic() - started < 2.0
     assert "The prediction service is unavailable" in page.text
 
 
-def test_other_api_errors_give_502(broken_api, caplog):
-    page = page_client(broken_api(status=500)).get(f"/prediction?{query(**SETOSA)}", status=502)
+def test_other_api_errors_give_502(new_web_client, stand_in_api, caplog):
+    page = new_web_client(stand_in_api(status=500)).get(f"/prediction?{query(**SETOSA)}", status=502)
     assert "The prediction service failed" in page.text
     assert "the API answered 500" in caplog.text
 
 
-def test_no_credential_in_any_page(live_api, closed_port_url, broken_api):
+def test_no_credential_in_any_page(new_web_client, live_api, closed_port_url, stand_in_api):
     pages = [
-        page_client(live_api).get("/"),
-        page_client(live_api).get(f"/prediction?{query(**SETOSA)}"),
-        page_client(live_api).get("/prediction?sepal_length=x", status=400),
-        page_client(live_api, password="wrong" + PASSWORD).get("/prediction?sepal_length=1", status=502),
-        page_client(closed_port_url).get("/prediction?sepal_length=1", status=503),
-        page_client(broken_api(status=500)).get("/prediction?sepal_length=1", status=502),
-        page_client(live_api).get("/nowhere", status=404),
-        page_client(live_api).get("/readyz"),
+        new_web_client(live_api).get("/"),
+        new_web_client(live_api).get(f"/prediction?{query(**SETOSA)}"),
+        new_web_client(live_api).get("/prediction?sepal_length=x", status=400),
+        new_web_client(live_api, password="wrong" + PASSWORD).get("/prediction?sepal_length=1", status=502),
+        new_web_client(closed_port_url).get("/prediction?sepal_length=1", status=503),
+        new_web_client(stand_in_api(status=500)).get("/prediction?sepal_length=1", status=502),
+        new_web_client(live_api).get("/nowhere", status=404),
+        new_web_client(live_api).get("/readyz"),
     ]
     for page in pages:
         text = page.text + str(page.headers)
@@ -212,8 +190,8 @@ def test_no_credential_in_any_page(live_api, closed_port_url, broken_api):
     ("/", 200), (f"/prediction?{query(**SETOSA)}", 200), ("/prediction?sepal_length=x", 400),
     ("/static/style.css", 200), ("/nowhere", 404), ("/healthz", 200), ("/readyz", 200),
 ])
-def test_every_response_carries_the_security_headers(browser, path, status):
-    headers = browser.get(path, status=status).headers
+def test_every_response_carries_the_security_headers(web_client, path, status):
+    headers = web_client.get(path, status=status).headers
     assert headers["Content-Security-Policy"].startswith("default-src 'self'")
     assert "unsafe-inline" not in headers["Content-Security-Policy"]
     assert headers["X-Content-Type-Options"] == "nosniff"
@@ -221,16 +199,16 @@ def test_every_response_carries_the_security_headers(browser, path, status):
     assert headers["Referrer-Policy"] == "no-referrer"
 
 
-def test_pages_use_no_inline_script_or_style_and_nothing_external(browser):
-    for page in (browser.get("/"), browser.get(f"/prediction?{query(**SETOSA)}")):
+def test_pages_use_no_inline_script_or_style_and_nothing_external(web_client):
+    for page in (web_client.get("/"), web_client.get(f"/prediction?{query(**SETOSA)}")):
         assert page.html.find("script") is None and page.html.find("style") is None
         assert not page.html.select("[style]")
         assert "http://" not in page.text and "https://" not in page.text
 
 
-def test_stylesheet_is_served_with_a_cache_header(browser):
-    href = browser.get("/").html.find("link", rel="stylesheet")["href"]
-    css = browser.get(href)
+def test_stylesheet_is_served_with_a_cache_header(web_client):
+    href = web_client.get("/").html.find("link", rel="stylesheet")["href"]
+    css = web_client.get(href)
     assert css.content_type == "text/css"
     assert "max-age=" in css.headers["Cache-Control"]
     assert ":focus-visible" in css.text
@@ -238,22 +216,22 @@ def test_stylesheet_is_served_with_a_cache_header(browser):
 
 @pytest.mark.parametrize("path", ["/static/../web.py", "/static/%2e%2e/web.py", "/static/..%2fweb.py",
                                   "/static//etc/passwd"])
-def test_static_files_cannot_escape_their_folder(browser, path):
-    response = browser.get(path, expect_errors=True)
+def test_static_files_cannot_escape_their_folder(web_client, path):
+    response = web_client.get(path, expect_errors=True)
     assert response.status_int in (403, 404)
     assert "import bottle" not in response.text and "root:" not in response.text
 
 
-def test_error_pages_are_html_pages(browser):
-    page = browser.get("/nowhere", status=404)
+def test_error_pages_are_html_pages(web_client):
+    page = web_client.get("/nowhere", status=404)
     assert page.content_type == "text/html" and "There is no page here" in page.text
-    assert browser.post("/prediction", status=405).content_type == "text/html"
+    assert web_client.post("/prediction", status=405).content_type == "text/html"
 
 
-def test_health_and_readiness(browser, closed_port_url):
-    assert browser.get("/healthz").json == {"status": "ok"}
-    assert browser.get("/readyz").json == {"status": "ready"}
-    down = page_client(closed_port_url).get("/readyz", status=503).json
+def test_health_and_readiness(new_web_client, web_client, closed_port_url):
+    assert web_client.get("/healthz").json == {"status": "ok"}
+    assert web_client.get("/readyz").json == {"status": "ready"}
+    down = new_web_client(closed_port_url).get("/readyz", status=503).json
     assert down["status"] == "not ready"
 
 
@@ -278,8 +256,8 @@ def test_defaults(tmp_path):
     secret = tmp_path / "secret"
     secret.write_text("pw\n")
     settings = web.read_settings({"API_USERNAME": "u", "API_PASSWORD_FILE": str(secret)})
-    assert settings["password"] == "pw"
-    assert (settings["api_url"], settings["timeout"], settings["port"]) == ("http://localhost:8000", 5.0, 5000)
+    assert settings.password == "pw"
+    assert (settings.api_url, settings.timeout, settings.port) == ("http://localhost:8000", 5.0, 5000)
 
 
 def test_web_without_credentials_refuses_to_start_with_one_line():
@@ -288,3 +266,11 @@ def test_web_without_credentials_refuses_to_start_with_one_line():
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "web refuses to start" in lines[0] and "API_USERNAME" in lines[0]
+
+
+def test_the_web_app_loads_no_scientific_stack():
+    """The web image has no NumPy or scikit-learn: web.py and what it imports must not need them."""
+    code = "import sys, web; print([m for m in ('numpy', 'sklearn', 'scipy', 'joblib') if m in sys.modules])"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

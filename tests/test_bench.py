@@ -1,4 +1,4 @@
-"""A smoke run of bench.py: it starts the services as the containers do, loads them with wrk and prints its table.
+"""A smoke run of tools/bench.py: it starts the services as the containers do, loads them with wrk, prints its table.
 
 Not a timed test: the figures are printed, not asserted; only that every request succeeded.
 """
@@ -6,17 +6,14 @@ Not a timed test: the figures are printed, not asserted; only that every request
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
-from conftest import require
-
-BENCH = Path(__file__).resolve().parent / "bench.py"
+from tests.support import ROOT, require
 
 
 def test_bench_runs_and_prints_its_table(model_path):
     require(shutil.which("wrk"), "wrk is not installed (apt-get install wrk)")
-    result = subprocess.run([sys.executable, str(BENCH), "--duration", "1", "--rounds", "1", "--no-docker",
-                             "--model-path", str(model_path)], capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-m", "tools.bench", "--duration", "1", "--rounds", "1", "--no-docker",
+                             "--model-path", str(model_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
     cases = {line.split(" | ")[0][2:]: line for line in table}

@@ -15,7 +15,8 @@ from openapi_spec_validator import validate
 from sklearn.datasets import load_iris
 
 import api
-from conftest import PASSWORD, USERNAME
+import model
+from tests.support import PASSWORD, USERNAME, auth_header
 
 README_QUERY = "sepal_length=1&sepal_width=1&petal_length=1&petal_width=1"
 SETOSA = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
@@ -38,8 +39,8 @@ def errors_of(response):
 # --- GET /api/v1.0 ---------------------------------------------------------------------------------------------
 
 
-def test_readme_curl_query_answers_with_extrapolation_warnings(client):
-    response = client.get(f"/api/v1.0?{README_QUERY}", headers={"Content-Type": "application/json"})
+def test_readme_curl_query_answers_with_extrapolation_warnings(api_client):
+    response = api_client.get(f"/api/v1.0?{README_QUERY}", headers={"Content-Type": "application/json"})
     assert response.content_type == "application/json"
     body = response.json
     assert body["prediction"] in CLASSES
@@ -51,10 +52,10 @@ def test_readme_curl_query_answers_with_extrapolation_warnings(client):
     assert "extrapolation" in warned
 
 
-def test_typical_flowers_are_recognised(client, model_path):
+def test_typical_flowers_are_recognised(api_client, model_path):
     version = json.loads(model_path.with_suffix(".json").read_text())["version"]
     for features, species in ((SETOSA, "setosa"), (VIRGINICA, "virginica")):
-        body = client.get(f"/api/v1.0?{query(**features)}").json
+        body = api_client.get(f"/api/v1.0?{query(**features)}").json
         assert body["prediction"] == species
         assert set(body["probabilities"]) == CLASSES
         assert body["probabilities"][species] == max(body["probabilities"].values())
@@ -64,12 +65,12 @@ def test_typical_flowers_are_recognised(client, model_path):
         assert body["model"] == {"name": "iris-classifier", "version": version}
 
 
-def test_trailing_slash_is_the_same_endpoint(client):
-    assert client.get(f"/api/v1.0/?{query(**SETOSA)}").json == client.get(f"/api/v1.0?{query(**SETOSA)}").json
+def test_trailing_slash_is_the_same_endpoint(api_client):
+    assert api_client.get(f"/api/v1.0/?{query(**SETOSA)}").json == api_client.get(f"/api/v1.0?{query(**SETOSA)}").json
 
 
-def test_boundary_values_are_accepted(client):
-    body = client.get("/api/v1.0?sepal_length=100&sepal_width=0.001&petal_length=1e1&petal_width=%2B.5").json
+def test_boundary_values_are_accepted(api_client):
+    body = api_client.get("/api/v1.0?sepal_length=100&sepal_width=0.001&petal_length=1e1&petal_width=%2B.5").json
     assert body["features"] == {"sepal_length": 100.0, "sepal_width": 0.001, "petal_length": 10.0, "petal_width": 0.5}
 
 
@@ -92,14 +93,14 @@ def test_boundary_values_are_accepted(client):
     ("sepal_length=%ff&sepal_width=1&petal_length=1&petal_width=1", "query", "is not valid UTF-8"),
     ("&".join(f"x{i}=1" for i in range(40)), "query", "has more than 16 parameters"),
 ])
-def test_bad_query_gives_400_naming_the_field(client, query_string, field, message):
-    response = client.get(f"/api/v1.0?{query_string}", status=400)
+def test_bad_query_gives_400_naming_the_field(api_client, query_string, field, message):
+    response = api_client.get(f"/api/v1.0?{query_string}", status=400)
     errors = errors_of(response)
     assert message in errors[field]
 
 
-def test_every_bad_field_is_named_at_once(client):
-    errors = errors_of(client.get("/api/v1.0?sepal_length=abc&petal_width=0", status=400))
+def test_every_bad_field_is_named_at_once(api_client):
+    errors = errors_of(api_client.get("/api/v1.0?sepal_length=abc&petal_width=0", status=400))
     assert set(errors) == set(api.FEATURES)
 
 
@@ -124,55 +125,55 @@ def basic(raw):
     f"Bearer {base64.b64encode(f'{USERNAME}:{PASSWORD}'.encode()).decode()}",
     "Basic",
 ])
-def test_anything_but_the_right_credentials_gives_401(anonymous, authorization):
+def test_anything_but_the_right_credentials_gives_401(anonymous_api_client, authorization):
     headers = {"Authorization": authorization} if authorization else {}
     for url in (f"/api/v1.0?{README_QUERY}", "/api/v1.0/model"):
-        response = anonymous.get(url, headers=headers, status=401)
+        response = anonymous_api_client.get(url, headers=headers, status=401)
         assert response.headers["WWW-Authenticate"].startswith('Basic realm="iris-api"')
         assert errors_of(response) == {}
-    response = anonymous.post("/api/v1.0/predict", "{}", headers={**headers, "Content-Type": "application/json"},
+    response = anonymous_api_client.post("/api/v1.0/predict", "{}", headers={**headers, "Content-Type": "application/json"},
                               status=401)
     assert response.content_type == "application/problem+json"
 
 
-def test_right_credentials_work_on_every_protected_endpoint(anonymous):
-    headers = {"Authorization": basic(f"{USERNAME}:{PASSWORD}".encode())}
-    anonymous.get(f"/api/v1.0?{README_QUERY}", headers=headers, status=200)
-    anonymous.get("/api/v1.0/model", headers=headers, status=200)
-    anonymous.post_json("/api/v1.0/predict", {"instances": [[1, 1, 1, 1]]}, headers=headers, status=200)
+def test_right_credentials_work_on_every_protected_endpoint(anonymous_api_client):
+    headers = auth_header()
+    anonymous_api_client.get(f"/api/v1.0?{README_QUERY}", headers=headers, status=200)
+    anonymous_api_client.get("/api/v1.0/model", headers=headers, status=200)
+    anonymous_api_client.post_json("/api/v1.0/predict", {"instances": [[1, 1, 1, 1]]}, headers=headers, status=200)
 
 
-def test_failed_login_logs_the_user_but_never_the_password(anonymous, caplog):
+def test_failed_login_logs_the_user_but_never_the_password(anonymous_api_client, caplog):
     caplog.set_level(logging.INFO)
-    anonymous.get(f"/api/v1.0?{README_QUERY}", headers={"Authorization": basic(b"mallory:hunter2")}, status=401)
+    anonymous_api_client.get(f"/api/v1.0?{README_QUERY}", headers={"Authorization": basic(b"mallory:hunter2")}, status=401)
     assert "authentication failed for user 'mallory'" in caplog.text
     assert "hunter2" not in caplog.text
 
 
-def test_credentials_are_checked_before_the_input(anonymous):
-    anonymous.get("/api/v1.0?nonsense=1", status=401)
+def test_credentials_are_checked_before_the_input(anonymous_api_client):
+    anonymous_api_client.get("/api/v1.0?nonsense=1", status=401)
 
 
 # --- POST /api/v1.0/predict ------------------------------------------------------------------------------------
 
 
-def test_batch_of_lists_and_objects(client):
-    body = client.post_json("/api/v1.0/predict", {"instances": [list(SETOSA.values()), VIRGINICA]}).json
+def test_batch_of_lists_and_objects(api_client):
+    body = api_client.post_json("/api/v1.0/predict", {"instances": [list(SETOSA.values()), VIRGINICA]}).json
     assert [answer["prediction"] for answer in body["predictions"]] == ["setosa", "virginica"]
     assert body["model"]["name"] == "iris-classifier"
 
 
-def test_batch_row_equals_the_single_answer(client):
+def test_batch_row_equals_the_single_answer(api_client):
     rows = [[1, 1, 1, 1], list(SETOSA.values()), list(VIRGINICA.values()), [6.0, 2.7, 4.2, 1.3], [50, 0.1, 9, 3]]
-    batch = client.post_json("/api/v1.0/predict", {"instances": rows}).json["predictions"]
+    batch = api_client.post_json("/api/v1.0/predict", {"instances": rows}).json["predictions"]
     for row, answer in zip(rows, batch):
-        single = client.get("/api/v1.0?" + query(**dict(zip(api.FEATURES, row)))).json
+        single = api_client.get("/api/v1.0?" + query(**dict(zip(api.FEATURES, row)))).json
         assert answer == {key: single[key] for key in ("prediction", "probabilities", "warnings")}
 
 
-def test_largest_batch_is_answered(client):
+def test_largest_batch_is_answered(api_client):
     rows = [list(SETOSA.values())] * api.MAX_ROWS
-    body = client.post_json("/api/v1.0/predict", {"instances": rows}).json
+    body = api_client.post_json("/api/v1.0/predict", {"instances": rows}).json
     assert len(body["predictions"]) == api.MAX_ROWS
 
 
@@ -199,46 +200,46 @@ def test_largest_batch_is_answered(client):
     ('{"instances": ' + "[" * 100_000 + "]" * 100_000 + "}", "body", "nested too deeply"),
     (b'{"instances": [["\xff", 1, 1, 1]]}', "body", "is not valid JSON"),
 ])
-def test_bad_batch_gives_400_naming_the_row(client, body, field, message):
-    response = client.post("/api/v1.0/predict", body, content_type="application/json", status=400)
+def test_bad_batch_gives_400_naming_the_row(api_client, body, field, message):
+    response = api_client.post("/api/v1.0/predict", body, content_type="application/json", status=400)
     assert message in errors_of(response)[field]
 
 
-def test_every_bad_row_is_named(client):
-    errors = errors_of(client.post_json("/api/v1.0/predict", {"instances": [[1, 1, 1, 1], [0, 1, 1, 1], "x"]},
+def test_every_bad_row_is_named(api_client):
+    errors = errors_of(api_client.post_json("/api/v1.0/predict", {"instances": [[1, 1, 1, 1], [0, 1, 1, 1], "x"]},
                                         status=400))
     assert set(errors) == {"instances[1][0]", "instances[2]"}
 
 
-def test_too_many_rows_gives_413(client):
-    response = client.post_json("/api/v1.0/predict", {"instances": [[1, 1, 1, 1]] * (api.MAX_ROWS + 1)}, status=413)
+def test_too_many_rows_gives_413(api_client):
+    response = api_client.post_json("/api/v1.0/predict", {"instances": [[1, 1, 1, 1]] * (api.MAX_ROWS + 1)}, status=413)
     assert "at most 10000 instances" in response.json["detail"]
 
 
-def test_too_large_body_gives_413_before_it_is_read(client):
+def test_too_large_body_gives_413_before_it_is_read(api_client):
     body = b'{"instances": [' + b"[1, 1, 1, 1], " * 100_000 + b"[1, 1, 1, 1]]}"
     assert len(body) > api.MAX_BODY_BYTES
-    response = client.post("/api/v1.0/predict", body, content_type="application/json", status=413)
+    response = api_client.post("/api/v1.0/predict", body, content_type="application/json", status=413)
     assert response.content_type == "application/problem+json"
     assert "larger than 1048576 bytes" in response.json["detail"]
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "application/jsonx"])
-def test_body_not_sent_as_json_gives_415(client, content_type):
-    response = client.post("/api/v1.0/predict", '{"instances": [[1, 1, 1, 1]]}', content_type=content_type,
+def test_body_not_sent_as_json_gives_415(api_client, content_type):
+    response = api_client.post("/api/v1.0/predict", '{"instances": [[1, 1, 1, 1]]}', content_type=content_type,
                            status=415)
     assert "Content-Type: application/json" in response.json["detail"]
 
 
-def test_json_content_type_with_charset_is_accepted(client):
-    client.post("/api/v1.0/predict", '{"instances": [[1, 1, 1, 1]]}', content_type="application/json; charset=utf-8")
+def test_json_content_type_with_charset_is_accepted(api_client):
+    api_client.post("/api/v1.0/predict", '{"instances": [[1, 1, 1, 1]]}', content_type="application/json; charset=utf-8")
 
 
 # --- The other endpoints ---------------------------------------------------------------------------------------
 
 
-def test_model_metadata_without_paths(client, model_path):
-    body = client.get("/api/v1.0/model").json
+def test_model_metadata_without_paths(api_client, model_path):
+    body = api_client.get("/api/v1.0/model").json
     assert body["features"] == list(api.FEATURES)
     assert set(body["classes"]) == CLASSES
     assert body["algorithm"] == "logistic_regression"
@@ -246,15 +247,16 @@ def test_model_metadata_without_paths(client, model_path):
     assert str(model_path.parent) not in json.dumps(body)
 
 
-def test_health_endpoints_need_no_credentials(anonymous):
-    assert anonymous.get("/healthz").json == {"status": "ok"}
-    body = anonymous.get("/readyz").json
+def test_health_endpoints_need_no_credentials(anonymous_api_client):
+    assert anonymous_api_client.get("/healthz").json == {"status": "ok"}
+    body = anonymous_api_client.get("/readyz").json
     assert body["status"] == "ready" and body["model"]["name"] == "iris-classifier"
 
 
-def test_openapi_document_is_valid_and_describes_every_endpoint(anonymous):
-    response = anonymous.get("/openapi.json")
+def test_openapi_document_is_valid_and_describes_every_endpoint(anonymous_api_client):
+    response = anonymous_api_client.get("/openapi.json")
     assert response.content_type == "application/json"
+    assert response.body == api.OPENAPI_PATH.read_bytes()  # the file, served as it is
     document = response.json
     validate(document)  # raises if the document is not valid OpenAPI 3.1
     assert document["openapi"].startswith("3.1")
@@ -263,33 +265,56 @@ def test_openapi_document_is_valid_and_describes_every_endpoint(anonymous):
     assert document["components"]["securitySchemes"]["basicAuth"] == {"type": "http", "scheme": "basic"}
 
 
-def test_unknown_path_gives_problem_404(client):
-    response = client.get("/api/v2.0", status=404)
+def test_openapi_document_matches_the_code():
+    """The contract is a file written by hand: its names, limits and statuses must be the code's."""
+    document = json.loads(api.OPENAPI_PATH.read_text())
+    schemas = document["components"]["schemas"]
+    routes = {(path.rstrip("/") or "/", method.lower()): needs_credentials
+              for method, path, _, needs_credentials in api.ROUTES}
+    documented = {(path, method): operation for path, item in document["paths"].items()
+                  for method, operation in item.items()}
+    assert set(documented) == set(routes)
+    for key, operation in documented.items():
+        assert ("security" in operation) == ("401" in operation["responses"]) == routes[key], key
+    assert [p["name"] for p in documented["/api/v1.0", "get"]["parameters"]] == list(api.FEATURES)
+    assert schemas["Features"]["required"] == list(api.FEATURES) == list(schemas["Features"]["properties"])
+    assert (schemas["Measurement"]["exclusiveMinimum"], schemas["Measurement"]["maximum"]) == (0, api.MAX_CM)
+    row_as_list = schemas["Row"]["oneOf"][0]
+    assert row_as_list["minItems"] == row_as_list["maxItems"] == len(api.FEATURES)
+    batch = documented["/api/v1.0/predict", "post"]
+    assert f"{api.MAX_ROWS} " in batch["summary"]
+    assert f"{api.MAX_ROWS} rows or {api.MAX_BODY_BYTES} bytes" in batch["responses"]["413"]["description"]
+    assert set(batch["responses"]) == {"200", "400", "401", "413", "415"}
+    assert set(documented["/api/v1.0", "get"]["responses"]) == {"200", "400", "401"}
+
+
+def test_unknown_path_gives_problem_404(api_client):
+    response = api_client.get("/api/v2.0", status=404)
     assert response.content_type == "application/problem+json"
     assert "/openapi.json" in response.json["detail"]
 
 
-def test_wrong_method_gives_problem_405_with_allow(client):
-    response = client.delete("/api/v1.0", status=405)
+def test_wrong_method_gives_problem_405_with_allow(api_client):
+    response = api_client.delete("/api/v1.0", status=405)
     assert response.content_type == "application/problem+json"
     assert "GET" in response.headers["Allow"]
-    response = client.get("/api/v1.0/predict", status=405)
+    response = api_client.get("/api/v1.0/predict", status=405)
     assert response.headers["Allow"] == "POST"
 
 
-def test_a_crash_is_a_logged_500_without_traceback(client, monkeypatch, caplog):
-    def explode(model, rows):
+def test_a_crash_is_a_logged_500_without_traceback(api_client, monkeypatch, caplog):
+    def explode(loaded, rows):
         raise RuntimeError("boom in the model")
     monkeypatch.setattr(api, "predict", explode)
-    response = client.get(f"/api/v1.0?{README_QUERY}", status=500)
+    response = api_client.get(f"/api/v1.0?{README_QUERY}", status=500)
     assert response.content_type == "application/problem+json"
     assert "boom" not in response.text and "Traceback" not in response.text
     assert "Traceback" in caplog.text and "boom in the model" in caplog.text
 
 
-def test_each_request_is_logged_once(client, caplog):
+def test_each_request_is_logged_once(api_client, caplog):
     caplog.set_level(logging.INFO, logger="api")
-    client.get(f"/api/v1.0?{README_QUERY}")
+    api_client.get(f"/api/v1.0?{README_QUERY}")
     lines = [record.getMessage() for record in caplog.records if record.getMessage().startswith("GET /api/v1.0 ")]
     assert len(lines) == 1 and lines[0].split()[2] == "200" and lines[0].endswith("ms")
     assert "sepal_length" not in lines[0]
@@ -318,9 +343,13 @@ def test_bad_configuration_is_refused(environ, message):
 def test_password_from_a_file(tmp_path):
     secret = tmp_path / "password"
     secret.write_text("from-a-file\n")
-    assert api.read_settings({"API_USERNAME": "u", "API_PASSWORD_FILE": str(secret)})["password"] == "from-a-file"
+    assert api.read_settings({"API_USERNAME": "u", "API_PASSWORD_FILE": str(secret)}).password == "from-a-file"
     with pytest.raises(api.StartupError, match="cannot read API_PASSWORD_FILE"):
         api.read_settings({"API_USERNAME": "u", "API_PASSWORD_FILE": str(tmp_path / "missing")})
+
+
+def settings_with(model_path):
+    return api.Settings(username=USERNAME, password=PASSWORD, model_path=model_path)
 
 
 def copy_model(model_path, folder):
@@ -339,35 +368,35 @@ def edit_metadata(path, change):
 
 def test_missing_model_is_refused(tmp_path):
     with pytest.raises(api.StartupError, match="not found: train a model first"):
-        api.create_app(USERNAME, PASSWORD, tmp_path / "nothing.joblib")
+        api.create_app(settings_with(tmp_path / "nothing.joblib"))
 
 
 def test_corrupt_artifact_is_refused_before_unpickling(model_path, tmp_path):
     path = copy_model(model_path, tmp_path)
     path.write_bytes(path.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(api.StartupError, match="does not match the sha256"):
-        api.create_app(USERNAME, PASSWORD, path)
+        api.create_app(settings_with(path))
 
 
 def test_replaced_artifact_is_refused(model_path, tmp_path):
     path = copy_model(model_path, tmp_path)
     path.write_bytes(b"cos\nsystem\n(S'echo pwned'\ntR.")  # a pickle that would run a command
     with pytest.raises(api.StartupError, match="does not match the sha256"):
-        api.create_app(USERNAME, PASSWORD, path)
+        api.create_app(settings_with(path))
 
 
 def test_missing_artifact_is_refused(model_path, tmp_path):
     path = copy_model(model_path, tmp_path)
     path.unlink()
     with pytest.raises(api.StartupError, match="cannot read model artifact"):
-        api.create_app(USERNAME, PASSWORD, path)
+        api.create_app(settings_with(path))
 
 
 def test_other_scikit_learn_version_is_refused(model_path, tmp_path):
     path = copy_model(model_path, tmp_path)
     edit_metadata(path, lambda metadata: metadata["versions"].update({"scikit-learn": "0.24.2"}))
     with pytest.raises(api.StartupError, match="trained with scikit-learn 0.24.2"):
-        api.create_app(USERNAME, PASSWORD, path)
+        api.create_app(settings_with(path))
 
 
 @pytest.mark.parametrize("spoil, message", [
@@ -378,24 +407,24 @@ def test_inconsistent_metadata_is_refused(model_path, tmp_path, spoil, message):
     path = copy_model(model_path, tmp_path)
     edit_metadata(path, spoil)
     with pytest.raises(api.StartupError, match=message):
-        api.create_app(USERNAME, PASSWORD, path)
+        api.create_app(settings_with(path))
 
 
 def test_unreadable_metadata_is_refused(model_path, tmp_path):
     path = copy_model(model_path, tmp_path)
     path.with_suffix(".json").write_text("{not json")
     with pytest.raises(api.StartupError, match="cannot read model metadata"):
-        api.create_app(USERNAME, PASSWORD, path)
+        api.create_app(settings_with(path))
 
 
 def test_a_model_failing_its_self_test_is_refused(model_path, monkeypatch):
-    monkeypatch.setattr(api, "predict", lambda model, rows: [{"probabilities": {"setosa": float("nan")}}])
+    monkeypatch.setattr(model, "predict", lambda loaded, rows: [{"probabilities": {"setosa": float("nan")}}])
     with pytest.raises(api.StartupError, match="self-test"):
-        api.create_app(USERNAME, PASSWORD, model_path)
+        api.create_app(settings_with(model_path))
 
 
 def test_demo_password_logs_a_warning(model_path, caplog):
-    api.create_app("my_username", "my_password", model_path)
+    api.create_app(api.Settings(username="my_username", password="my_password", model_path=model_path))
     assert any(record.levelname == "WARNING" and "demo password" in record.getMessage() for record in caplog.records)
     assert "my_password" not in caplog.text
 
@@ -433,62 +462,62 @@ def forest_path(tmp_path_factory):
 
 
 def test_default_linear_model_uses_the_numpy_fast_path_and_matches_scikit_learn(model_path):
-    model = api.load_model(model_path)
-    assert model.engine == "numpy"
+    loaded = model.load_model(model_path)
+    assert loaded.engine == "numpy"
     rng = np.random.default_rng(0)
     rows = np.vstack([load_iris().data, rng.uniform(0.01, 100, size=(1000, 4))])
-    assert np.abs(model.predict_proba(rows) - model.estimator.predict_proba(rows)).max() <= 1e-9
+    assert np.abs(loaded.predict_proba(rows) - loaded.estimator.predict_proba(rows)).max() <= 1e-9
 
 
 def test_other_estimators_go_through_scikit_learn_unchanged(forest_path):
-    model = api.load_model(forest_path)
-    assert model.engine == "scikit-learn"
+    loaded = model.load_model(forest_path)
+    assert loaded.engine == "scikit-learn"
     rows = load_iris().data
-    assert (model.predict_proba(rows) == model.estimator.predict_proba(rows)).all()
-    client = webtest.TestApp(api.create_app(USERNAME, PASSWORD, forest_path))
-    client.authorization = ("Basic", (USERNAME, PASSWORD))
-    assert client.get("/readyz").json["engine"] == "scikit-learn"
-    assert client.get(f"/api/v1.0?{query(**VIRGINICA)}").json["prediction"] == "virginica"
-    batch = client.post_json("/api/v1.0/predict", {"instances": [list(SETOSA.values())]}).json
+    assert (loaded.predict_proba(rows) == loaded.estimator.predict_proba(rows)).all()
+    api_client = webtest.TestApp(api.create_app(settings_with(forest_path)))
+    api_client.authorization = ("Basic", (USERNAME, PASSWORD))
+    assert api_client.get("/readyz").json["engine"] == "scikit-learn"
+    assert api_client.get(f"/api/v1.0?{query(**VIRGINICA)}").json["prediction"] == "virginica"
+    batch = api_client.post_json("/api/v1.0/predict", {"instances": [list(SETOSA.values())]}).json
     assert batch["predictions"][0]["prediction"] == "setosa"
 
 
 def test_a_fast_path_that_disagrees_with_scikit_learn_is_not_used(model_path, monkeypatch, caplog):
     def skewed(estimator):
         return lambda rows: np.full((len(rows), 3), 1 / 3)
-    monkeypatch.setattr(api, "linear_predictor", skewed)
-    model = api.load_model(model_path)
-    assert model.engine == "scikit-learn"
+    monkeypatch.setattr(model, "linear_predictor", skewed)
+    loaded = model.load_model(model_path)
+    assert loaded.engine == "scikit-learn"
     assert "differs from scikit-learn" in caplog.text
     rows = load_iris().data
-    assert (model.predict_proba(rows) == model.estimator.predict_proba(rows)).all()
+    assert (loaded.predict_proba(rows) == loaded.estimator.predict_proba(rows)).all()
 
 
-def test_readiness_names_the_engine(anonymous):
-    assert anonymous.get("/readyz").json["engine"] == "numpy"
+def test_readiness_names_the_engine(anonymous_api_client):
+    assert anonymous_api_client.get("/readyz").json["engine"] == "numpy"
 
 
-def test_batch_mixing_row_forms_and_number_types(client):
+def test_batch_mixing_row_forms_and_number_types(api_client):
     rows = [[1, 1, 1, 1], {"sepal_length": 2, "sepal_width": 2.5, "petal_length": 2, "petal_width": 2}, [1.5, 2, 3, 4]]
-    assert len(client.post_json("/api/v1.0/predict", {"instances": rows}).json["predictions"]) == 3
+    assert len(api_client.post_json("/api/v1.0/predict", {"instances": rows}).json["predictions"]) == 3
 
 
-def test_an_integer_too_large_for_a_float_is_named(client):
+def test_an_integer_too_large_for_a_float_is_named(api_client):
     body = json.dumps({"instances": [[1, 1, 1, 1], [1, 1, 1, 10 ** 400]]})
-    response = client.post("/api/v1.0/predict", body, content_type="application/json", status=400)
+    response = api_client.post("/api/v1.0/predict", body, content_type="application/json", status=400)
     assert errors_of(response)["instances[1][3]"] == "must be a finite number"
 
 
-def test_refused_requests_do_not_accumulate_memory(anonymous):
+def test_refused_requests_do_not_accumulate_memory(anonymous_api_client):
     url = f"/api/v1.0?{README_QUERY}"
     for _ in range(100):
-        anonymous.get(url, status=401)
+        anonymous_api_client.get(url, status=401)
     logging.disable(logging.WARNING)  # pytest keeps every log record it captures: not what is measured here
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
         for _ in range(1000):
-            anonymous.get(url, status=401)
+            anonymous_api_client.get(url, status=401)
         grown = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()

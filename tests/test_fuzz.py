@@ -1,6 +1,5 @@
 """Generated bad input: Schemathesis from the API's own /openapi.json, and Hypothesis on the validation rules."""
 
-import base64
 import json
 import math
 import urllib.request
@@ -14,9 +13,9 @@ from hypothesis import strategies as st
 
 import api
 import web
-from conftest import PASSWORD, USERNAME
+from tests.support import PASSWORD, USERNAME, auth_header
 
-AUTHORIZATION = {"Authorization": "Basic " + base64.b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode()}
+AUTHORIZATION = auth_header()
 # Enough cases over the two operations that take input to pass 500 with credentials alone.
 CASES_PER_OPERATION = 300
 FUZZ = settings(max_examples=CASES_PER_OPERATION, deadline=None,
@@ -27,12 +26,12 @@ cases_run = {"with credentials": 0, "without credentials": 0}
 
 # The document the API serves at /openapi.json (test_the_fuzzed_document_is_the_served_one proves it). Loaded at
 # import, because Schemathesis' lazy fixture loader does not work with this pytest; the calls go to the real API.
-schema = schemathesis.openapi.from_dict(api.openapi_document())
+schema = schemathesis.openapi.from_path(api.OPENAPI_PATH)
 
 
 def test_the_fuzzed_document_is_the_served_one(live_api):
     with urllib.request.urlopen(f"{live_api}/openapi.json") as response:
-        assert json.load(response) == api.openapi_document()
+        assert response.read() == api.OPENAPI_PATH.read_bytes()
 
 
 @schema.parametrize()
@@ -59,8 +58,8 @@ def test_enough_cases_were_generated():
 
 
 @pytest.fixture(scope="module")
-def app(wsgi_app):
-    client = webtest.TestApp(wsgi_app)
+def fuzzed_api_client(api_app):
+    client = webtest.TestApp(api_app)
     client.authorization = ("Basic", (USERNAME, PASSWORD))
     return client
 
@@ -81,8 +80,8 @@ names = st.one_of(st.sampled_from(api.FEATURES), text.filter(bool))
 
 @given(params=st.lists(st.tuples(names, query_values), max_size=6))
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_any_query_gives_a_prediction_or_a_400_naming_the_problem(app, params):
-    response = app.get("/api/v1.0?" + urlencode(params), expect_errors=True)
+def test_any_query_gives_a_prediction_or_a_400_naming_the_problem(fuzzed_api_client, params):
+    response = fuzzed_api_client.get("/api/v1.0?" + urlencode(params), expect_errors=True)
     seen = {}
     for name, value in params:
         seen.setdefault(name, []).append(value)
@@ -115,8 +114,9 @@ bodies = st.one_of(json_values, st.fixed_dictionaries({"instances": st.lists(row
 
 @given(body=bodies)
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_any_json_body_gives_predictions_or_a_4xx_naming_the_problem(app, body):
-    response = app.post("/api/v1.0/predict", json.dumps(body), content_type="application/json", expect_errors=True)
+def test_any_json_body_gives_predictions_or_a_4xx_naming_the_problem(fuzzed_api_client, body):
+    response = fuzzed_api_client.post("/api/v1.0/predict", json.dumps(body), content_type="application/json",
+                                      expect_errors=True)
     if response.status_int == 200:
         assert len(response.json["predictions"]) == len(body["instances"])
         return
@@ -127,22 +127,22 @@ def test_any_json_body_gives_predictions_or_a_4xx_naming_the_problem(app, body):
 
 @given(raw=st.binary(max_size=200))
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_any_bytes_as_a_body_give_a_400(app, raw):
-    response = app.post("/api/v1.0/predict", raw, content_type="application/json", expect_errors=True)
+def test_any_bytes_as_a_body_give_a_400(fuzzed_api_client, raw):
+    response = fuzzed_api_client.post("/api/v1.0/predict", raw, content_type="application/json", expect_errors=True)
     assert response.status_int in (200, 400)
 
 
 @pytest.fixture(scope="module")
-def page(live_api):
+def fuzzed_web_client(live_api):
     """The web app, talking to the real API."""
-    return webtest.TestApp(web.create_app(live_api, USERNAME, PASSWORD))
+    return webtest.TestApp(web.create_app(web.Settings(api_url=live_api, username=USERNAME, password=PASSWORD)))
 
 
 @given(params=st.lists(st.tuples(names, query_values), max_size=80))
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-def test_any_query_gives_the_web_page_or_the_form_with_errors(page, params):
+def test_any_query_gives_the_web_page_or_the_form_with_errors(fuzzed_web_client, params):
     query = urlencode(params)
-    assert page.get(f"/?{query}").status_int == 200
-    response = page.get(f"/prediction?{query}", expect_errors=True)
+    assert fuzzed_web_client.get(f"/?{query}").status_int == 200
+    response = fuzzed_web_client.get(f"/prediction?{query}", expect_errors=True)
     assert response.status_int in (200, 400), response.text[:500]
     assert response.content_type == "text/html"

@@ -1,9 +1,9 @@
 """Load test: many requests, valid and invalid, against the API and the web app served as the containers serve them.
 
-    python load.py                        # 100,000 requests at 32 connections (about a minute here)
-    python load.py --requests 2000        # a smoke run
+    python -m tools.load                  # from the repository root: 100,000 requests at 32 connections
+    python -m tools.load --requests 2000  # a smoke run
 
-It starts gunicorn with gunicorn.conf.py for both services on free loopback ports, sends a fixed mix of requests
+It starts both services as the images do (tests/support.py) on free loopback ports, sends a fixed mix of requests
 (predictions, batches, invalid values, malformed JSON, missing credentials, web pages) from 4 processes x 8 threads
 over kept-alive connections, checks every answer against what the model itself computes, and prints requests/s,
 latency percentiles, the count of each status code, connection errors and the servers' memory after warm-up and at
@@ -12,7 +12,6 @@ more after warm-up. Needs a trained model (python train.py).
 """
 
 import argparse
-import base64
 import collections
 import http.client
 import json
@@ -25,27 +24,20 @@ from pathlib import Path
 
 import numpy as np
 
-import api
-from bench import Service, wait_ready
+import model
+from tests.support import FLOWERS, PASSWORD, ROOT, USERNAME, Server, auth_header, query, wait_ready
 
-USERNAME, PASSWORD = "load", "load-password"
-AUTH = {"Authorization": "Basic " + base64.b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode()}
-FLOWERS = {"setosa": (5.1, 3.5, 1.4, 0.2), "versicolor": (6.0, 2.8, 4.4, 1.4), "virginica": (6.9, 3.1, 5.4, 2.1),
-           "odd": (1.0, 1.0, 1.0, 1.0)}
+AUTH = auth_header()
 PROCESSES, THREADS = 4, 8  # 32 connections
 WARM_UP_SHARE = 0.05
 MAX_MEMORY_GROWTH = 0.10
 
 
-def query(values):
-    return "&".join(f"{name}={value}" for name, value in zip(api.FEATURES, values))
-
-
 def build_mix(model_path):
     """(service, method, path, headers, body, expected status, check) for each kind of request, with the answer
     that the model itself gives, so that every response can be checked."""
-    model = api.load_model(model_path)
-    answers = {name: api.predict(model, np.array([values]))[0] for name, values in FLOWERS.items()}
+    loaded = model.load_model(model_path)
+    answers = {name: model.predict(loaded, np.array([values]))[0] for name, values in FLOWERS.items()}
     batch = [FLOWERS[name] for name in ("setosa", "versicolor", "virginica", "odd")] * 5
     batch_answers = [answers[name] for name in ("setosa", "versicolor", "virginica", "odd")] * 5
     json_headers = {**AUTH, "Content-Type": "application/json"}
@@ -130,23 +122,23 @@ def drive(ports, model_path, total):
     return statuses, errors, wrong, samples, elapsed
 
 
-def memory_mib(service):
-    return sum(service.rss_mib())
+def memory_mib(server):
+    return sum(server.rss_mib())
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=100_000, help="requests after warm-up (default: 100000)")
-    parser.add_argument("--model-path", type=Path, default=Path(__file__).resolve().parent / "model" / "iris.joblib",
+    parser.add_argument("--model-path", type=Path, default=ROOT / "model" / "iris.joblib",
                         help="the artifact the API serves (default: model/iris.joblib)")
     args = parser.parse_args(argv)
     if not args.model_path.exists():
         sys.exit(f"load.py: no model at {args.model_path}: run python train.py first")
 
     credentials = {"API_USERNAME": USERNAME, "API_PASSWORD": PASSWORD, "LOG_LEVEL": "INFO"}
-    api_service = Service("api", "api:app_from_env()", {**credentials, "MODEL_PATH": str(args.model_path)})
+    api_service = Server("api:app_from_env()", {**credentials, "MODEL_PATH": str(args.model_path)})
     wait_ready(api_service.url + "/readyz")
-    web_service = Service("web", "web:app_from_env()", {**credentials, "API_URL": api_service.url})
+    web_service = Server("web:app_from_env()", {**credentials, "API_URL": api_service.url})
     wait_ready(web_service.url + "/readyz")
     ports = {"api": api_service.port, "web": web_service.port}
     try:

@@ -6,20 +6,17 @@ Skips where Docker is missing (fails instead when CI is set). Always runs `docke
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
 import uuid
-from pathlib import Path
 
 import pytest
 
-from conftest import require
+from tests.support import FLOWERS, ROOT, free_port, query, require
 
-ROOT = Path(__file__).resolve().parent
-SETOSA_QUERY = "sepal_length=5.1&sepal_width=3.5&petal_length=1.4&petal_width=0.2"
+SETOSA_QUERY = query(FLOWERS["setosa"])
 UP_TIMEOUT = 900  # a first build on a fresh machine downloads scikit-learn and friends
 
 
@@ -28,12 +25,6 @@ def docker_available():
         return False
     return subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0 and \
         subprocess.run(["docker", "info"], capture_output=True).returncode == 0
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Stack:

@@ -14,32 +14,24 @@ import urllib.request
 
 import pytest
 
-from bench import Service, wait_ready
-from conftest import PASSWORD, USERNAME
+from tests.support import FLOWERS, api_server, auth_header, query, web_server
 
-AUTH = "Basic " + base64.b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode()
-SETOSA_QUERY = "sepal_length=5.1&sepal_width=3.5&petal_length=1.4&petal_width=0.2"
-
-
-def start_api(model_path):
-    server = Service("api", "api:app_from_env()", {"API_USERNAME": USERNAME, "API_PASSWORD": PASSWORD,
-                                                   "MODEL_PATH": str(model_path), "LOG_LEVEL": "WARNING"})
-    wait_ready(server.url + "/readyz")
-    return server
+AUTH = auth_header()["Authorization"]
+SETOSA_QUERY = query(FLOWERS["setosa"])
 
 
 @pytest.fixture(scope="module")
-def api_server(model_path):
-    server = start_api(model_path)
+def served_api(model_path):
+    """The API served as its image serves it."""
+    server = api_server(model_path)
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="module")
-def web_server(api_server):
-    server = Service("web", "web:app_from_env()", {"API_USERNAME": USERNAME, "API_PASSWORD": PASSWORD,
-                                                   "API_URL": api_server.url, "LOG_LEVEL": "WARNING"})
-    wait_ready(server.url + "/healthz")
+def served_web(served_api):
+    """The web app served as its image serves it, in front of served_api."""
+    server = web_server(served_api.url)
     yield server
     server.stop()
 
@@ -88,17 +80,17 @@ def request(method, target, headers=(), body=b""):
     ("64 KB header", request("GET", b"/api/v1.0?" + SETOSA_QUERY.encode(), [b"X-Padding: " + b"a" * 65_536])),
     ("10,000 headers", request("GET", b"/healthz", [b"X-%d: 1" % i for i in range(10_000)])),
 ])
-def test_oversized_requests_get_a_clean_4xx_or_a_closed_connection(api_server, name, raw):
+def test_oversized_requests_get_a_clean_4xx_or_a_closed_connection(served_api, name, raw):
     started = time.monotonic()
-    status = status_of(exchange(api_server.port, raw))
+    status = status_of(exchange(served_api.port, raw))
     assert status is None or 400 <= status < 500, name
     assert time.monotonic() - started < 5
-    assert get(api_server, "/readyz")[0] == 200  # and the server is fine
+    assert get(served_api, "/readyz")[0] == 200  # and the server is fine
 
 
-def test_a_body_over_the_limit_is_refused_before_it_is_sent(api_server):
+def test_a_body_over_the_limit_is_refused_before_it_is_sent(served_api):
     headers = [f"Authorization: {AUTH}".encode(), b"Content-Type: application/json", b"Content-Length: 500000000"]
-    with socket.create_connection(("127.0.0.1", api_server.port), timeout=10) as sock:
+    with socket.create_connection(("127.0.0.1", served_api.port), timeout=10) as sock:
         sock.sendall(request("POST", b"/api/v1.0/predict", headers) + b'{"instances": [' + b"[1, 1, 1, 1], " * 100)
         started = time.monotonic()
         answer = sock.recv(65536)  # 500 MB were announced; 1.5 KB were sent
@@ -111,9 +103,9 @@ def test_a_body_over_the_limit_is_refused_before_it_is_sent(api_server):
     ("JSON sent as text/plain", [b"Content-Type: text/plain"], b'{"instances": [[1, 1, 1, 1]]}', 415),
     ("no Content-Type", [], b'{"instances": [[1, 1, 1, 1]]}', 415),
 ])
-def test_bad_bodies_are_refused_cleanly(api_server, name, headers, body, expected):
+def test_bad_bodies_are_refused_cleanly(served_api, name, headers, body, expected):
     headers = [f"Authorization: {AUTH}".encode(), b"Content-Length: %d" % len(body), *headers]
-    answer = exchange(api_server.port, request("POST", b"/api/v1.0/predict", headers, body))
+    answer = exchange(served_api.port, request("POST", b"/api/v1.0/predict", headers, body))
     assert status_of(answer) == expected, name
     assert b"application/problem+json" in answer and b"Traceback" not in answer
 
@@ -128,16 +120,16 @@ def test_bad_bodies_are_refused_cleanly(api_server, name, headers, body, expecte
     ("non-UTF-8 credentials", b"/api/v1.0?" + SETOSA_QUERY.encode(),
      [b"Authorization: Basic " + base64.b64encode(b"\xff\xfe:\xfd")], {401}),
 ])
-def test_non_utf8_bytes_are_refused_cleanly(api_server, name, target, headers, allowed):
-    answer = exchange(api_server.port, request("GET", target, headers))
+def test_non_utf8_bytes_are_refused_cleanly(served_api, name, target, headers, allowed):
+    answer = exchange(served_api.port, request("GET", target, headers))
     assert status_of(answer) in allowed, (name, answer[:200])
     assert b"Traceback" not in answer
 
 
 @pytest.mark.parametrize("target", [b"/static/../web.py", b"/static/..%2fweb.py", b"/static/%2e%2e/web.py",
                                     b"/static/../../etc/passwd", b"/static//etc/passwd", b"/static/%00style.css"])
-def test_static_files_cannot_be_escaped_through_the_server(web_server, target):
-    answer = exchange(web_server.port, request("GET", target))
+def test_static_files_cannot_be_escaped_through_the_server(served_web, target):
+    answer = exchange(served_web.port, request("GET", target))
     assert status_of(answer) in (400, 403, 404), answer[:200]
     assert b"import bottle" not in answer and b"root:" not in answer
 
@@ -170,15 +162,15 @@ def latencies(server, count):
     return result
 
 
-def test_ten_slow_clients_do_not_delay_anyone_else(api_server):
-    normal = latencies(api_server, 20)
+def test_ten_slow_clients_do_not_delay_anyone_else(served_api):
+    normal = latencies(served_api, 20)
     stop = threading.Event()
-    slow = [threading.Thread(target=dribble, args=(api_server.port, stop, 15), daemon=True) for _ in range(10)]
+    slow = [threading.Thread(target=dribble, args=(served_api.port, stop, 15), daemon=True) for _ in range(10)]
     for thread in slow:
         thread.start()
     time.sleep(2)  # every slow client has sent a few bytes
     try:
-        during = latencies(api_server, 40)
+        during = latencies(served_api, 40)
     finally:
         stop.set()
     assert statistics.median(during) < 3 * statistics.median(normal) + 0.02, (normal, during)
@@ -189,7 +181,7 @@ def test_ten_slow_clients_do_not_delay_anyone_else(api_server):
 
 
 def test_sigterm_lets_requests_in_flight_finish_then_exits_zero(model_path):
-    server = start_api(model_path)
+    server = api_server(model_path)
     body = json.dumps({"instances": [[5.1, 3.5, 1.4, 0.2]] * 1000}).encode()
     headers = [f"Authorization: {AUTH}".encode(), b"Content-Type: application/json", b"Content-Length: %d" % len(body)]
     sockets = []
@@ -221,13 +213,10 @@ def test_sigterm_lets_requests_in_flight_finish_then_exits_zero(model_path):
         server.stop()
 
 
-def test_web_timeout_gives_503_in_time_and_frees_the_worker(broken_api):
-    slow_api = broken_api(delay=10.0, status=200)
-    server = Service("web", "web:app_from_env()", {"API_USERNAME": USERNAME, "API_PASSWORD": PASSWORD,
-                                                   "API_URL": slow_api, "API_TIMEOUT": "1", "WORKERS": "1",
-                                                   "LOG_LEVEL": "WARNING"})
+def test_web_timeout_gives_503_in_time_and_frees_the_worker(stand_in_api):
+    slow_api = stand_in_api(delay=10.0, status=200)
+    server = web_server(slow_api, API_TIMEOUT="1", WORKERS="1")
     try:
-        wait_ready(server.url + "/healthz")
         started = time.monotonic()
         status, page = get(server, f"/prediction?{SETOSA_QUERY}")
         assert status == 503 and b"The prediction service is unavailable" in page
@@ -245,11 +234,11 @@ def chunked(body, size=65_536):
     return b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces) + b"0\r\n\r\n"
 
 
-def test_chunked_uploads_are_read_up_to_the_limit(api_server):
+def test_chunked_uploads_are_read_up_to_the_limit(served_api):
     headers = [f"Authorization: {AUTH}".encode(), b"Content-Type: application/json", b"Transfer-Encoding: chunked"]
     small = json.dumps({"instances": [[5.1, 3.5, 1.4, 0.2]]}).encode()
-    answer = exchange(api_server.port, request("POST", b"/api/v1.0/predict", headers, chunked(small)))
+    answer = exchange(served_api.port, request("POST", b"/api/v1.0/predict", headers, chunked(small)))
     assert status_of(answer) == 200 and b'"prediction": "setosa"' in answer
     large = b'{"instances": [' + b"[1, 1, 1, 1], " * 100_000 + b"[1, 1, 1, 1]]}"
-    answer = exchange(api_server.port, request("POST", b"/api/v1.0/predict", headers, chunked(large)))
+    answer = exchange(served_api.port, request("POST", b"/api/v1.0/predict", headers, chunked(large)))
     assert status_of(answer) == 413

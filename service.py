@@ -1,0 +1,242 @@
+"""The plumbing both services share: settings, credentials, logs with request IDs, metrics and start-up.
+
+api.py and web.py each keep only what is their own; what they would otherwise both write lives here, once. It needs
+only the standard library, Bottle and prometheus_client, so the web image carries no NumPy or scikit-learn.
+"""
+
+import base64
+import contextvars
+import gc
+import hmac
+import json
+import logging
+import os
+import re
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import bottle
+import prometheus_client
+from prometheus_client import CollectorRegistry, multiprocess
+
+DEFAULT_HOST = "127.0.0.1"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
+TEXT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+# A client's own X-Request-ID is kept when it is short and plain; anything else is replaced, never logged as sent.
+SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+request_id = contextvars.ContextVar("request_id", default="-")
+
+
+class StartupError(Exception):
+    """A configuration or model problem that must stop a service before it serves anything."""
+
+
+# --- Settings --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """What both services are configured with; api.Settings and web.Settings add their own."""
+
+    username: str
+    password: str = field(repr=False)
+    host: str = DEFAULT_HOST
+    port: int
+    log_level: str = "INFO"
+    log_format: str = "text"
+
+
+def read_password(environ):
+    """The password from API_PASSWORD or the file named by API_PASSWORD_FILE (exactly one of them)."""
+    password, password_file = environ.get("API_PASSWORD"), environ.get("API_PASSWORD_FILE")
+    if password and password_file:
+        raise StartupError("set API_PASSWORD or API_PASSWORD_FILE, not both")
+    if password_file:
+        try:
+            return Path(password_file).read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeError) as err:
+            raise StartupError(f"cannot read API_PASSWORD_FILE {password_file}: {err}") from None
+    return password
+
+
+def read_common_settings(environ, default_port, why_credentials):
+    """Credentials, HOST, PORT, LOG_LEVEL and LOG_FORMAT, checked; StartupError names the first bad one."""
+    username, password = environ.get("API_USERNAME"), read_password(environ)
+    if not username or not password:
+        raise StartupError(f"API_USERNAME and API_PASSWORD (or API_PASSWORD_FILE) must be set: {why_credentials}")
+    port = environ.get("PORT", str(default_port))
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise StartupError(f"PORT must be an integer from 1 to 65535, got {port!r}")
+    level = environ.get("LOG_LEVEL", "INFO").upper()
+    if level not in LOG_LEVELS:
+        raise StartupError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
+    log_format = environ.get("LOG_FORMAT", "text").lower()
+    if log_format not in LOG_FORMATS:
+        raise StartupError(f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, got {log_format!r}")
+    return {"username": username, "password": password, "host": environ.get("HOST", DEFAULT_HOST),
+            "port": int(port), "log_level": level, "log_format": log_format}
+
+
+# --- Credentials -----------------------------------------------------------------------------------------------
+
+
+def basic_authorization(username, password):
+    """The Authorization header value of HTTP basic auth for these credentials."""
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+
+
+def parse_basic_auth(header):
+    """(user, password) from an Authorization header, or None when it is missing or malformed."""
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
+    except ValueError:  # not ASCII, not base64, or not UTF-8
+        return None
+    user, colon, password = decoded.partition(":")
+    return (user, password) if colon else None
+
+
+def credentials_checker(username, password, log):
+    """A function that says whether an Authorization header carries these credentials, logging each refusal."""
+    expected_user, expected_password = username.encode(), password.encode()
+
+    def check(header):
+        given = parse_basic_auth(header)
+        if given is None:
+            log.warning("authentication failed: missing or malformed Authorization header")
+            return False
+        user, secret = given
+        # Both comparisons always run (& not `and`), so a wrong user costs what a wrong password costs.
+        ok = hmac.compare_digest(user.encode(), expected_user) & hmac.compare_digest(secret.encode(), expected_password)
+        if not ok:
+            log.warning("authentication failed for user %r", user)
+        return ok
+
+    return check
+
+
+# --- Logs and metrics ------------------------------------------------------------------------------------------
+
+
+class RequestIdFilter(logging.Filter):
+    """Stamp every log record with the ID of the request being answered ("-" outside a request)."""
+
+    def filter(self, record):
+        record.request_id = request_id.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers (LOG_FORMAT=json)."""
+
+    FIELDS = ("request_id", "method", "path", "status", "duration_ms")
+
+    def format(self, record):
+        entry = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name,
+                 "message": record.getMessage()}
+        entry.update({field: getattr(record, field) for field in self.FIELDS if hasattr(record, field)})
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(level, log_format):
+    formatter = JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_LOG_FORMAT)
+    handler = logging.StreamHandler()
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(formatter)
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+    if log_format == "json":
+        # Under gunicorn, its own messages (workers starting and stopping) become JSON lines too, so that a log
+        # shipper reads one kind of line.
+        for gunicorn_handler in logging.getLogger("gunicorn.error").handlers:
+            gunicorn_handler.setFormatter(formatter)
+
+
+def metrics_exposition(registry):
+    """The metrics in the Prometheus text format.
+
+    Under gunicorn, gunicorn.conf.py sets PROMETHEUS_MULTIPROC_DIR before the app is imported: every worker then
+    writes its counts to files there, and this adds up all the workers' files, so the figures are exact for the
+    whole service. Without it (python api.py, tests) the metrics live in the app's own registry.
+    """
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    return prometheus_client.generate_latest(registry)
+
+
+def handle_requests(app, log, crash, on_finish, headers=()):
+    """Wrap a WSGI app: a request ID and `headers` on every response, one log line and on_finish(environ, status,
+    content type, seconds) for every request, and a logged 500 whose (content type, body) is `crash` for any crash."""
+    crash_type, crash_body = crash
+
+    def handled_app(environ, start_response):
+        started, answered = time.perf_counter(), ["500", ""]  # status code and content type, once known
+        given = environ.get("HTTP_X_REQUEST_ID", "")
+        token = request_id.set(given if SANE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex)
+
+        def identified_start_response(line, response_headers, exc_info=None):
+            answered[:] = line[:3], next((v for k, v in response_headers if k.lower() == "content-type"), "")
+            return start_response(line, [*response_headers, *headers, ("X-Request-ID", request_id.get())], exc_info)
+
+        try:
+            return app(environ, identified_start_response)
+        except Exception:
+            log.exception("unhandled error on %s %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
+            identified_start_response("500 Internal Server Error", [("Content-Type", crash_type)], sys.exc_info())
+            return [crash_body]
+        finally:
+            seconds = time.perf_counter() - started
+            on_finish(environ, answered[0], answered[1], seconds)
+            method, path = environ.get("REQUEST_METHOD"), environ.get("PATH_INFO")
+            log.info("%s %s %s %.1fms", method, path, answered[0], seconds * 1000,
+                     extra={"request_id": request_id.get(), "method": method, "path": path,
+                            "status": int(answered[0]), "duration_ms": round(seconds * 1000, 2)})
+            request_id.reset(token)
+
+    return handled_app
+
+
+def endpoint_of(environ):
+    """The route that answered, for metric labels: never the raw path, or clients could invent labels."""
+    route = environ.get("bottle.route")
+    return route.rule if route else "unmatched"
+
+
+# --- Start-up --------------------------------------------------------------------------------------------------
+
+
+def start(name, log, read_settings, create_app):
+    """Logging set up from the environment, then settings and app, or one clear line and exit 1 (StartupError)."""
+    environ = os.environ
+    level, log_format = environ.get("LOG_LEVEL", "INFO").upper(), environ.get("LOG_FORMAT", "text").lower()
+    configure_logging(level if level in LOG_LEVELS else "INFO", log_format if log_format in LOG_FORMATS else "text")
+    try:
+        settings = read_settings(environ)
+        app = create_app(settings)
+    except StartupError as err:
+        log.critical("%s refuses to start: %s", name, err)
+        raise SystemExit(1) from None
+    log.info("settings: user %r, log level %s, log format %s, metrics %s", settings.username, settings.log_level,
+             settings.log_format, "summed over the workers" if "PROMETHEUS_MULTIPROC_DIR" in environ else "in-process")
+    # Everything loaded so far (libraries, templates, the model) lives as long as the process: keep the garbage
+    # collector from scanning it again and again (a large batch allocates many objects), and keep its pages shared
+    # after the server forks its workers.
+    gc.freeze()
+    return settings, app
+
+
+def run_development_server(name, log, read_settings, create_app):
+    """`python api.py` / `python web.py`: Bottle's own server, for trying things out."""
+    settings, app = start(name, log, read_settings, create_app)
+    log.info("serving on http://%s:%s (Bottle's development server; use gunicorn in production)",
+             settings.host, settings.port)
+    bottle.run(app, host=settings.host, port=settings.port, quiet=True)

@@ -1,0 +1,109 @@
+"""Shared fixtures: a model trained by train.py, the API built on it (in-process and on a loopback port), the web
+app in front of it, and stand-ins for an API that is down, slow or failing."""
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import webtest
+
+import api
+import train
+import web
+from tests.support import PASSWORD, USERNAME, free_port, serve_in_thread
+
+
+@pytest.fixture(scope="session")
+def model_path(tmp_path_factory):
+    """A logistic-regression artifact and its metadata, trained exactly as `python train.py` does."""
+    path = tmp_path_factory.mktemp("model") / "iris.joblib"
+    train.main(["--output", str(path)])
+    return path
+
+
+@pytest.fixture(scope="session")
+def api_app(model_path):
+    """The API as a WSGI app, with the test credentials."""
+    return api.create_app(api.Settings(username=USERNAME, password=PASSWORD, model_path=model_path))
+
+
+@pytest.fixture
+def api_client(api_app):
+    """A WebTest client of the API that sends the right credentials."""
+    client = webtest.TestApp(api_app)
+    client.authorization = ("Basic", (USERNAME, PASSWORD))
+    return client
+
+
+@pytest.fixture
+def anonymous_api_client(api_app):
+    """A WebTest client of the API that sends no credentials."""
+    return webtest.TestApp(api_app)
+
+
+@pytest.fixture(scope="session")
+def live_api(api_app):
+    """The real API, served on a free loopback port for the web app to call; yields its URL."""
+    with serve_in_thread(api_app) as url:
+        yield url
+
+
+def _new_web_client(api_url, username=USERNAME, password=PASSWORD, timeout=5.0):
+    settings = web.Settings(api_url=api_url, username=username, password=password, timeout=timeout)
+    return webtest.TestApp(web.create_app(settings))
+
+
+@pytest.fixture
+def new_web_client():
+    """A function that builds a WebTest client of a new web app: new_web_client(api_url, password=..., timeout=...)."""
+    return _new_web_client
+
+
+@pytest.fixture
+def web_client(live_api):
+    """A WebTest client of the web app talking to the real API with the right credentials."""
+    return _new_web_client(live_api)
+
+
+@pytest.fixture
+def closed_port_url():
+    """A loopback URL where nothing listens."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+class _Answer(BaseHTTPRequestHandler):
+    """A stand-in API that sleeps, then answers with a fixed status; for the failures a real API rarely shows."""
+    delay, status = 0.0, 500
+
+    def do_GET(self):
+        time.sleep(self.delay)
+        try:
+            self.send_response(self.status)
+            self.send_header("Content-Type", "text/plain")
+            self.end_headers()
+            self.wfile.write(b"oops")
+        except OSError:
+            pass  # the web app gave up waiting and closed the connection
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def stand_in_api():
+    """Start a stand-in API with a given delay and status; yields a function that returns its URL."""
+    servers = []
+
+    def start(delay=0.0, status=500):
+        handler = type("Handler", (_Answer,), {"delay": delay, "status": status})
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_port}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()

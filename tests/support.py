@@ -1,0 +1,158 @@
+"""What the tests and the tools share: credentials, typical flowers, free ports, readiness waits, and a service started
+exactly as its image starts it (the production server with the project's one server configuration).
+
+Imported as `tests.support` from the repository root: by the tests (pytest puts the root on sys.path, see
+pytest.ini) and by `python -m tools.bench` / `python -m tools.load`.
+"""
+
+import os
+import socket
+import socketserver
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import pytest
+
+import service
+
+ROOT = Path(__file__).resolve().parent.parent
+USERNAME = "tester"
+PASSWORD = "s3cret-test-password"
+FEATURES = ("sepal_length", "sepal_width", "petal_length", "petal_width")
+# Typical flowers of each species, and one far outside anything the model saw.
+FLOWERS = {
+    "setosa": (5.1, 3.5, 1.4, 0.2),
+    "versicolor": (6.0, 2.8, 4.4, 1.4),
+    "virginica": (6.9, 3.1, 5.4, 2.1),
+    "odd": (1.0, 1.0, 1.0, 1.0),
+}
+# As in Dockerfile.api and Dockerfile.web; WORKER_CLASS and friends pass through from the environment.
+SERVER_SETTINGS = {"WORKERS": "2", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+
+def auth_header(username=USERNAME, password=PASSWORD):
+    """{"Authorization": ...} for HTTP basic auth."""
+    return {"Authorization": service.basic_authorization(username, password)}
+
+
+def query(values):
+    """A query string with the four measurements, in order: query(FLOWERS["setosa"])."""
+    return "&".join(f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}"
+                    for name, value in zip(FEATURES, values))
+
+
+def require(available, reason):
+    """Skip a test that needs a missing part, but fail it in CI, which must exercise the real stack."""
+    if available:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set, so this is a failure, not a skip)")
+    pytest.skip(reason)
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_ready(url, timeout=60.0):
+    """Seconds until url answers 200; RuntimeError after timeout."""
+    started = time.monotonic()
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return time.monotonic() - started
+        except OSError:
+            pass
+        if time.monotonic() - started > timeout:
+            raise RuntimeError(f"{url} not ready after {timeout} s")
+        time.sleep(0.01)
+
+
+def rss_mib(pid):
+    """Resident memory of a process, in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@contextmanager
+def serve_in_thread(app):
+    """Serve a WSGI app on a free 127.0.0.1 port in a thread; yields its base URL and stops it afterwards."""
+    server = make_server("127.0.0.1", 0, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class Server:
+    """One service (`api`, `web` or the benchmark's `hello`) under the production server, as its image runs it, on a
+    free loopback port, its log going to a file as it goes to Docker's log in a container."""
+
+    def __init__(self, app, env=None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tempfile.NamedTemporaryFile(prefix="iris-server-", suffix=".log", delete=False)
+        environ = {**os.environ, **SERVER_SETTINGS, "HOST": "127.0.0.1", "PORT": str(self.port), **(env or {})}
+        self.process = subprocess.Popen([sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", app],
+                                        cwd=ROOT, env=environ, stdout=self.log, stderr=self.log)
+
+    def rss_mib(self):
+        """Resident memory of the main process and of each worker, in MiB."""
+        children = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout
+        return [rss_mib(pid) for pid in [self.process.pid, *map(int, children.split())]]
+
+    def log_text(self):
+        return Path(self.log.name).read_text()
+
+    def stop(self):
+        """Stop the server (SIGTERM, as docker stop does) and remove its log."""
+        if self.process.poll() is None:
+            self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+        Path(self.log.name).unlink(missing_ok=True)
+
+
+def api_server(model_path, **env):
+    """The API served as its image serves it, ready to answer."""
+    server = Server("api:app_from_env()", {"API_USERNAME": USERNAME, "API_PASSWORD": PASSWORD,
+                                           "MODEL_PATH": str(model_path), "LOG_LEVEL": "WARNING", **env})
+    wait_ready(server.url + "/readyz")
+    return server
+
+
+def web_server(api_url, **env):
+    """The web app served as its image serves it, calling the API at api_url, up (its /healthz answers)."""
+    server = Server("web:app_from_env()", {"API_USERNAME": USERNAME, "API_PASSWORD": PASSWORD, "API_URL": api_url,
+                                           "LOG_LEVEL": "WARNING", **env})
+    wait_ready(server.url + "/healthz")
+    return server

@@ -1,0 +1,127 @@
+"""The web page in a real browser: headless Chromium (Debian's) driven by Playwright, against the real API.
+
+The README's screenshots are taken here only when SCREENSHOTS_DIR names a folder (`make screenshots` sets it to
+docs/images), so a test run leaves the tree as it found it.
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+
+import web
+from tests.support import PASSWORD, USERNAME, require, serve_in_thread
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+SETOSA = {"sepal_length": "5.1", "sepal_width": "3.5", "petal_length": "1.4", "petal_width": "0.2"}
+
+
+@pytest.fixture(scope="module")
+def web_url(live_api):
+    """The web app, served on a free loopback port, calling the real API; yields its URL."""
+    settings = web.Settings(api_url=live_api, username=USERNAME, password=PASSWORD)
+    with serve_in_thread(web.create_app(settings)) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    require(CHROMIUM.exists(), f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def tab(chromium):
+    """A fresh browser tab that records console errors (a CSP violation shows up there)."""
+    context = chromium.new_context(viewport={"width": 1000, "height": 900})
+    tab = context.new_page()
+    tab.console_errors = []
+    tab.on("console", lambda message: message.type == "error" and tab.console_errors.append(message.text))
+    yield tab
+    context.close()
+
+
+@pytest.fixture
+def screenshot(tmp_path):
+    """screenshot(tab, "form.png"): into SCREENSHOTS_DIR when it is set, otherwise into a temporary folder."""
+    folder = Path(os.environ.get("SCREENSHOTS_DIR") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def take(tab, name):
+        path = folder / name
+        tab.screenshot(path=str(path), full_page=True)
+        assert path.stat().st_size > 1000  # an image, not an empty file
+
+    return take
+
+
+def fill(tab, values):
+    for name, value in values.items():
+        tab.fill(f"#{name}", value)
+
+
+def test_fill_and_submit_shows_species_and_chart(tab, web_url, screenshot):
+    tab.goto(f"{web_url}/")
+    assert tab.locator("label[for=sepal_length]").inner_text().startswith("Sepal length")
+    screenshot(tab, "form.png")
+    fill(tab, SETOSA)
+    tab.click("button[type=submit]")
+    tab.wait_for_url("**/prediction?**")
+    assert tab.locator("h1").inner_text() == "Iris setosa"
+    assert tab.locator(".chart svg rect.fill").count() == 3
+    best = tab.locator(".chart li.best svg").bounding_box()
+    assert best["width"] > 100 and best["height"] > 5  # the chart is drawn, not collapsed
+    assert tab.locator(".chart li.best .value").inner_text().endswith("%")
+    screenshot(tab, "prediction.png")
+    assert tab.console_errors == []
+
+
+def test_invalid_value_shows_the_api_message(tab, web_url, screenshot):
+    tab.goto(f"{web_url}/")
+    fill(tab, {**SETOSA, "petal_width": "150"})
+    tab.click("button[type=submit]")
+    tab.wait_for_url("**/prediction?**")
+    assert "at most 100 cm, got 150" in tab.locator("#petal_width-error").inner_text()
+    assert tab.input_value("#petal_width") == "150"
+    screenshot(tab, "invalid.png")
+
+
+def test_the_browser_leaves_validation_to_the_api(tab, web_url):
+    tab.goto(f"{web_url}/")
+    fill(tab, {**SETOSA, "sepal_length": "5.15", "petal_width": "0.05"})  # finer than the data's 0.1 cm
+    tab.click("button[type=submit]")
+    tab.wait_for_url("**/prediction?**")
+    assert tab.locator("h1").inner_text() == "Iris setosa"
+    assert "5.15 cm" in tab.locator(".measured").inner_text()
+
+
+def test_example_link_then_submit(tab, web_url):
+    tab.goto(f"{web_url}/")
+    tab.click("text=virginica")
+    assert tab.input_value("#petal_length") == "5.4"
+    tab.click("button[type=submit]")
+    assert tab.locator("h1").inner_text() == "Iris virginica"
+
+
+def test_usable_at_375_pixels(chromium, web_url, screenshot):
+    context = chromium.new_context(viewport={"width": 375, "height": 812}, device_scale_factor=2)
+    tab = context.new_page()
+    for path in ("/", "/prediction?sepal_length=6.9&sepal_width=3.1&petal_length=5.4&petal_width=2.1"):
+        tab.goto(web_url + path)
+        assert tab.evaluate("document.documentElement.scrollWidth") <= 375  # nothing forces sideways scrolling
+    screenshot(tab, "prediction-mobile.png")
+    context.close()
+
+
+def test_focus_is_visible(tab, web_url):
+    tab.goto(f"{web_url}/")
+    tab.focus("#sepal_length")
+    outline = tab.eval_on_selector("#sepal_length", "e => getComputedStyle(e).outlineStyle")
+    tab.keyboard.press("Tab")
+    assert outline != "none"
