@@ -269,16 +269,17 @@ class Metrics:
 
     def __init__(self, model):
         self.registry = registry = CollectorRegistry()
-        self.requests = Counter("iris_api_requests", "Requests answered, by endpoint, method and status code",
-                                ["endpoint", "method", "status"], registry=registry)
-        self.latency = Histogram("iris_api_request_duration_seconds", "Time to answer a request, by endpoint",
-                                 ["endpoint"], buckets=LATENCY_BUCKETS, registry=registry)
-        self.predictions = Counter("iris_api_predictions", "Predictions made, by predicted class", ["class"],
-                                   registry=registry)
-        self.out_of_range = Counter(
-            "iris_api_inputs_out_of_range",
-            "Input values outside the range seen in training, by feature: the drift signal", ["feature"],
-            registry=registry)
+        self.requests = service.cached_labels(Counter(
+            "iris_api_requests", "Requests answered, by endpoint, method and status code",
+            ["endpoint", "method", "status"], registry=registry))
+        self.latency = service.cached_labels(Histogram(
+            "iris_api_request_duration_seconds", "Time to answer a request, by endpoint", ["endpoint"],
+            buckets=LATENCY_BUCKETS, registry=registry))
+        self.predictions = service.cached_labels(Counter(
+            "iris_api_predictions", "Predictions made, by predicted class", ["class"], registry=registry))
+        self.out_of_range = service.cached_labels(Counter(
+            "iris_api_inputs_out_of_range", "Input values outside the range seen in training, by feature: the drift "
+            "signal", ["feature"], registry=registry))
         Gauge("iris_model_info", "The model being served (the value is always 1)", ["name", "version", "algorithm"],
               registry=registry, multiprocess_mode="max").labels(
             model.metadata["name"], model.metadata["version"], model.metadata["algorithm"]).set(1)
@@ -288,16 +289,19 @@ class Metrics:
 
     def count_request(self, environ, status, content_type, seconds):
         endpoint = service.endpoint_of(environ)
-        self.requests.labels(endpoint, environ.get("REQUEST_METHOD"), status).inc()
-        self.latency.labels(endpoint).observe(seconds)
+        self.requests(endpoint, service.method_of(environ), status).inc()
+        self.latency(endpoint).observe(seconds)
 
     def count_predictions(self, model, rows, answers):
-        for name, count in collections.Counter(answer["prediction"] for answer in answers).items():
-            self.predictions.labels(name).inc(count)
+        if len(answers) == 1:  # the usual request needs no tally
+            self.predictions(answers[0]["prediction"]).inc()
+        else:
+            for name, count in collections.Counter(answer["prediction"] for answer in answers).items():
+                self.predictions(name).inc(count)
         if any(answer["warnings"] for answer in answers):  # rare: skip the array work for the usual flower
             for feature, count in zip(FEATURES, out_of_range(model, rows).sum(axis=0).tolist()):
                 if count:
-                    self.out_of_range.labels(feature).inc(count)
+                    self.out_of_range(feature).inc(count)
 
 
 # --- The routes ------------------------------------------------------------------------------------------------
@@ -405,7 +409,8 @@ def create_app(settings):
         callback = functools.partial(route, api)
         app.route(path, method, guarded(callback, is_authorised) if needs_credentials else callback)
     crash = problem_body(500, "The server failed to answer this request; the error was logged.").encode()
-    return service.handle_requests(app, logger, (PROBLEM_TYPE, crash), api.metrics.count_request)
+    return service.handle_requests(app, logger, (PROBLEM_TYPE, crash), api.metrics.count_request,
+                                   access_log=settings.access_log)
 
 
 def app_from_env():

@@ -6,15 +6,17 @@ only the standard library, Bottle and prometheus_client, so the web image carrie
 
 import base64
 import contextvars
+import functools
 import gc
 import hmac
 import json
 import logging
 import os
 import re
+import secrets
 import sys
+import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,9 +27,15 @@ from prometheus_client import CollectorRegistry, multiprocess
 DEFAULT_HOST = "127.0.0.1"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
+# Which requests get a line of their own: all, those answered with an error status (4xx, 5xx), or none. Failed logins
+# and crashes are logged whatever this says. See README, "Logs" for what each costs.
+ACCESS_LOGS = ("all", "errors", "off")
+DEFAULT_ACCESS_LOG = "all"
 TEXT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 # A client's own X-Request-ID is kept when it is short and plain; anything else is replaced, never logged as sent.
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+LOG_BATCH_SECONDS = 0.1
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 request_id = contextvars.ContextVar("request_id", default="-")
 
@@ -49,6 +57,7 @@ class Settings:
     port: int
     log_level: str = "INFO"
     log_format: str = "text"
+    access_log: str = DEFAULT_ACCESS_LOG
 
 
 def read_password(environ):
@@ -78,8 +87,11 @@ def read_common_settings(environ, default_port, why_credentials):
     log_format = environ.get("LOG_FORMAT", "text").lower()
     if log_format not in LOG_FORMATS:
         raise StartupError(f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, got {log_format!r}")
+    access_log = environ.get("ACCESS_LOG", DEFAULT_ACCESS_LOG).lower()
+    if access_log not in ACCESS_LOGS:
+        raise StartupError(f"ACCESS_LOG must be one of {', '.join(ACCESS_LOGS)}, got {access_log!r}")
     return {"username": username, "password": password, "host": environ.get("HOST", DEFAULT_HOST),
-            "port": int(port), "log_level": level, "log_format": log_format}
+            "port": int(port), "log_level": level, "log_format": log_format, "access_log": access_log}
 
 
 # --- Credentials -----------------------------------------------------------------------------------------------
@@ -125,6 +137,50 @@ def credentials_checker(username, password, log):
 # --- Logs and metrics ------------------------------------------------------------------------------------------
 
 
+class BatchingStreamHandler(logging.StreamHandler):
+    """A StreamHandler that writes its lines in batches, from a thread of its own, at most LOG_BATCH_SECONDS late.
+
+    One write per line cost about 40 % of the API container's throughput: every write to the container's stdout
+    pipe wakes Docker's reader. Here a request only appends its line to a list; the writer thread writes what has
+    gathered in one go, at once for a WARNING or worse. The writer ends after a last write when its process's main
+    thread ends (forked workers included), so a graceful stop loses no line; a SIGKILL may lose the last batch.
+    """
+
+    def __init__(self, stream=None):
+        super().__init__(stream)
+        self.pending = []
+        self.wake = threading.Event()
+        self.writer_pid = None
+
+    def emit(self, record):  # called with self.lock held (logging.Handler.handle)
+        try:
+            line = self.format(record) + self.terminator
+        except Exception:
+            self.handleError(record)
+            return
+        if self.writer_pid != os.getpid():  # the first line of this process: a forked worker starts its own writer
+            self.writer_pid, self.pending = os.getpid(), []  # lines copied from the parent are the parent's to write
+            threading.Thread(target=self.write_batches, name="log-writer").start()
+        self.pending.append(line)
+        if record.levelno >= logging.WARNING:
+            self.wake.set()
+
+    def write_batches(self):
+        main = threading.main_thread()
+        while main.is_alive():
+            self.wake.wait(LOG_BATCH_SECONDS)
+            self.wake.clear()
+            self.flush()
+        self.flush()
+
+    def flush(self):
+        with self.lock:
+            lines, self.pending = self.pending, []
+        if lines:
+            self.stream.write("".join(lines))
+            self.stream.flush()
+
+
 class RequestIdFilter(logging.Filter):
     """Stamp every log record with the ID of the request being answered ("-" outside a request)."""
 
@@ -133,7 +189,20 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-class JsonFormatter(logging.Formatter):
+class Formatter(logging.Formatter):
+    """logging's Formatter, the time text made once a second rather than for every line (same output)."""
+
+    last_second = (None, "")
+
+    def formatTime(self, record, datefmt=None):
+        second, text = self.last_second
+        if second != int(record.created):
+            second, text = int(record.created), time.strftime(self.default_time_format, self.converter(record.created))
+            self.last_second = second, text
+        return self.default_msec_format % (text, record.msecs)
+
+
+class JsonFormatter(Formatter):
     """One JSON object per line, for log shippers (LOG_FORMAT=json)."""
 
     FIELDS = ("request_id", "method", "path", "status", "duration_ms")
@@ -148,23 +217,21 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level, log_format):
-    formatter = JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_LOG_FORMAT)
-    handler = logging.StreamHandler()
+    # logging's own optimisations (its HOWTO, "Optimization"): no line names its caller's file, thread or process.
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    formatter = JsonFormatter() if log_format == "json" else Formatter(TEXT_LOG_FORMAT)
+    handler = BatchingStreamHandler()
     handler.addFilter(RequestIdFilter())
     handler.setFormatter(formatter)
     logging.basicConfig(level=level, handlers=[handler], force=True)
-    if log_format == "json":
-        # Under gunicorn, its own messages (workers starting and stopping) become JSON lines too, so that a log
-        # shipper reads one kind of line.
-        for gunicorn_handler in logging.getLogger("gunicorn.error").handlers:
-            gunicorn_handler.setFormatter(formatter)
 
 
 def metrics_exposition(registry):
     """The metrics in the Prometheus text format.
 
-    Under gunicorn, gunicorn.conf.py sets PROMETHEUS_MULTIPROC_DIR before the app is imported: every worker then
-    writes its counts to files there, and this adds up all the workers' files, so the figures are exact for the
+    Under the production server, serve.py sets PROMETHEUS_MULTIPROC_DIR before the app is imported: every worker
+    then writes its counts to files there, and this adds up all the workers' files, so the figures are exact for the
     whole service. Without it (python api.py, tests) the metrics live in the app's own registry.
     """
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
@@ -173,15 +240,17 @@ def metrics_exposition(registry):
     return prometheus_client.generate_latest(registry)
 
 
-def handle_requests(app, log, crash, on_finish, headers=()):
-    """Wrap a WSGI app: a request ID and `headers` on every response, one log line and on_finish(environ, status,
-    content type, seconds) for every request, and a logged 500 whose (content type, body) is `crash` for any crash."""
+def handle_requests(app, log, crash, on_finish, headers=(), access_log=DEFAULT_ACCESS_LOG):
+    """Wrap a WSGI app: a request ID and `headers` on every response, on_finish(environ, status, content type,
+    seconds) for every request, a log line for those that access_log asks for, and a logged 500 whose (content type,
+    body) is `crash` for any crash."""
     crash_type, crash_body = crash
+    lowest_logged_status = {"all": "000", "errors": "400", "off": "999"}[access_log]  # status codes compare as text
 
     def handled_app(environ, start_response):
         started, answered = time.perf_counter(), ["500", ""]  # status code and content type, once known
         given = environ.get("HTTP_X_REQUEST_ID", "")
-        token = request_id.set(given if SANE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex)
+        token = request_id.set(given if SANE_REQUEST_ID.fullmatch(given) else secrets.token_hex(16))
 
         def identified_start_response(line, response_headers, exc_info=None):
             answered[:] = line[:3], next((v for k, v in response_headers if k.lower() == "content-type"), "")
@@ -196,19 +265,37 @@ def handle_requests(app, log, crash, on_finish, headers=()):
         finally:
             seconds = time.perf_counter() - started
             on_finish(environ, answered[0], answered[1], seconds)
-            method, path = environ.get("REQUEST_METHOD"), environ.get("PATH_INFO")
-            log.info("%s %s %s %.1fms", method, path, answered[0], seconds * 1000,
-                     extra={"request_id": request_id.get(), "method": method, "path": path,
-                            "status": int(answered[0]), "duration_ms": round(seconds * 1000, 2)})
+            if answered[0] >= lowest_logged_status:
+                log_request(log, environ, answered[0], seconds)
             request_id.reset(token)
 
     return handled_app
+
+
+def log_request(log, environ, status, seconds):
+    """The request's line: method, path (never the query: it may hold what a client typed), status and duration."""
+    method, path = environ.get("REQUEST_METHOD"), environ.get("PATH_INFO")
+    log.info("%s %s %s %.1fms", method, path, status, seconds * 1000,
+             extra={"request_id": request_id.get(), "method": method, "path": path, "status": int(status),
+                    "duration_ms": round(seconds * 1000, 2)})
 
 
 def endpoint_of(environ):
     """The route that answered, for metric labels: never the raw path, or clients could invent labels."""
     route = environ.get("bottle.route")
     return route.rule if route else "unmatched"
+
+
+def method_of(environ):
+    """The request's method, for metric labels: any other token a client sends is counted as "other"."""
+    method = environ.get("REQUEST_METHOD")
+    return method if method in KNOWN_METHODS else "other"
+
+
+def cached_labels(metric):
+    """metric.labels, remembered: prometheus_client checks and looks up the labels on every call. Only for labels
+    from a small, fixed set (routes, methods, status codes, classes), since every value is kept."""
+    return functools.lru_cache(maxsize=None)(metric.labels)
 
 
 # --- Start-up --------------------------------------------------------------------------------------------------
@@ -225,8 +312,9 @@ def start(name, log, read_settings, create_app):
     except StartupError as err:
         log.critical("%s refuses to start: %s", name, err)
         raise SystemExit(1) from None
-    log.info("settings: user %r, log level %s, log format %s, metrics %s", settings.username, settings.log_level,
-             settings.log_format, "summed over the workers" if "PROMETHEUS_MULTIPROC_DIR" in environ else "in-process")
+    log.info("settings: user %r, log level %s, log format %s, access log %s, metrics %s", settings.username,
+             settings.log_level, settings.log_format, settings.access_log,
+             "summed over the workers" if "PROMETHEUS_MULTIPROC_DIR" in environ else "in-process")
     # Everything loaded so far (libraries, templates, the model) lives as long as the process: keep the garbage
     # collector from scanning it again and again (a large batch allocates many objects), and keep its pages shared
     # after the server forks its workers.
@@ -237,6 +325,6 @@ def start(name, log, read_settings, create_app):
 def run_development_server(name, log, read_settings, create_app):
     """`python api.py` / `python web.py`: Bottle's own server, for trying things out."""
     settings, app = start(name, log, read_settings, create_app)
-    log.info("serving on http://%s:%s (Bottle's development server; use gunicorn in production)",
+    log.info("serving on http://%s:%s (Bottle's development server; use serve.py in production)",
              settings.host, settings.port)
     bottle.run(app, host=settings.host, port=settings.port, quiet=True)

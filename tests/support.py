@@ -33,7 +33,7 @@ FLOWERS = {
     "virginica": (6.9, 3.1, 5.4, 2.1),
     "odd": (1.0, 1.0, 1.0, 1.0),
 }
-# As in Dockerfile.api and Dockerfile.web; WORKER_CLASS and friends pass through from the environment.
+# As in Dockerfile.api and Dockerfile.web; THREADS and friends pass through from the environment.
 SERVER_SETTINGS = {"WORKERS": "2", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
 
@@ -110,16 +110,19 @@ def serve_in_thread(app):
 
 
 class Server:
-    """One service (`api`, `web` or the benchmark's `hello`) under the production server, as its image runs it, on a
-    free loopback port, its log going to a file as it goes to Docker's log in a container."""
+    """`python serve.py <module>` (`api`, `web` or the benchmark's `tools.hello`): a service under the production
+    server, as its image runs it, on a free loopback port, its log going to a file as in a container.
 
-    def __init__(self, app, env=None):
+    command(port), when given, starts something else in its place (the benchmark's other servers).
+    """
+
+    def __init__(self, module, env=None, command=None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.NamedTemporaryFile(prefix="iris-server-", suffix=".log", delete=False)
         environ = {**os.environ, **SERVER_SETTINGS, "HOST": "127.0.0.1", "PORT": str(self.port), **(env or {})}
-        self.process = subprocess.Popen([sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", app],
-                                        cwd=ROOT, env=environ, stdout=self.log, stderr=self.log)
+        argv = command(self.port) if command else [sys.executable, "serve.py", module]
+        self.process = subprocess.Popen(argv, cwd=ROOT, env=environ, stdout=self.log, stderr=self.log)
 
     def rss_mib(self):
         """Resident memory of the main process and of each worker, in MiB."""
@@ -144,7 +147,7 @@ class Server:
 
 def api_server(model_path, **env):
     """The API served as its image serves it, ready to answer."""
-    server = Server("api:app_from_env()", {"API_USERNAME": USERNAME, "API_PASSWORD": PASSWORD,
+    server = Server("api", {"API_USERNAME": USERNAME, "API_PASSWORD": PASSWORD,
                                            "MODEL_PATH": str(model_path), "LOG_LEVEL": "WARNING", **env})
     wait_ready(server.url + "/readyz")
     return server
@@ -152,7 +155,7 @@ def api_server(model_path, **env):
 
 def web_server(api_url, **env):
     """The web app served as its image serves it, calling the API at api_url, up (its /healthz answers)."""
-    server = Server("web:app_from_env()", {"API_USERNAME": USERNAME, "API_PASSWORD": PASSWORD, "API_URL": api_url,
+    server = Server("web", {"API_USERNAME": USERNAME, "API_PASSWORD": PASSWORD, "API_URL": api_url,
                                            "LOG_LEVEL": "WARNING", **env})
     wait_ready(server.url + "/healthz")
     return server

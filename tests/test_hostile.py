@@ -1,5 +1,5 @@
-"""Hostile input, slow clients and faults, against the services served as the containers serve them (gunicorn with
-gunicorn.conf.py) on loopback ports. Raw sockets, so that nothing between the test and the server tidies the bytes.
+"""Hostile input, slow clients and faults, against the services served as the containers serve them (serve.py) on
+loopback ports. Raw sockets, so that nothing between the test and the server tidies the bytes.
 """
 
 import base64
@@ -162,10 +162,36 @@ def latencies(server, count):
     return result
 
 
-def test_ten_slow_clients_do_not_delay_anyone_else(served_api):
+def upload_slowly(port, stop, seconds, credentials=True):
+    """A client that sends a batch's headers at once, then its body one byte a second, and never finishes it.
+
+    Without credentials it is refused before its body is read. With them, the Python thread that answers it waits
+    for the body (serve.py): fewer such clients than THREADS (8) cannot stall a worker, whichever one they reach.
+    """
+    headers = [b"Content-Type: application/json", b"Content-Length: 1000"]
+    headers += [f"Authorization: {AUTH}".encode()] if credentials else []
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=seconds + 5) as sock:
+            sock.sendall(request("POST", b"/api/v1.0/predict", headers))
+            for _ in range(int(seconds)):
+                if stop.is_set():
+                    return
+                sock.send(b" ")
+                time.sleep(1)
+    except OSError:
+        pass
+
+
+def upload_slowly_without_credentials(port, stop, seconds):
+    upload_slowly(port, stop, seconds, credentials=False)
+
+
+@pytest.mark.parametrize("slow_client, count", [(dribble, 10), (upload_slowly_without_credentials, 30),
+                                                (upload_slowly, 6)])
+def test_slow_clients_do_not_delay_anyone_else(served_api, slow_client, count):
     normal = latencies(served_api, 20)
     stop = threading.Event()
-    slow = [threading.Thread(target=dribble, args=(served_api.port, stop, 15), daemon=True) for _ in range(10)]
+    slow = [threading.Thread(target=slow_client, args=(served_api.port, stop, 15), daemon=True) for _ in range(count)]
     for thread in slow:
         thread.start()
     time.sleep(2)  # every slow client has sent a few bytes

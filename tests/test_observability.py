@@ -1,4 +1,4 @@
-"""Metrics, request IDs and logs of both services: exact counts through gunicorn's workers, IDs followed from the
+"""Metrics, request IDs and logs of both services: exact counts through the server's workers, IDs followed from the
 web app to the API, JSON log lines."""
 
 import io
@@ -47,7 +47,7 @@ def call(url, headers=None, body=None):
 # --- Exact counts under the production server settings ---------------------------------------------------------
 
 
-def test_api_counters_are_exact_across_gunicorn_workers(model_path):
+def test_api_counters_are_exact_across_server_workers(model_path):
     loaded = model.load_model(model_path)
     expected_classes = {}
     for rows, times in (([SETOSA], 60), ([ODD], 40), (BATCH, 10)):
@@ -204,18 +204,50 @@ def test_web_metrics_count_an_unreachable_api(new_web_client, closed_port_url):
     assert value(parsed, "iris_web_page_views_total", page="/prediction", status="503") == 1
 
 
-@pytest.mark.parametrize("app", ["api:app_from_env()", "web:app_from_env()"])
-def test_json_logs_under_gunicorn_are_json_lines_only(model_path, app):
+@pytest.mark.parametrize("app", ["api", "web"])
+def test_json_logs_under_the_production_server_are_json_lines_only(model_path, app):
     server = Server(app, {"API_USERNAME": USERNAME, "API_PASSWORD": PASSWORD, "LOG_FORMAT": "json",
                           "MODEL_PATH": str(model_path), "API_URL": "http://127.0.0.1:9"})
     try:
         wait_ready(server.url + "/healthz")
-        call(f"{server.url}/healthz", {"X-Request-ID": "json-under-gunicorn"})
+        call(f"{server.url}/healthz", {"X-Request-ID": "json-under-serve-py"})
         server.process.terminate()
         server.process.wait(timeout=15)
         lines = server.log_text().splitlines()
     finally:
         server.stop()
-    entries = [json.loads(line) for line in lines]  # every line, gunicorn's own included, is JSON
-    assert any(e.get("request_id") == "json-under-gunicorn" and e.get("path") == "/healthz" for e in entries)
-    assert any("worker" in e["message"].lower() for e in entries)  # gunicorn's own messages
+    entries = [json.loads(line) for line in lines]  # every line, the server's own included, is JSON
+    assert any(e.get("request_id") == "json-under-serve-py" and e.get("path") == "/healthz" for e in entries)
+    assert any("worker" in e["message"].lower() for e in entries)  # the server's own messages
+
+
+@pytest.mark.parametrize("access_log, logged", [("all", {200, 400, 401}), ("errors", {400, 401}), ("off", set())])
+def test_access_log_chooses_which_requests_get_a_line(model_path, caplog, access_log, logged):
+    caplog.set_level(logging.INFO)
+    settings = api.Settings(username=USERNAME, password=PASSWORD, model_path=model_path, access_log=access_log)
+    client = webtest.TestApp(api.create_app(settings))
+    client.get(f"/api/v1.0?{query(SETOSA)}", headers=AUTH)
+    client.get("/api/v1.0?sepal_length=abc", headers=AUTH, status=400)
+    client.get(f"/api/v1.0?{query(SETOSA)}", headers=auth_header("mallory", "guess"), status=401)
+    assert {record.status for record in caplog.records if hasattr(record, "status")} == logged
+    assert "authentication failed for user 'mallory'" in caplog.text  # failed logins are logged whatever it says
+
+
+def test_access_log_must_be_known():
+    with pytest.raises(service.StartupError, match="ACCESS_LOG must be one of all, errors, off"):
+        api.read_settings({"API_USERNAME": "u", "API_PASSWORD": "p", "ACCESS_LOG": "some"})
+
+
+def test_no_log_line_is_lost_by_a_graceful_stop(model_path):
+    """Lines are written in batches (service.BatchingStreamHandler): a SIGTERM must still let every one out."""
+    server = api_server(model_path, LOG_LEVEL="INFO")
+    try:
+        for number in range(200):
+            call(f"{server.url}/healthz", {"X-Request-ID": f"line-{number}"})
+        server.process.terminate()
+        server.process.wait(timeout=15)
+        text = server.log_text()
+    finally:
+        server.stop()
+    missing = [number for number in range(200) if f"[line-{number}] GET /healthz 200" not in text]
+    assert missing == []

@@ -1,9 +1,12 @@
 """The web page, through WebTest, against the REAL API served on a loopback port (and a few broken ones)."""
 
+import json
 import logging
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlencode
 
 import pytest
@@ -181,6 +184,57 @@ def test_no_credential_in_any_page(new_web_client, live_api, closed_port_url, st
     for page in pages:
         text = page.text + str(page.headers)
         assert not any(secret in text for secret in SECRETS), page.request.path
+
+
+# --- The connection to the API --------------------------------------------------------------------------------
+
+
+ANSWER = json.dumps({"prediction": "setosa", "probabilities": {"setosa": 0.9, "versicolor": 0.1, "virginica": 0.0},
+                     "features": {name: float(value) for name, value in SETOSA.items()}, "warnings": [],
+                     "model": {"name": "stand-in", "version": "1"}}).encode()
+
+
+class KeptAliveApi(BaseHTTPRequestHandler):
+    """A stand-in API that speaks HTTP/1.1, counts the connections it accepts, and may drop each one after its first
+    answer without saying so (as a server does with a connection that sat idle too long)."""
+    protocol_version = "HTTP/1.1"
+    connections = 0
+    drop_after_answer = False
+
+    def setup(self):
+        super().setup()
+        type(self).connections += 1
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(ANSWER)))
+        self.end_headers()
+        self.wfile.write(ANSWER)
+        self.close_connection = self.drop_after_answer
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(params=[False, True], ids=["kept", "dropped"])
+def kept_alive_api(request):
+    """A KeptAliveApi on a loopback port; yields (URL, its handler class)."""
+    handler = type("Handler", (KeptAliveApi,), {"connections": 0, "drop_after_answer": request.param})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}", handler
+    server.shutdown()
+    server.server_close()
+
+
+def test_the_api_is_called_over_one_kept_alive_connection_that_is_replaced_when_dropped(new_web_client,
+                                                                                      kept_alive_api):
+    url, handler = kept_alive_api
+    client = new_web_client(url)
+    for _ in range(5):
+        assert client.get(f"/prediction?{query(**SETOSA)}").html.find("h1").text == "Iris setosa"
+    assert handler.connections == (5 if handler.drop_after_answer else 1)
 
 
 # --- Headers, static files, health -----------------------------------------------------------------------------

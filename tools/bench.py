@@ -1,13 +1,16 @@
-"""Benchmark the services the way the containers run them, and print a markdown table. From the repository root:
+"""Benchmark the services the way users run them, beside the alternatives, and print markdown tables. From the
+repository root, in the project's environment (make bench):
 
-    python -m tools.bench                # about 4 minutes: 3 interleaved rounds of 5 s runs, medians reported
-    python -m tools.bench --duration 1 --rounds 1 --no-docker     # a smoke run of a few seconds
-    python -m tools.bench --docker       # also the API container: cold start, load through Docker's proxy, size
+    python -m tools.bench                     # about 10 minutes: 3 interleaved rounds of 5 s runs, medians
+    python -m tools.bench --duration 1 --rounds 1 --no-docker --no-mlserver     # a smoke run (test_bench.py)
 
-It starts the services as the images do (tests/support.py: the production server with the project's settings), on
-free loopback ports, with each service's logging going to a file as it goes to Docker's log in a container. Load
-comes from wrk (apt-get install wrk / brew install wrk). Every URL is on 127.0.0.1. Needs a trained model (python
-train.py). A hello-world Bottle app under the same server (tools/hello.py) is the ceiling.
+Processes on loopback ports, started as the images start them (tests/support.py: serve.py, logging to a file):
+a hello-world Bottle app (tools/hello.py) and the API under granian and under gunicorn (sync and gevent workers,
+the server the images ran before), batches, the web page. With --mlserver (the default when it can be installed):
+MLServer 1.7.1's default scikit-learn server on the same model, from a virtual environment of its own under
+~/.cache/iris-bench. With --docker (the default when docker answers): the API image, run with --network host and
+Docker's default log driver, with each ACCESS_LOG setting; its cold start, memory and size. Load comes from wrk
+(apt-get install wrk) with 2 threads on the same cores. Every URL is on 127.0.0.1. Needs a trained model.
 """
 
 import argparse
@@ -19,38 +22,31 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-from tests.support import (FLOWERS, PASSWORD, ROOT, SERVER_SETTINGS, USERNAME, Server, auth_header, free_port, query,
-                           wait_ready)
+from tests.support import FLOWERS, PASSWORD, ROOT, USERNAME, Server, auth_header, free_port, query, wait_ready
 
 AUTH = auth_header()["Authorization"]
 SETOSA = query(FLOWERS["setosa"])
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+BATCH_ROWS = (1, 100, 10_000)
+MLSERVER = ("mlserver==1.7.1", "mlserver-sklearn==1.7.1",
+            "uvloop==0.21.0")  # uvloop 0.22 and later break MLServer 1.7.1's worker start
+MLSERVER_HOME = Path.home() / ".cache" / "iris-bench" / "mlserver"
+IMAGE = "iris-bench-api"
+ACCESS_LOGS = ("all", "errors", "off")
+CEILING = "hello world, gunicorn sync, 16 connections"
 
 
-def memory_mib(server):
-    """Resident memory of the main process and of the largest worker, in MiB, and the number of workers."""
-    main_process, *workers = server.rss_mib()
-    return main_process, max(workers, default=0.0), len(workers)
-
-
-def post_script(rows):
-    """A wrk Lua script that POSTs a batch of `rows` flowers."""
-    body = json.dumps({"instances": [[5.1, 3.5, 1.4, 0.2], [6.9, 3.1, 5.4, 2.1]] * (rows // 2) + [[6.0, 2.8, 4.4, 1.4]] * (rows % 2)})
-    script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
-    script.write(f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = {json.dumps(body)}\n')
-    script.close()
-    return script.name
+# --- Load ------------------------------------------------------------------------------------------------------
 
 
 def wrk(url, connections, duration, script=None, auth=True):
-    """Run wrk; return requests/s, p50 and p99 latency in ms, and the number of non-2xx answers or errors."""
+    """Run wrk: requests/s, p50 and p99 latency in ms, and the number of non-2xx answers or socket errors."""
     command = ["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "10s"]
-    if auth:
-        command += ["-H", f"Authorization: {AUTH}"]
-    if script:
-        command += ["-s", script]
+    command += ["-H", f"Authorization: {AUTH}"] if auth else []
+    command += ["-s", script] if script else []
     output = subprocess.run(command + [url], capture_output=True, text=True, check=True).stdout
     latency = {p: float(v) * UNITS[u] for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)$", output, re.M)}
     failures = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", output))
@@ -59,37 +55,240 @@ def wrk(url, connections, duration, script=None, auth=True):
             "p50": latency.get("50"), "p99": latency.get("99"), "failures": failures}
 
 
+def post_script(body, folder):
+    """A wrk Lua script that POSTs this JSON body."""
+    script = Path(folder) / f"post-{len(body)}.lua"
+    script.write_text(f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                      f"wrk.body = {json.dumps(body)}\n")
+    return str(script)
+
+
+def batch(rows):
+    flowers = [FLOWERS["setosa"], FLOWERS["virginica"]] * (rows // 2) + [FLOWERS["versicolor"]] * (rows % 2)
+    return json.dumps({"instances": flowers})
+
+
 def median_of(results, key):
-    return statistics.median(result[key] for result in results)
+    values = [result[key] for result in results if result[key] is not None]
+    return statistics.median(values) if values else None
 
 
-def docker_figures(duration):
-    """The API container: cold start to the first 200 from /readyz, load through the published port, sizes."""
-    figures = {}
-    for name, dockerfile in (("api", "Dockerfile.api"), ("web", "Dockerfile.web")):
-        subprocess.run(["docker", "build", "-q", "-f", dockerfile, "-t", f"iris-bench-{name}", "."], cwd=ROOT,
-                       check=True, capture_output=True)
-        size = subprocess.run(["docker", "image", "inspect", "-f", "{{.Size}}", f"iris-bench-{name}"],
-                              capture_output=True, text=True, check=True).stdout
-        figures[f"{name} image"] = f"{int(size) / 1e6:.0f} MB"
+# --- The servers on loopback -----------------------------------------------------------------------------------
+
+
+def gunicorn(app, worker_class):
+    """The command that serves app under gunicorn with 2 workers of this class (the images' server before granian)."""
+    return lambda port: [sys.executable, "-m", "gunicorn", "--workers", "2", "--worker-class", worker_class,
+                         "--preload", "--bind", f"127.0.0.1:{port}", app]
+
+
+def start_servers(model_path, folder, stack):
+    """Every server of the comparison, started (and added to stack, to be stopped) and ready: {name: Server}."""
+    credentials = {"API_USERNAME": USERNAME, "API_PASSWORD": PASSWORD, "MODEL_PATH": str(model_path),
+                   "LOG_LEVEL": "INFO"}
+    # gunicorn runs the API as the images did: its metrics summed over the workers through files.
+    (metrics := Path(folder) / "metrics").mkdir()
+    commands = {"api": ("api", credentials, None),
+                "hello granian": ("tools.hello", {}, None),
+                "hello sync": (None, {}, gunicorn("tools.hello:hello_app()", "sync")),
+                "hello gevent": (None, {}, gunicorn("tools.hello:hello_app()", "gevent")),
+                "api gevent": (None, {**credentials, "PROMETHEUS_MULTIPROC_DIR": str(metrics)},
+                               gunicorn("api:app_from_env()", "gevent"))}
+    servers = {}
+    for name, (module, env, command) in commands.items():
+        stack.append(server := Server(module, env, command))
+        servers[name] = server
+        seconds = wait_ready(server.url + ("/readyz" if name.startswith("api") else "/"))
+        servers.setdefault("api cold start", seconds)
+    stack.append(web := Server("web", {**credentials, "API_URL": servers["api"].url}))
+    wait_ready(web.url + "/readyz")
+    servers["web"] = web
+    return servers
+
+
+def loopback_cases(servers, duration, folder):
+    """{case name: a function that measures it once}."""
+    api, web = servers["api"].url, servers["web"].url
+    cases = {f"hello world, {name}, 16 connections": (lambda url=servers[f"hello {key}"].url: wrk(url + "/", 16,
+                                                                                                 duration, auth=False))
+             for key, name in (("sync", "gunicorn sync"), ("gevent", "gunicorn gevent"), ("granian", "granian"))}
+    cases["GET /api/v1.0, gunicorn gevent, 16 connections"] = lambda: wrk(
+        f"{servers['api gevent'].url}/api/v1.0?{SETOSA}", 16, duration)
+    cases["GET /api/v1.0, 16 connections"] = lambda: wrk(f"{api}/api/v1.0?{SETOSA}", 16, duration)
+    cases["GET /api/v1.0, 1 connection"] = lambda: wrk(f"{api}/api/v1.0?{SETOSA}", 1, duration)
+    for rows in BATCH_ROWS:
+        script = post_script(batch(rows), folder)
+        cases[f"POST /api/v1.0/predict, {rows} rows, 2 connections"] = (
+            lambda script=script: wrk(f"{api}/api/v1.0/predict", 2, duration, script))
+    cases["web GET /prediction, 16 connections"] = lambda: wrk(f"{web}/prediction?{SETOSA}", 16, duration,
+                                                               auth=False)
+    return cases
+
+
+# --- MLServer --------------------------------------------------------------------------------------------------
+
+
+def mlserver_executable(install):
+    """MLServer's own command, installed into its virtual environment when asked to; None when there is none."""
+    executable = MLSERVER_HOME / "bin" / "mlserver"
+    if not executable.exists() and install:
+        subprocess.run([sys.executable, "-m", "venv", str(MLSERVER_HOME)], check=True)
+        subprocess.run([str(MLSERVER_HOME / "bin" / "pip"), "install", "--quiet", *MLSERVER], check=True)
+    return executable if executable.exists() else None
+
+
+def start_mlserver(executable, model_path, folder):
+    """MLServer serving the same artifact with its default scikit-learn runtime, as `mlserver start` does."""
+    models = Path(folder) / "mlserver"
+    (models / "iris").mkdir(parents=True)
+    shutil.copy(model_path, models / "iris" / "model.joblib")
+    (models / "iris" / "model-settings.json").write_text(json.dumps(
+        {"name": "iris", "implementation": "mlserver_sklearn.SKLearnModel", "parameters": {"uri": "./model.joblib"}}))
+
+    def command(port):
+        (models / "settings.json").write_text(json.dumps({"host": "127.0.0.1", "http_port": port,
+                                                          "grpc_port": free_port(), "metrics_port": free_port()}))
+        return [str(executable), "start", str(models)]
+
+    server = Server(None, command=command)
+    wait_ready(server.url + "/v2/health/ready", timeout=120)
+    return server
+
+
+def mlserver_case(server, duration, folder):
+    body = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": list(FLOWERS["setosa"])}]}
+    script = post_script(json.dumps(body), folder)
+    return lambda: wrk(f"{server.url}/v2/models/iris/infer", 16, duration, script, auth=False)
+
+
+# --- The API container -----------------------------------------------------------------------------------------
+
+
+def build_images():
+    """Build both images; their sizes in MB."""
+    sizes = {}
+    for name in ("api", "web"):
+        tag = f"iris-bench-{name}"
+        subprocess.run(["docker", "build", "-q", "-f", f"Dockerfile.{name}", "-t", tag, "."], cwd=ROOT, check=True,
+                       capture_output=True)
+        size = subprocess.run(["docker", "image", "inspect", "-f", "{{.Size}}", tag], capture_output=True, text=True,
+                              check=True).stdout
+        sizes[name] = int(size) / 1e6
+    return sizes
+
+
+def start_container(access_log):
+    """The API image on a free loopback port (--network host, Docker's default log driver): (id, URL, seconds to the
+    first 200 from /readyz)."""
     port = free_port()
+    started = time.monotonic()
     container = subprocess.run(
-        ["docker", "run", "-d", "--rm", "--read-only", "--tmpfs", "/tmp", "--init", "-p", f"127.0.0.1:{port}:8000",
-         "-e", f"API_USERNAME={USERNAME}", "-e", f"API_PASSWORD={PASSWORD}", "iris-bench-api"],
+        ["docker", "run", "-d", "--rm", "--network", "host", "--read-only", "--tmpfs", "/tmp", "--init",
+         "-e", "HOST=127.0.0.1", "-e", f"PORT={port}", "-e", f"API_USERNAME={USERNAME}",
+         "-e", f"API_PASSWORD={PASSWORD}", "-e", f"ACCESS_LOG={access_log}", IMAGE],
         capture_output=True, text=True, check=True).stdout.strip()
-    try:
-        figures["API container cold start"] = f"{wait_ready(f'http://127.0.0.1:{port}/readyz'):.2f} s"
-        result = wrk(f"http://127.0.0.1:{port}/api/v1.0?{SETOSA}", 16, duration)
-        figures["API container, GET /api/v1.0 at 16 connections"] = (
-            f"{result['rps']:.0f} req/s, p50 {result['p50']:.2f} ms, p99 {result['p99']:.2f} ms")
-        stats = subprocess.run(["docker", "stats", "--no-stream", "--format", "{{.MemUsage}}", container],
-                               capture_output=True, text=True).stdout.strip()
-        figures["API container memory after load"] = stats.split("/")[0].strip()
-    finally:
-        subprocess.run(["docker", "rm", "-f", container], capture_output=True)
-        # Untag the images; their layers stay in Docker's build cache for the next run.
-        subprocess.run(["docker", "image", "rm", "iris-bench-api", "iris-bench-web"], capture_output=True)
-    return figures
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url + "/readyz")
+    return container, url, time.monotonic() - started
+
+
+def container_memory(container):
+    """Resident memory of the container's server processes, in MiB: (main process, largest worker, workers)."""
+    rows = subprocess.run(["docker", "top", container, "-eo", "pid,ppid,rss,args"], capture_output=True, text=True,
+                          check=True).stdout.splitlines()[1:]
+    servers = [row.split(None, 3) for row in rows if "serve.py" in row]
+    main = next(s for s in servers if not any(s[1] == other[0] for other in servers))
+    workers = [int(s[2]) / 1024 for s in servers if s is not main]
+    return int(main[2]) / 1024, max(workers, default=0), len(workers)
+
+
+def container_cases(containers, duration):
+    cases = {f"API container, GET /api/v1.0, 16 connections, ACCESS_LOG={access_log}":
+             (lambda url=url: wrk(f"{url}/api/v1.0?{SETOSA}", 16, duration))
+             for access_log, (_, url, _) in containers.items()}
+    cases["API container, GET /api/v1.0, 1 connection"] = lambda: wrk(
+        f"{containers['all'][1]}/api/v1.0?{SETOSA}", 1, duration)
+    return cases
+
+
+# --- Report ----------------------------------------------------------------------------------------------------
+
+
+def measure(cases, rounds):
+    """Each case `rounds` times, interleaved, so that a noisy moment hurts every case a little, not one a lot."""
+    results = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, run in cases.items():
+            results[name].append(run())
+    return {name: {key: median_of(samples, key) for key in ("rps", "p50", "p99")} | {
+        "failures": sum(sample["failures"] for sample in samples)} for name, samples in results.items()}
+
+
+def print_table(medians, names):
+    print("| case | requests/s | rows/s | p50 ms | p99 ms | failed |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name in names:
+        result = medians[name]
+        rows = int(re.search(r"(\d+) rows?", name).group(1)) if re.search(r"\d+ rows?", name) else 1
+        print(f"| {name} | {result['rps']:,.0f} | {result['rps'] * rows:,.0f} | {result['p50']:.2f} | "
+              f"{result['p99']:.2f} | {result['failures']} |")
+    print()
+
+
+def target_rows(medians, figures):
+    """(target, measured, met) for each target of the README that this run measured."""
+    rps = {name: result["rps"] for name, result in medians.items()}
+    rows = [("web /prediction ≥ 60 % of the API's rate (16 connections, loopback)",
+             rps["web GET /prediction, 16 connections"] / rps["GET /api/v1.0, 16 connections"], 0.60, "{:.0%}")]
+    container = rps.get("API container, GET /api/v1.0, 16 connections, ACCESS_LOG=all")
+    if container:
+        off = rps["API container, GET /api/v1.0, 16 connections, ACCESS_LOG=off"]
+        rows += [("API container ≥ 1.5 × hello world under gunicorn sync", container / rps[CEILING], 1.5, "{:.1f} ×"),
+                 ("per-request log lines cost ≤ 10 % of the container's rate", 1 - container / off, -0.10, "{:.0%}"),
+                 ("API container p99 at 1 connection < 1 ms",
+                  medians["API container, GET /api/v1.0, 1 connection"]["p99"], -1.0, "{:.2f} ms"),
+                 ("API container cold start < 1.5 s", figures["container cold start"], -1.5, "{:.2f} s"),
+                 ("memory per API worker < 150 MiB", figures["container memory"][1], -150, "{:.0f} MiB")]
+        if "MLServer, POST /v2/models/iris/infer, 1 row, 16 connections" in rps:
+            rows.append(("API container ≥ 8 × MLServer's default scikit-learn server",
+                         container / rps["MLServer, POST /v2/models/iris/infer, 1 row, 16 connections"], 8, "{:.1f} ×"))
+    # A negative bound is an upper limit: the measured value must stay under its absolute value.
+    return [(target, fmt.format(value), value >= bound if bound > 0 else value <= -bound)
+            for target, value, bound, fmt in rows]
+
+
+def report(medians, figures, args):
+    print(f"\n{os.cpu_count()} cores, Python {sys.version.split()[0]}, granian via serve.py (WORKERS=2, THREADS "
+          f"{os.environ.get('THREADS', 'default')}), {args.rounds} rounds of {args.duration} s, medians\n")
+    print_table(medians, [name for name in medians if not name.startswith("API container")])
+    containers = [name for name in medians if name.startswith("API container")]
+    if containers:
+        print_table(medians, containers)
+    print("| other figure | value |\n| --- | --- |")
+    for name, value in figures.items():
+        print(f"| {name} | {value if isinstance(value, str) else json.dumps(value)} |")
+    print("\n| target | measured | met |\n| --- | ---: | --- |")
+    for target, measured, met in target_rows(medians, figures):
+        print(f"| {target} | {measured} | {'yes' if met else '**no**'} |")
+
+
+def start_everything(args, folder, stack):
+    """Servers, MLServer and containers as asked: the cases to measure and the figures already known."""
+    servers = start_servers(args.model_path, folder, stack)
+    cases = loopback_cases(servers, args.duration, folder)
+    figures = {"API process cold start (serve.py start to first 200 from /readyz)": f"{servers['api cold start']:.2f} s"}
+    executable = mlserver_executable(install=args.mlserver is True) if args.mlserver is not False else None
+    if executable:
+        stack.append(mlserver := start_mlserver(executable, args.model_path, folder))
+        cases["MLServer, POST /v2/models/iris/infer, 1 row, 16 connections"] = mlserver_case(mlserver, args.duration,
+                                                                                             folder)
+    if args.docker or (args.docker is None and shutil.which("docker")):
+        figures.update({f"{name} image": f"{size:.0f} MB" for name, size in build_images().items()})
+        containers = {access_log: start_container(access_log) for access_log in ACCESS_LOGS}
+        stack.extend(container for container, _, _ in containers.values())
+        figures["container cold start"] = containers["all"][2]
+        cases.update(container_cases(containers, args.duration))
+    return servers, cases, figures
 
 
 def main(argv=None):
@@ -100,64 +299,47 @@ def main(argv=None):
                         help="the artifact the API serves (default: model/iris.joblib, written by python train.py)")
     parser.add_argument("--docker", action=argparse.BooleanOptionalAction, default=None,
                         help="also measure the API container (default: when docker is on PATH)")
+    parser.add_argument("--mlserver", action=argparse.BooleanOptionalAction, default=None,
+                        help=f"also measure MLServer, installing it into {MLSERVER_HOME} if needed (default: when "
+                             "it is installed there)")
     args = parser.parse_args(argv)
     if not shutil.which("wrk"):
         sys.exit("bench.py: wrk is not installed (apt-get install wrk / brew install wrk)")
     if not args.model_path.exists():
         sys.exit(f"bench.py: no model at {args.model_path}: run python train.py first")
+    stack = []
+    with tempfile.TemporaryDirectory(prefix="iris-bench-") as folder:
+        try:
+            servers, cases, figures = start_everything(args, folder, stack)
+            medians = measure(cases, args.rounds)
+            figures.update(memory_figures(servers, stack))
+        finally:
+            stop(stack)
+    report(medians, figures, args)
 
-    credentials = {"API_USERNAME": USERNAME, "API_PASSWORD": PASSWORD, "LOG_LEVEL": "INFO",
-                   "MODEL_PATH": str(args.model_path)}
-    hello = Server("tools.hello:hello_app()")
-    api = Server("api:app_from_env()", credentials)
-    api_cold_start = wait_ready(api.url + "/readyz")
-    web = Server("web:app_from_env()", {**credentials, "API_URL": api.url})
-    wait_ready(hello.url + "/")
-    wait_ready(web.url + "/readyz")
-    scripts = {rows: post_script(rows) for rows in (1, 100, 10_000)}
-    runs = {
-        "hello world, 16 connections (the ceiling)": lambda: wrk(hello.url + "/", 16, args.duration, auth=False),
-        "GET /api/v1.0, 1 connection": lambda: wrk(f"{api.url}/api/v1.0?{SETOSA}", 1, args.duration),
-        "GET /api/v1.0, 16 connections": lambda: wrk(f"{api.url}/api/v1.0?{SETOSA}", 16, args.duration),
-        **{f"POST /api/v1.0/predict, {rows} rows, 2 connections":
-           (lambda rows=rows: wrk(f"{api.url}/api/v1.0/predict", 2, args.duration, scripts[rows]))
-           for rows in scripts},
-        "web GET /prediction, 16 connections": lambda: wrk(f"{web.url}/prediction?{SETOSA}", 16, args.duration,
-                                                           auth=False),
-    }
-    results = {name: [] for name in runs}
-    try:
-        for _ in range(args.rounds):  # interleaved, so a noisy moment hurts every case a little, not one a lot
-            for name, run in runs.items():
-                results[name].append(run())
-        memory = {"api": memory_mib(api), "web": memory_mib(web)}
-    finally:
-        for server in (hello, api, web):
-            server.stop()
-        for script in scripts.values():
-            os.unlink(script)
 
-    ceiling = median_of(results["hello world, 16 connections (the ceiling)"], "rps")
-    print(f"\n{os.cpu_count()} cores, Python {sys.version.split()[0]}, gunicorn WORKERS={SERVER_SETTINGS['WORKERS']} "
-          f"WORKER_CLASS={os.environ.get('WORKER_CLASS', 'gevent')}, {args.rounds} rounds of {args.duration} s, "
-          "medians\n")
-    print("| case | requests/s | rows/s | p50 ms | p99 ms | vs ceiling | failed |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for name, samples in results.items():
-        rps = median_of(samples, "rps")
-        rows = int(re.search(r"(\d+) rows", name).group(1)) if "rows" in name else 1
-        print(f"| {name} | {rps:,.0f} | {rps * rows:,.0f} | {median_of(samples, 'p50'):.2f} | "
-              f"{median_of(samples, 'p99'):.2f} | {rps / ceiling:.0%} | {sum(s['failures'] for s in samples)} |")
-    print()
-    print("| other figure | value |")
-    print("| --- | --- |")
-    print(f"| API process cold start (gunicorn start to first 200 from /readyz) | {api_cold_start:.2f} s |")
-    for name, (master, worker, workers) in memory.items():
-        print(f"| {name} memory after the load (RSS) | master {master:.0f} MiB, largest of {workers} workers "
-              f"{worker:.0f} MiB |")
-    if args.docker or (args.docker is None and shutil.which("docker")):
-        for name, value in docker_figures(args.duration).items():
-            print(f"| {name} | {value} |")
+def memory_figures(servers, stack):
+    figures = {}
+    for name in ("api", "web"):
+        main_process, *workers = servers[name].rss_mib()
+        figures[f"{name} memory after the load (RSS)"] = (f"main process {main_process:.0f} MiB, largest of "
+                                                          f"{len(workers)} workers {max(workers):.0f} MiB")
+    containers = [item for item in stack if isinstance(item, str)]
+    if containers:
+        figures["container memory"] = container_memory(containers[0])
+    return figures
+
+
+def stop(stack):
+    """Stop every server and container this run started, whatever happened; untag the images it built (their layers
+    stay in Docker's build cache for the next run)."""
+    for item in stack:
+        if isinstance(item, Server):
+            item.stop()
+        else:
+            subprocess.run(["docker", "rm", "-f", item], capture_output=True)
+    if any(isinstance(item, str) for item in stack):
+        subprocess.run(["docker", "image", "rm", "iris-bench-api", "iris-bench-web"], capture_output=True)
 
 
 if __name__ == "__main__":

@@ -9,3 +9,8 @@ def hello_app():
     app = bottle.Bottle()
     app.route("/", callback=lambda: "hello")
     return app
+
+
+def app_from_env():
+    """`python serve.py tools.hello`: the same server as the API's, around nothing."""
+    return hello_app()

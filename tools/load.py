@@ -63,6 +63,20 @@ def build_mix(model_path):
     return mix
 
 
+def send(connections, port, method, path, headers, body):
+    """(status, body) of one request on the kept-alive connection to this port; OSError or HTTPException on failure,
+    and the connection is then forgotten."""
+    connection = connections.get(port) or http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    connections[port] = connection
+    try:
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    except (OSError, http.client.HTTPException):
+        connections.pop(port, None)
+        raise
+
+
 def run_client(ports, mix_args, count, seed):
     """One process: THREADS threads, each on its own kept-alive connections, `count` requests in all."""
     mix = build_mix(*mix_args)
@@ -71,25 +85,16 @@ def run_client(ports, mix_args, count, seed):
 
     def worker(index, share):
         connections = {}
-        rng = np.random.default_rng(seed * 100 + index)
-        for choice in rng.integers(0, len(mix), size=share):
+        for choice in np.random.default_rng(seed * 100 + index).integers(0, len(mix), size=share):
             service, method, path, headers, body, expected, check = mix[choice]
             started = time.perf_counter()
             try:
-                connection = connections.get(service) or http.client.HTTPConnection("127.0.0.1", ports[service],
-                                                                                     timeout=30)
-                connections[service] = connection
-                connection.request(method, path, body=body, headers=headers)
-                response = connection.getresponse()
-                raw = response.read()
-                status = response.status
+                status, text = send(connections, ports[service], method, path, headers, body)
             except (OSError, http.client.HTTPException) as err:
-                connections.pop(service, None)
                 with lock:
                     errors[type(err).__name__] += 1
                 continue
             elapsed = time.perf_counter() - started
-            text = raw.decode()
             ok = status == expected and check(json.loads(text) if service == "api" else text)
             with lock:
                 statuses[status] += 1
@@ -126,30 +131,28 @@ def memory_mib(server):
     return sum(server.rss_mib())
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=100_000, help="requests after warm-up (default: 100000)")
-    parser.add_argument("--model-path", type=Path, default=ROOT / "model" / "iris.joblib",
-                        help="the artifact the API serves (default: model/iris.joblib)")
-    args = parser.parse_args(argv)
-    if not args.model_path.exists():
-        sys.exit(f"load.py: no model at {args.model_path}: run python train.py first")
-
+def run(model_path, requests):
+    """Both services started as the images start them, a warm-up, then the measured run; stopped whatever happens."""
     credentials = {"API_USERNAME": USERNAME, "API_PASSWORD": PASSWORD, "LOG_LEVEL": "INFO"}
-    api_service = Server("api:app_from_env()", {**credentials, "MODEL_PATH": str(args.model_path)})
-    wait_ready(api_service.url + "/readyz")
-    web_service = Server("web:app_from_env()", {**credentials, "API_URL": api_service.url})
-    wait_ready(web_service.url + "/readyz")
-    ports = {"api": api_service.port, "web": web_service.port}
+    servers = {"api": Server("api", {**credentials, "MODEL_PATH": str(model_path)})}
     try:
-        drive(ports, args.model_path, max(int(args.requests * WARM_UP_SHARE), 200))
-        warm = {name: memory_mib(s) for name, s in (("api", api_service), ("web", web_service))}
-        statuses, errors, wrong, samples, elapsed = drive(ports, args.model_path, args.requests)
-        end = {name: memory_mib(s) for name, s in (("api", api_service), ("web", web_service))}
+        wait_ready(servers["api"].url + "/readyz")
+        servers["web"] = Server("web", {**credentials, "API_URL": servers["api"].url})
+        wait_ready(servers["web"].url + "/readyz")
+        ports = {name: server.port for name, server in servers.items()}
+        drive(ports, model_path, max(int(requests * WARM_UP_SHARE), 200))
+        warm = {name: memory_mib(server) for name, server in servers.items()}
+        results = drive(ports, model_path, requests)
+        end = {name: memory_mib(server) for name, server in servers.items()}
     finally:
-        api_service.stop()
-        web_service.stop()
+        for server in servers.values():
+            server.stop()
+    return results, warm, end
 
+
+def report(results, warm, end):
+    """Print the figures; True when every target is met."""
+    statuses, errors, wrong, samples, elapsed = results
     quantiles = statistics.quantiles(samples, n=1000) if len(samples) > 1 else [0.0] * 999
     print(f"\n{len(samples):,} requests in {elapsed:.1f} s at {PROCESSES * THREADS} connections: "
           f"{len(samples) / elapsed:,.0f} requests/s")
@@ -165,10 +168,21 @@ def main(argv=None):
         print(f"{name} memory (all processes, RSS): {warm[name]:.0f} MiB after warm-up, {end[name]:.0f} MiB at the end "
               f"({growth[name]:+.1%})")
     server_errors = sum(n for code, n in statuses.items() if code >= 500)
-    failed = server_errors or errors or wrong or any(g >= MAX_MEMORY_GROWTH for g in growth.values())
-    print("targets: " + ("MISSED" if failed else "met (no 5xx, no connection errors, every answer correct, "
-                                                  "memory growth under 10 %)"))
-    return 1 if failed else 0
+    met = not (server_errors or errors or wrong or any(g >= MAX_MEMORY_GROWTH for g in growth.values()))
+    print("targets: " + ("met (no 5xx, no connection errors, every answer correct, memory growth under 10 %)"
+                         if met else "MISSED"))
+    return met
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=100_000, help="requests after warm-up (default: 100000)")
+    parser.add_argument("--model-path", type=Path, default=ROOT / "model" / "iris.joblib",
+                        help="the artifact the API serves (default: model/iris.joblib)")
+    args = parser.parse_args(argv)
+    if not args.model_path.exists():
+        sys.exit(f"load.py: no model at {args.model_path}: run python train.py first")
+    return 0 if report(*run(args.model_path, args.requests)) else 1
 
 
 if __name__ == "__main__":
