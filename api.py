@@ -20,7 +20,6 @@ GET /api/v1.0/model (metadata), GET /metrics (Prometheus), GET /healthz, GET /re
 shared with web.py (settings, credentials, logs, metrics exposition, start-up) is service.py's.
 """
 
-import collections
 import functools
 import json
 import logging
@@ -36,13 +35,11 @@ import numpy as np
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+import open_inference
 import service
-from model import FEATURES, load_model, out_of_range, predict, self_test
-from service import StartupError
+from model import FEATURES, MAX_CM, MAX_ROWS, answers, load_model, predict_all, self_test
+from service import MAX_BODY_BYTES, RequestError, StartupError, field_error, invalid, parse_json, shorten
 
-MAX_CM = 100.0
-MAX_ROWS = 10_000
-MAX_BODY_BYTES = 1024 * 1024
 MAX_QUERY_FIELDS = 16
 MAX_REPORTED_ERRORS = 20
 DEMO_PASSWORD = "my_password"
@@ -85,24 +82,10 @@ def problem_body(status, detail, errors=None):
     return json.dumps(body)
 
 
-def problem(status, detail, errors=None, headers=None):
-    """A problem+json response, ready to be raised."""
-    return bottle.HTTPResponse(problem_body(status, detail, errors), status,
-                               headers={"Content-Type": PROBLEM_TYPE, **(headers or {})})
-
-
-def invalid(errors):
-    """A 400 naming every bad field."""
-    count = f"{len(errors)} problems" if len(errors) > 1 else "1 problem"
-    return problem(400, f"The request has {count}; see 'errors'.", errors)
-
-
-def field_error(field, message):
-    return {"field": field, "message": message}
-
-
-def shorten(text, limit=40):
-    return text if len(text) <= limit else text[:limit] + "…"
+def problem(error):
+    """A RequestError as a problem+json response."""
+    return bottle.HTTPResponse(problem_body(error.status, error.detail, error.errors), error.status,
+                               headers={"Content-Type": PROBLEM_TYPE, **error.headers})
 
 
 def check_measurement(value):
@@ -158,42 +141,6 @@ def parse_query(query_string):
     return features
 
 
-def read_body(environ):
-    """The request body as bytes, refusing more than MAX_BODY_BYTES before reading it."""
-    media_type = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
-    if media_type != JSON_TYPE:
-        raise problem(415, f"Send the body as JSON with 'Content-Type: {JSON_TYPE}'.")
-    length = environ.get("CONTENT_LENGTH") or ""
-    if length.isdigit():
-        if int(length) > MAX_BODY_BYTES:  # refused before a byte of it is read
-            raise body_too_large()
-        return environ["wsgi.input"].read(int(length))
-    if not environ.get("wsgi.input_terminated"):  # no length and not chunked: no body
-        return b""
-    body = environ["wsgi.input"].read(MAX_BODY_BYTES + 1)  # chunked: read no more than the limit allows
-    if len(body) > MAX_BODY_BYTES:
-        raise body_too_large()
-    return body
-
-
-def body_too_large():
-    return problem(413, f"The body is larger than {MAX_BODY_BYTES} bytes; split the batch.")
-
-
-def reject_constant(name):
-    raise ValueError(f"{name} is not a number JSON allows")
-
-
-def parse_json(body):
-    """The body as a JSON document, or a 400 that says why not."""
-    try:
-        return json.loads(body, parse_constant=reject_constant)
-    except RecursionError:
-        raise invalid([field_error("body", "is nested too deeply")]) from None
-    except ValueError as err:
-        raise invalid([field_error("body", f"is not valid JSON: {shorten(str(err), 120)}")]) from None
-
-
 def parse_row(index, row):
     """One batch row, a list of four numbers or an object with the four names, as floats; or its errors."""
     where = f"instances[{index}]"
@@ -230,7 +177,7 @@ def parse_instances(document):
     if not isinstance(rows, list) or not rows:
         raise invalid([field_error("instances", "must be a non-empty list of rows")])
     if len(rows) > MAX_ROWS:
-        raise problem(413, f"A batch holds at most {MAX_ROWS} instances, got {len(rows)}; split it.")
+        raise RequestError(413, f"A batch holds at most {MAX_ROWS} instances, got {len(rows)}; split it.")
     matrix = plain_matrix(rows)
     if matrix is not None:
         return matrix
@@ -292,14 +239,16 @@ class Metrics:
         self.requests(endpoint, service.method_of(environ), status).inc()
         self.latency(endpoint).observe(seconds)
 
-    def count_predictions(self, model, rows, answers):
-        if len(answers) == 1:  # the usual request needs no tally
-            self.predictions(answers[0]["prediction"]).inc()
+    def count_predictions(self, model, predictions):
+        """Predictions by class and out-of-range measurements by feature, from any endpoint."""
+        if len(predictions.best) == 1:  # the usual request needs no tally
+            self.predictions(model.classes[predictions.best[0]]).inc()
         else:
-            for name, count in collections.Counter(answer["prediction"] for answer in answers).items():
-                self.predictions(name).inc(count)
-        if any(answer["warnings"] for answer in answers):  # rare: skip the array work for the usual flower
-            for feature, count in zip(FEATURES, out_of_range(model, rows).sum(axis=0).tolist()):
+            for index, count in enumerate(np.bincount(predictions.best, minlength=len(model.classes)).tolist()):
+                if count:
+                    self.predictions(model.classes[index]).inc(count)
+        if predictions.outside.any():
+            for feature, count in zip(FEATURES, predictions.outside.sum(axis=0).tolist()):
                 if count:
                     self.out_of_range(feature).inc(count)
 
@@ -319,17 +268,21 @@ class Api:
 def predict_one(api):
     features = parse_query(bottle.request.environ.get("QUERY_STRING", ""))
     rows = np.array([[features[name] for name in FEATURES]])
-    answer = predict(api.model, rows)[0]
-    api.metrics.count_predictions(api.model, rows, [answer])
+    predictions = predict_all(api.model, rows)
+    api.metrics.count_predictions(api.model, predictions)
+    answer = answers(api.model, rows, predictions)[0]
     return {"prediction": answer["prediction"], "probabilities": answer["probabilities"],
             "features": features, "warnings": answer["warnings"], "model": api.model.reference}
 
 
 def predict_batch(api):
-    rows = parse_instances(parse_json(read_body(bottle.request.environ)))
-    answers = predict(api.model, rows)
-    api.metrics.count_predictions(api.model, rows, answers)
-    return {"predictions": answers, "model": api.model.reference}
+    environ = bottle.request.environ
+    if service.media_type(environ) != JSON_TYPE:
+        raise RequestError(415, f"Send the body as JSON with 'Content-Type: {JSON_TYPE}'.")
+    rows = parse_instances(parse_json(service.read_body(environ)))
+    predictions = predict_all(api.model, rows)
+    api.metrics.count_predictions(api.model, predictions)
+    return {"predictions": answers(api.model, rows, predictions), "model": api.model.reference}
 
 
 def describe_model(api):
@@ -357,13 +310,29 @@ def openapi_json(api):
 
 
 def error_page(error):
-    """Bottle's own errors (404, 405, 500 ...) as problem+json instead of its HTML page."""
-    bottle.response.content_type = PROBLEM_TYPE
+    """Bottle's own errors (404, 405 ...) in the API's formats instead of its HTML page."""
     detail = {
         404: "There is nothing at this path; the endpoints are listed in /openapi.json.",
         405: f"This path does not accept {bottle.request.method}; it accepts {bottle.response.get_header('Allow')}.",
     }.get(error.status_code, str(error.body))
-    return problem_body(error.status_code, detail)
+    content_type, body = error_document(bottle.request.path, error.status_code, detail)
+    bottle.response.content_type = content_type
+    return body
+
+
+def error_document(path, status, detail):
+    """(content type, body) of an error at this path: the Open Inference Protocol's {"error": ...} under /v2,
+    problem+json elsewhere."""
+    if path == "/v2" or path.startswith("/v2/"):
+        return JSON_TYPE, open_inference.error_body(detail)
+    return PROBLEM_TYPE, problem_body(status, detail)
+
+
+def crash_document(environ):
+    """What a client gets when the API crashes (handle_requests logs the traceback)."""
+    content_type, body = error_document(environ.get("PATH_INFO", ""), 500,
+                                        "The server failed to answer this request; the error was logged.")
+    return content_type, body.encode()
 
 
 # (method, path, route, needs credentials)
@@ -379,18 +348,6 @@ ROUTES = (
 )
 
 
-def guarded(route, is_authorised):
-    """The route, answering 401 to a request without the right credentials."""
-    @functools.wraps(route)
-    def guard(*args, **kwargs):
-        if not is_authorised(bottle.request.environ.get("HTTP_AUTHORIZATION", "")):
-            # A new response each time: re-raising one exception object would chain every traceback onto it and
-            # keep all those frames alive (a leak found by the load test).
-            raise problem(401, "Send valid credentials with HTTP basic authentication.", headers=CHALLENGE)
-        return route(*args, **kwargs)
-    return guard
-
-
 def create_app(settings):
     """The API as a WSGI app; loads and self-tests the model now, or raises StartupError."""
     if settings.password == DEMO_PASSWORD:
@@ -402,14 +359,14 @@ def create_app(settings):
     api = Api(model, Metrics(model), OPENAPI_PATH.read_bytes())
     is_authorised = service.credentials_checker(settings.username, settings.password, logger)
     app = bottle.Bottle()
-    # Crashes go to service.handle_requests, which logs them once with their traceback and answers problem+json.
+    # Crashes go to service.handle_requests, which logs them once with their traceback and answers in kind.
     app.catchall = False
     app.default_error_handler = error_page
-    for method, path, route, needs_credentials in ROUTES:
-        callback = functools.partial(route, api)
-        app.route(path, method, guarded(callback, is_authorised) if needs_credentials else callback)
-    crash = problem_body(500, "The server failed to answer this request; the error was logged.").encode()
-    return service.handle_requests(app, logger, (PROBLEM_TYPE, crash), api.metrics.count_request,
+    for routes, render in ((ROUTES, problem), (open_inference.ROUTES, open_inference.error_response)):
+        for method, path, route, needs_credentials in routes:
+            guard = is_authorised if needs_credentials else None
+            app.route(path, method, service.answering(route, api, guard, CHALLENGE, render))
+    return service.handle_requests(app, logger, crash_document, api.metrics.count_request,
                                    access_log=settings.access_log)
 
 

@@ -30,6 +30,8 @@ from sklearn.preprocessing import StandardScaler
 from service import StartupError
 
 FEATURES = ("sepal_length", "sepal_width", "petal_length", "petal_width")
+MAX_CM = 100.0  # a measurement is a length in cm, greater than 0 and at most this
+MAX_ROWS = 10_000  # rows predicted in one call, at most
 PROBABILITY_DIGITS = 6
 FAST_PATH_TOLERANCE = 1e-9
 REQUIRED_METADATA = ("name", "version", "algorithm", "features", "classes", "feature_ranges", "versions", "sha256")
@@ -54,6 +56,15 @@ class Model:
     @property
     def reference(self):
         return {"name": self.metadata["name"], "version": self.metadata["version"]}
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """What the model says of n rows, as arrays, for any protocol to present."""
+
+    best: np.ndarray  # (n,): index of the most probable class in Model.classes
+    probabilities: np.ndarray  # (n, classes), rounded to PROBABILITY_DIGITS
+    outside: np.ndarray  # (n, 4) booleans: the measurement lies outside the range seen in training
 
 
 def read_metadata(metadata_path):
@@ -179,22 +190,31 @@ def range_warnings(model, row, outside):
     ]
 
 
-def predict(model, rows):
+def predict_all(model, rows):
     """Predictions for an (n, 4) array of validated rows, computed with one vectorised call."""
     probabilities = model.predict_proba(rows)
-    best = probabilities.argmax(axis=1).tolist()
-    rounded = np.round(probabilities, PROBABILITY_DIGITS).tolist()
-    outside = out_of_range(model, rows)
+    return Predictions(best=probabilities.argmax(axis=1), probabilities=np.round(probabilities, PROBABILITY_DIGITS),
+                       outside=out_of_range(model, rows))
+
+
+def answers(model, rows, predictions):
+    """The predictions as /api/v1.0 answers them: a dict per row, with a warning per measurement out of range."""
+    classes, outside = model.classes, predictions.outside
     unusual = outside.any(axis=1).tolist()
-    classes = model.classes
     return [
         {
             "prediction": classes[choice],
             "probabilities": dict(zip(classes, row_probabilities)),
             "warnings": range_warnings(model, rows[i], outside[i]) if unusual[i] else [],
         }
-        for i, (choice, row_probabilities) in enumerate(zip(best, rounded))
+        for i, (choice, row_probabilities) in enumerate(zip(predictions.best.tolist(),
+                                                            predictions.probabilities.tolist()))
     ]
+
+
+def predict(model, rows):
+    """/api/v1.0's answers for an (n, 4) array of validated rows."""
+    return answers(model, rows, predict_all(model, rows))
 
 
 def self_test(model):

@@ -30,11 +30,12 @@ LOG_FORMATS = ("text", "json")
 # Which requests get a line of their own: all, those answered with an error status (4xx, 5xx), or none. Failed logins
 # and crashes are logged whatever this says. See README, "Logs" for what each costs.
 ACCESS_LOGS = ("all", "errors", "off")
-DEFAULT_ACCESS_LOG = "all"
+DEFAULT_ACCESS_LOG = "errors"
 TEXT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
 # A client's own X-Request-ID is kept when it is short and plain; anything else is replaced, never logged as sent.
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 LOG_BATCH_SECONDS = 0.1
+MAX_BODY_BYTES = 1024 * 1024  # read_body() refuses more, before reading it
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 request_id = contextvars.ContextVar("request_id", default="-")
@@ -42,6 +43,15 @@ request_id = contextvars.ContextVar("request_id", default="-")
 
 class StartupError(Exception):
     """A configuration or model problem that must stop a service before it serves anything."""
+
+
+class RequestError(Exception):
+    """A request a service refuses: the status, a sentence for the client and each bad field. Each protocol answers
+    it in its own format: problem+json on /api/v1.0, {"error": ...} on /v2 (open_inference.py)."""
+
+    def __init__(self, status, detail, errors=(), headers=None):
+        super().__init__(detail)
+        self.status, self.detail, self.errors, self.headers = status, detail, list(errors), headers or {}
 
 
 # --- Settings --------------------------------------------------------------------------------------------------
@@ -134,6 +144,77 @@ def credentials_checker(username, password, log):
     return check
 
 
+# --- Requests --------------------------------------------------------------------------------------------------
+
+
+def invalid(errors):
+    """A 400 naming every bad field."""
+    count = f"{len(errors)} problems" if len(errors) > 1 else "1 problem"
+    return RequestError(400, f"The request has {count}; see 'errors'.", errors)
+
+
+def field_error(field, message):
+    return {"field": field, "message": message}
+
+
+def shorten(text, limit=40):
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def reject_constant(name):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def parse_json(body):
+    """The body as a JSON document, or a 400 that says why not."""
+    try:
+        return json.loads(body, parse_constant=reject_constant)
+    except RecursionError:
+        raise invalid([field_error("body", "is nested too deeply")]) from None
+    except ValueError as err:
+        raise invalid([field_error("body", f"is not valid JSON: {shorten(str(err), 120)}")]) from None
+
+
+def media_type(environ):
+    """The request's Content-Type without its parameters, in lower case; "" when there is none."""
+    return environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
+
+
+def read_body(environ):
+    """The request body as bytes, refusing more than MAX_BODY_BYTES before reading it."""
+    length = environ.get("CONTENT_LENGTH") or ""
+    if length.isdigit():
+        if int(length) > MAX_BODY_BYTES:  # refused before a byte of it is read
+            raise body_too_large()
+        return environ["wsgi.input"].read(int(length))
+    if not environ.get("wsgi.input_terminated"):  # no length and not chunked: no body
+        return b""
+    body = environ["wsgi.input"].read(MAX_BODY_BYTES + 1)  # chunked: read no more than the limit allows
+    if len(body) > MAX_BODY_BYTES:
+        raise body_too_large()
+    return body
+
+
+def body_too_large():
+    return RequestError(413, f"The body is larger than {MAX_BODY_BYTES} bytes; split the batch.")
+
+
+def answering(route, context, is_authorised, challenge, render):
+    """A Bottle callback: route(context, ...), after the credentials check when is_authorised is given (401 with the
+    challenge headers), and each RequestError answered by render(error)."""
+    @functools.wraps(route)
+    def callback(*args, **kwargs):
+        try:
+            if is_authorised and not is_authorised(bottle.request.environ.get("HTTP_AUTHORIZATION", "")):
+                raise RequestError(401, "Send valid credentials with HTTP basic authentication.", headers=challenge)
+            return route(context, *args, **kwargs)
+        except RequestError as error:
+            # Answered, not raised again: re-raising one exception object would chain every traceback onto it and
+            # keep all those frames alive (a leak found by the load test).
+            return render(error)
+    return callback
+
+
 # --- Logs and metrics ------------------------------------------------------------------------------------------
 
 
@@ -149,7 +230,8 @@ class BatchingStreamHandler(logging.StreamHandler):
     def __init__(self, stream=None):
         super().__init__(stream)
         self.pending = []
-        self.wake = threading.Event()
+        self.wake = threading.Event()  # set by the first line of a batch, so that an idle writer sleeps
+        self.urgent = threading.Event()  # set by a WARNING or worse: write it now
         self.writer_pid = None
 
     def emit(self, record):  # called with self.lock held (logging.Handler.handle)
@@ -161,15 +243,19 @@ class BatchingStreamHandler(logging.StreamHandler):
         if self.writer_pid != os.getpid():  # the first line of this process: a forked worker starts its own writer
             self.writer_pid, self.pending = os.getpid(), []  # lines copied from the parent are the parent's to write
             threading.Thread(target=self.write_batches, name="log-writer").start()
+        if not self.pending:
+            self.wake.set()
         self.pending.append(line)
         if record.levelno >= logging.WARNING:
-            self.wake.set()
+            self.urgent.set()
 
     def write_batches(self):
         main = threading.main_thread()
-        while main.is_alive():
-            self.wake.wait(LOG_BATCH_SECONDS)
-            self.wake.clear()
+        while main.is_alive():  # checked every second: when it ends, the last lines are written and so is this
+            if self.wake.wait(1.0):
+                self.wake.clear()
+                self.urgent.wait(LOG_BATCH_SECONDS)  # let the batch gather, unless a WARNING is waiting
+                self.urgent.clear()
             self.flush()
         self.flush()
 
@@ -242,9 +328,8 @@ def metrics_exposition(registry):
 
 def handle_requests(app, log, crash, on_finish, headers=(), access_log=DEFAULT_ACCESS_LOG):
     """Wrap a WSGI app: a request ID and `headers` on every response, on_finish(environ, status, content type,
-    seconds) for every request, a log line for those that access_log asks for, and a logged 500 whose (content type,
-    body) is `crash` for any crash."""
-    crash_type, crash_body = crash
+    seconds) for every request, a log line for those that access_log asks for, and for any crash a logged 500 whose
+    (content type, body) crash(environ) gives."""
     lowest_logged_status = {"all": "000", "errors": "400", "off": "999"}[access_log]  # status codes compare as text
 
     def handled_app(environ, start_response):
@@ -260,6 +345,7 @@ def handle_requests(app, log, crash, on_finish, headers=(), access_log=DEFAULT_A
             return app(environ, identified_start_response)
         except Exception:
             log.exception("unhandled error on %s %s", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
+            crash_type, crash_body = crash(environ)
             identified_start_response("500 Internal Server Error", [("Content-Type", crash_type)], sys.exc_info())
             return [crash_body]
         finally:

@@ -396,7 +396,8 @@ def create_app(settings):
         app.route(path, method, functools.partial(page, site))
     app.default_error_handler = functools.partial(error_page, site)
     logger.info("calling the API at %s, timeout %gs", settings.api_url, settings.timeout)
-    return service.handle_requests(app, logger, (HTML_TYPE, CRASH_PAGE), site.metrics.count_page, SECURITY_HEADERS,
+    return service.handle_requests(app, logger, lambda environ: (HTML_TYPE, CRASH_PAGE), site.metrics.count_page,
+                                   SECURITY_HEADERS,
                                    settings.access_log)
 
 

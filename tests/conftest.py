@@ -24,8 +24,8 @@ def model_path(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def api_app(model_path):
-    """The API as a WSGI app, with the test credentials."""
-    return api.create_app(api.Settings(username=USERNAME, password=PASSWORD, model_path=model_path))
+    """The API as a WSGI app, with the test credentials, logging a line for every request (ACCESS_LOG=all)."""
+    return api.create_app(api.Settings(username=USERNAME, password=PASSWORD, model_path=model_path, access_log="all"))
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def live_api(api_app):
 
 
 def _new_web_client(api_url, username=USERNAME, password=PASSWORD, timeout=5.0):
-    settings = web.Settings(api_url=api_url, username=username, password=password, timeout=timeout)
+    settings = web.Settings(api_url=api_url, username=username, password=password, timeout=timeout, access_log="all")
     return webtest.TestApp(web.create_app(settings))
 
 

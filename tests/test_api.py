@@ -1,6 +1,7 @@
 """The API contract, through WebTest against create_app() with a model trained in a fixture."""
 
 import base64
+import functools
 import json
 import logging
 import subprocess
@@ -16,6 +17,7 @@ from sklearn.datasets import load_iris
 
 import api
 import model
+import open_inference
 from tests.support import PASSWORD, USERNAME, auth_header
 
 README_QUERY = "sepal_length=1&sepal_width=1&petal_length=1&petal_width=1"
@@ -260,8 +262,8 @@ def test_openapi_document_is_valid_and_describes_every_endpoint(anonymous_api_cl
     document = response.json
     validate(document)  # raises if the document is not valid OpenAPI 3.1
     assert document["openapi"].startswith("3.1")
-    assert set(document["paths"]) == {"/api/v1.0", "/api/v1.0/predict", "/api/v1.0/model", "/metrics", "/healthz",
-                                      "/readyz", "/openapi.json"}
+    assert set(document["paths"]) >= {"/api/v1.0", "/api/v1.0/predict", "/api/v1.0/model", "/metrics", "/healthz",
+                                      "/readyz", "/openapi.json", "/v2", "/v2/models/{model_name}/infer"}
     assert document["components"]["securitySchemes"]["basicAuth"] == {"type": "http", "scheme": "basic"}
 
 
@@ -269,8 +271,10 @@ def test_openapi_document_matches_the_code():
     """The contract is a file written by hand: its names, limits and statuses must be the code's."""
     document = json.loads(api.OPENAPI_PATH.read_text())
     schemas = document["components"]["schemas"]
-    routes = {(path.rstrip("/") or "/", method.lower()): needs_credentials
-              for method, path, _, needs_credentials in api.ROUTES}
+    bottle_to_openapi = {"<name>": "{model_name}", "<version>": "{model_version}"}
+    routes = {(functools.reduce(lambda path, pair: path.replace(*pair), bottle_to_openapi.items(), path.rstrip("/")),
+               method.lower()): needs_credentials
+              for method, path, _, needs_credentials in api.ROUTES + open_inference.ROUTES}
     documented = {(path, method): operation for path, item in document["paths"].items()
                   for method, operation in item.items()}
     assert set(documented) == set(routes)
@@ -305,7 +309,7 @@ def test_wrong_method_gives_problem_405_with_allow(api_client):
 def test_a_crash_is_a_logged_500_without_traceback(api_client, monkeypatch, caplog):
     def explode(loaded, rows):
         raise RuntimeError("boom in the model")
-    monkeypatch.setattr(api, "predict", explode)
+    monkeypatch.setattr(api, "predict_all", explode)
     response = api_client.get(f"/api/v1.0?{README_QUERY}", status=500)
     assert response.content_type == "application/problem+json"
     assert "boom" not in response.text and "Traceback" not in response.text

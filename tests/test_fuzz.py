@@ -34,17 +34,44 @@ def test_the_fuzzed_document_is_the_served_one(live_api):
         assert response.read() == api.OPENAPI_PATH.read_bytes()
 
 
+@pytest.fixture(scope="session")
+def model_version(model_path):
+    return json.loads(model_path.with_suffix(".json").read_text())["version"]
+
+
+def as_a_client_sends_it(case, model_version):
+    """A positive case with the served model's name and version in its path, and each input's shape made to match
+    its data (JSON Schema cannot tie the one to the other), so that the API must answer 200. Negative cases, which
+    the API must refuse, are left as generated."""
+    if case.meta is None or not case.meta.generation.mode.is_positive:
+        return
+    parameters = case.path_parameters or {}
+    for name, value in (("model_name", "iris-classifier"), ("model_version", model_version)):
+        if name in parameters:
+            parameters[name] = value
+    if isinstance(case.body, dict) and case.body.get("inputs"):
+        tensor = case.body["inputs"][0]
+        data = tensor["data"]
+        if isinstance(data[0], list):
+            tensor["shape"] = [len(data), 4]
+        else:
+            del data[len(data) // 4 * 4:]
+            tensor["shape"] = [4] if tensor["shape"] == [4] and len(data) == 4 else [len(data) // 4, 4]
+
+
 @schema.parametrize()
 @FUZZ
-def test_api_keeps_its_document_with_credentials(case, live_api):
+def test_api_keeps_its_document_with_credentials(case, live_api, model_version):
     cases_run["with credentials"] += 1
+    as_a_client_sends_it(case, model_version)
     case.call_and_validate(base_url=live_api, headers=AUTHORIZATION)
 
 
 @schema.parametrize()
 @FUZZ
-def test_api_keeps_its_document_without_credentials(case, live_api):
+def test_api_keeps_its_document_without_credentials(case, live_api, model_version):
     cases_run["without credentials"] += 1
+    as_a_client_sends_it(case, model_version)
     case.call_and_validate(base_url=live_api)
 
 
@@ -146,3 +173,30 @@ def test_any_query_gives_the_web_page_or_the_form_with_errors(fuzzed_web_client,
     response = fuzzed_web_client.get(f"/prediction?{query}", expect_errors=True)
     assert response.status_int in (200, 400), response.text[:500]
     assert response.content_type == "text/html"
+
+
+tensors = st.fixed_dictionaries({
+    "name": st.text(max_size=8),
+    "shape": st.one_of(st.lists(st.integers(-2, 20), max_size=3), st.just([2, 4]), st.just([4])),
+    "datatype": st.sampled_from(["FP32", "FP64", "INT32", "UINT8", "BYTES", "BOOL"]),
+    "parameters": st.fixed_dictionaries({"binary_data_size": st.one_of(st.integers(-1, 80), st.just(32),
+                                                                           st.booleans(), st.text(max_size=3))}),
+})
+
+
+@given(tensor=tensors, raw=st.binary(max_size=80), length_change=st.integers(-3, 3),
+       outputs=st.one_of(st.none(), st.lists(st.fixed_dictionaries({"name": st.sampled_from(
+           ["predict", "predict_proba", "out_of_range", "other"])}), max_size=3)))
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_binary_request_gives_outputs_or_an_error_naming_the_problem(fuzzed_api_client, tensor, raw,
+                                                                         length_change, outputs):
+    header = json.dumps({"inputs": [tensor], **({"outputs": outputs} if outputs is not None else {})}).encode()
+    length = str(max(len(header) + length_change, 0))
+    response = fuzzed_api_client.post("/v2/models/iris-classifier/infer", header + raw, expect_errors=True,
+                                      headers={"Inference-Header-Content-Length": length},
+                                      content_type="application/octet-stream")
+    if response.status_int == 200:
+        assert response.content_type in ("application/json", "application/octet-stream")
+        return
+    assert response.status_int in (400, 413), response.text
+    assert response.content_type == "application/json" and set(response.json) == {"error"}

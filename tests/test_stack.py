@@ -12,7 +12,10 @@ import urllib.error
 import urllib.request
 import uuid
 
+import numpy as np
 import pytest
+import tritonclient.http as triton
+from tritonclient.http.auth import BasicAuth
 
 from tests.support import FLOWERS, ROOT, free_port, query, require
 
@@ -95,6 +98,20 @@ def test_wrong_password_gives_401(stack):
     result = subprocess.run(command, capture_output=True, text=True, timeout=30)
     assert result.stdout.startswith("HTTP/1.1 401")
     assert "application/problem+json" in result.stdout
+
+
+def test_tritonclient_speaks_the_open_inference_protocol_with_the_container(stack):
+    client = triton.InferenceServerClient(url=f"127.0.0.1:{stack.api_port}")
+    client.register_plugin(BasicAuth("my_username", "my_password"))  # the compose file's demo credentials
+    try:
+        assert client.is_server_ready() and client.is_model_ready("iris-classifier")
+        tensor = triton.InferInput("input-0", [2, 4], "FP32")
+        tensor.set_data_from_numpy(np.array([FLOWERS["setosa"], FLOWERS["virginica"]], dtype=np.float32))
+        result = client.infer("iris-classifier", [tensor])
+        assert [label.decode() for label in result.as_numpy("predict")] == ["setosa", "virginica"]
+        assert result.as_numpy("predict_proba").shape == (2, 3)
+    finally:
+        client.close()
 
 
 def test_web_page_form_and_prediction(stack):

@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from tests.support import FLOWERS, PASSWORD, ROOT, USERNAME, Server, auth_header, free_port, query, wait_ready
 
 AUTH = auth_header()["Authorization"]
@@ -34,9 +36,15 @@ BATCH_ROWS = (1, 100, 10_000)
 MLSERVER = ("mlserver==1.7.1", "mlserver-sklearn==1.7.1",
             "uvloop==0.21.0")  # uvloop 0.22 and later break MLServer 1.7.1's worker start
 MLSERVER_HOME = Path.home() / ".cache" / "iris-bench" / "mlserver"
-IMAGE = "iris-bench-api"
-ACCESS_LOGS = ("all", "errors", "off")
+IMAGE = "iris-bench"
+ACCESS_LOGS = ("all", "off")
 CEILING = "hello world, gunicorn sync, 16 connections"
+WEB = "web GET /prediction, 16 connections"
+V2_ONE = "POST /v2/models/iris-classifier/infer, 1 row, JSON, 16 connections"
+V2_BINARY = "POST /v2/models/iris-classifier/infer, 10000 rows, binary, 2 connections"
+MLSERVER_CASE = "MLServer, POST /v2/models/iris/infer, 1 row, 16 connections"
+CONTAINER_16 = "API container, GET /api/v1.0, 16 connections, ACCESS_LOG=default (errors)"
+CONTAINER_1 = "API container, GET /api/v1.0, 1 connection"
 
 
 # --- Load ------------------------------------------------------------------------------------------------------
@@ -55,12 +63,27 @@ def wrk(url, connections, duration, script=None, auth=True):
             "p50": latency.get("50"), "p99": latency.get("99"), "failures": failures}
 
 
-def post_script(body, folder):
-    """A wrk Lua script that POSTs this JSON body."""
-    script = Path(folder) / f"post-{len(body)}.lua"
-    script.write_text(f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-                      f"wrk.body = {json.dumps(body)}\n")
+def post_script(body, folder, headers=None):
+    """A wrk Lua script that POSTs this body (bytes, or text sent as JSON) with these headers."""
+    if isinstance(body, str):
+        body, headers = body.encode(), {"Content-Type": "application/json", **(headers or {})}
+    script = Path(folder) / f"post-{len(list(Path(folder).glob('post-*')))}.lua"
+    lines = ['wrk.method = "POST"', *(f'wrk.headers["{name}"] = "{value}"' for name, value in (headers or {}).items()),
+             'wrk.body = "' + "".join(f"\\{byte}" for byte in body) + '"']
+    script.write_text("\n".join(lines) + "\n")
     return str(script)
+
+
+def v2_request(rows, binary):
+    """An Open Inference Protocol request for these rows: (body, headers); binary: Triton's binary tensors, out too."""
+    rows = np.asarray(rows, dtype=np.float64)
+    tensor = {"name": "input-0", "shape": list(rows.shape), "datatype": "FP64"}
+    if not binary:
+        return json.dumps({"inputs": [{**tensor, "data": rows.ravel().tolist()}]}), {}
+    raw = rows.astype("<f8").tobytes()
+    header = json.dumps({"inputs": [{**tensor, "parameters": {"binary_data_size": len(raw)}}],
+                         "parameters": {"binary_data_output": True}}).encode()
+    return header + raw, {"Inference-Header-Content-Length": str(len(header))}
 
 
 def batch(rows):
@@ -120,8 +143,15 @@ def loopback_cases(servers, duration, folder):
         script = post_script(batch(rows), folder)
         cases[f"POST /api/v1.0/predict, {rows} rows, 2 connections"] = (
             lambda script=script: wrk(f"{api}/api/v1.0/predict", 2, duration, script))
-    cases["web GET /prediction, 16 connections"] = lambda: wrk(f"{web}/prediction?{SETOSA}", 16, duration,
-                                                               auth=False)
+    for rows, binary, connections in ((1, False, 16), (10_000, False, 2), (10_000, True, 2)):
+        flowers = [FLOWERS["setosa"], FLOWERS["virginica"]] * (rows // 2) or [FLOWERS["setosa"]]
+        body, headers = v2_request(flowers, binary)
+        script = post_script(body, folder, headers)
+        name = (f"POST /v2/models/iris-classifier/infer, {rows} row{'s' * (rows > 1)}, "
+                f"{'binary' if binary else 'JSON'}, {connections} connections")
+        cases[name] = lambda script=script, connections=connections: wrk(
+            f"{api}/v2/models/iris-classifier/infer", connections, duration, script)
+    cases[WEB] = lambda: wrk(f"{web}/prediction?{SETOSA}", 16, duration, auth=False)
     return cases
 
 
@@ -164,51 +194,101 @@ def mlserver_case(server, duration, folder):
 # --- The API container -----------------------------------------------------------------------------------------
 
 
-def build_images():
-    """Build both images; their sizes in MB."""
+def build_images(stack):
+    """Build both images (added to stack, to be untagged); their sizes in MB."""
     sizes = {}
     for name in ("api", "web"):
-        tag = f"iris-bench-{name}"
+        tag = f"{IMAGE}-{name}"
         subprocess.run(["docker", "build", "-q", "-f", f"Dockerfile.{name}", "-t", tag, "."], cwd=ROOT, check=True,
                        capture_output=True)
+        stack.append(f"image:{tag}")
         size = subprocess.run(["docker", "image", "inspect", "-f", "{{.Size}}", tag], capture_output=True, text=True,
                               check=True).stdout
         sizes[name] = int(size) / 1e6
     return sizes
 
 
-def start_container(access_log):
-    """The API image on a free loopback port (--network host, Docker's default log driver): (id, URL, seconds to the
-    first 200 from /readyz)."""
+def start_container(access_log, stack):
+    """The API image on a free loopback port (--network host, Docker's default log driver), added to stack: (id,
+    URL, seconds from docker run to the first 200 from /readyz)."""
     port = free_port()
     started = time.monotonic()
     container = subprocess.run(
         ["docker", "run", "-d", "--rm", "--network", "host", "--read-only", "--tmpfs", "/tmp", "--init",
          "-e", "HOST=127.0.0.1", "-e", f"PORT={port}", "-e", f"API_USERNAME={USERNAME}",
-         "-e", f"API_PASSWORD={PASSWORD}", "-e", f"ACCESS_LOG={access_log}", IMAGE],
+         "-e", f"API_PASSWORD={PASSWORD}", *(["-e", f"ACCESS_LOG={access_log}"] if access_log else []), f"{IMAGE}-api"],
         capture_output=True, text=True, check=True).stdout.strip()
+    stack.append(container)
     url = f"http://127.0.0.1:{port}"
     wait_ready(url + "/readyz")
     return container, url, time.monotonic() - started
 
 
 def container_memory(container):
-    """Resident memory of the container's server processes, in MiB: (main process, largest worker, workers)."""
+    """Resident memory of the container's server processes, in MiB: (main process, workers' largest, workers)."""
     rows = subprocess.run(["docker", "top", container, "-eo", "pid,ppid,rss,args"], capture_output=True, text=True,
                           check=True).stdout.splitlines()[1:]
-    servers = [row.split(None, 3) for row in rows if "serve.py" in row]
+    servers = [row.split(None, 3) for row in rows if row.split(None, 3)[3].startswith("python serve.py")]
     main = next(s for s in servers if not any(s[1] == other[0] for other in servers))
     workers = [int(s[2]) / 1024 for s in servers if s is not main]
     return int(main[2]) / 1024, max(workers, default=0), len(workers)
 
 
-def container_cases(containers, duration):
-    cases = {f"API container, GET /api/v1.0, 16 connections, ACCESS_LOG={access_log}":
-             (lambda url=url: wrk(f"{url}/api/v1.0?{SETOSA}", 16, duration))
-             for access_log, (_, url, _) in containers.items()}
-    cases["API container, GET /api/v1.0, 1 connection"] = lambda: wrk(
-        f"{containers['all'][1]}/api/v1.0?{SETOSA}", 1, duration)
-    return cases
+def container_cases(urls, duration):
+    """{case: measure it once} for containers {ACCESS_LOG setting, or "" for the image's default: URL}."""
+    return {f"API container, GET /api/v1.0, 16 connections, ACCESS_LOG={setting or 'default (errors)'}":
+            (lambda url=url: wrk(f"{url}/api/v1.0?{SETOSA}", 16, duration)) for setting, url in urls.items()}
+
+
+# --- Phases ----------------------------------------------------------------------------------------------------
+# Each gives (cases, figures known now, a function giving figures read after the load).
+
+
+def loopback_phase(args, folder, stack):
+    """The servers as processes."""
+    servers = start_servers(args.model_path, folder, stack)
+
+    def memory():
+        lines = {}
+        for name in ("api", "web"):
+            main_process, *workers = servers[name].rss_mib()
+            lines[f"{name} memory after the load (RSS)"] = (f"main process {main_process:.0f} MiB, largest of "
+                                                            f"{len(workers)} workers {max(workers):.0f} MiB")
+        return lines
+
+    return loopback_cases(servers, args.duration, folder), {"api cold start": servers["api cold start"]}, memory
+
+
+def mlserver_phase(args, folder, stack):
+    executable = mlserver_executable(install=args.mlserver is True) if args.mlserver is not False else None
+    if not executable:
+        return {}, {}, dict
+    stack.append(server := start_mlserver(executable, args.model_path, folder))
+    return {MLSERVER_CASE: mlserver_case(server, args.duration, folder)}, {}, dict
+
+
+def docker_wanted(args):
+    return args.docker or (args.docker is None and shutil.which("docker"))
+
+
+def latency_phase(args, folder, stack):
+    """The API image alone, as users run it: cold start, latency at 1 connection, size."""
+    if not docker_wanted(args):
+        return {}, {}, dict
+    figures = {f"{name} image": f"{size:.0f} MB" for name, size in build_images(stack).items()}
+    _, url, figures["container cold start"] = start_container("", stack)
+    return {CONTAINER_1: lambda: wrk(f"{url}/api/v1.0?{SETOSA}", 1, args.duration)}, figures, dict
+
+
+def logging_phase(args, folder, stack):
+    """The API image with its default logging and with each other ACCESS_LOG setting, side by side."""
+    if not docker_wanted(args):
+        return {}, {}, dict
+    build_images(stack)
+    containers, urls = {}, {}
+    for setting in ("", *ACCESS_LOGS):
+        containers[setting], urls[setting], _ = start_container(setting, stack)
+    return container_cases(urls, args.duration), {}, lambda: {"container memory": container_memory(containers[""])}
 
 
 # --- Report ----------------------------------------------------------------------------------------------------
@@ -238,23 +318,39 @@ def print_table(medians, names):
 def target_rows(medians, figures):
     """(target, measured, met) for each target of the README that this run measured."""
     rps = {name: result["rps"] for name, result in medians.items()}
-    rows = [("web /prediction ≥ 60 % of the API's rate (16 connections, loopback)",
-             rps["web GET /prediction, 16 connections"] / rps["GET /api/v1.0, 16 connections"], 0.60, "{:.0%}")]
-    container = rps.get("API container, GET /api/v1.0, 16 connections, ACCESS_LOG=all")
+    api = rps["GET /api/v1.0, 16 connections"]
+    rows = [("web /prediction ≥ 60 % of the API's rate (16 connections)", rps[WEB] / api, 0.60, "{:.0%}"),
+            ("/v2 infer, 1 row, ≥ 90 % of /api/v1.0's rate", rps[V2_ONE] / api, 0.90, "{:.0%}"),
+            ("/v2 infer, 10,000 binary rows ≥ 2,000,000 rows/s", rps[V2_BINARY] * 10_000, 2e6, "{:,.0f} rows/s"),
+            ("API process cold start < 1.5 s", figures["api cold start"], -1.5, "{:.2f} s")]
+    container = rps.get(CONTAINER_16)
     if container:
-        off = rps["API container, GET /api/v1.0, 16 connections, ACCESS_LOG=off"]
-        rows += [("API container ≥ 1.5 × hello world under gunicorn sync", container / rps[CEILING], 1.5, "{:.1f} ×"),
-                 ("per-request log lines cost ≤ 10 % of the container's rate", 1 - container / off, -0.10, "{:.0%}"),
-                 ("API container p99 at 1 connection < 1 ms",
-                  medians["API container, GET /api/v1.0, 1 connection"]["p99"], -1.0, "{:.2f} ms"),
+        rows += [("API container ≥ 1.5 × hello world under gunicorn sync", container / rps[CEILING], 1.5, "{:.2f} ×"),
+                 ("the default logging costs ≤ 10 % of the container's rate",
+                  1 - container / rps[CONTAINER_16.replace("default (errors)", "off")], -0.10, "{:.0%}"),
+                 ("API container p99 at 1 connection < 1 ms", medians[CONTAINER_1]["p99"], -1.0, "{:.2f} ms"),
                  ("API container cold start < 1.5 s", figures["container cold start"], -1.5, "{:.2f} s"),
                  ("memory per API worker < 150 MiB", figures["container memory"][1], -150, "{:.0f} MiB")]
-        if "MLServer, POST /v2/models/iris/infer, 1 row, 16 connections" in rps:
-            rows.append(("API container ≥ 8 × MLServer's default scikit-learn server",
-                         container / rps["MLServer, POST /v2/models/iris/infer, 1 row, 16 connections"], 8, "{:.1f} ×"))
+        if MLSERVER_CASE in rps:
+            rows.append(("API container ≥ 8 × MLServer's default scikit-learn server", container / rps[MLSERVER_CASE],
+                         8, "{:.1f} ×"))
     # A negative bound is an upper limit: the measured value must stay under its absolute value.
     return [(target, fmt.format(value), value >= bound if bound > 0 else value <= -bound)
             for target, value, bound, fmt in rows]
+
+
+def print_figures(figures):
+    print("| other figure | value |\n| --- | --- |")
+    print(f"| API process cold start (serve.py start to first 200 from /readyz) | {figures['api cold start']:.2f} s |")
+    if "container cold start" in figures:
+        print(f"| API container cold start (docker run to first 200 from /readyz) | "
+              f"{figures['container cold start']:.2f} s |")
+        main_process, worker, workers = figures["container memory"]
+        print(f"| API container memory after the load (RSS) | main process {main_process:.0f} MiB, largest of "
+              f"{workers} workers {worker:.0f} MiB |")
+    for name, value in figures.items():
+        if isinstance(value, str):
+            print(f"| {name} | {value} |")
 
 
 def report(medians, figures, args):
@@ -264,34 +360,13 @@ def report(medians, figures, args):
     containers = [name for name in medians if name.startswith("API container")]
     if containers:
         print_table(medians, containers)
-    print("| other figure | value |\n| --- | --- |")
-    for name, value in figures.items():
-        print(f"| {name} | {value if isinstance(value, str) else json.dumps(value)} |")
+    print_figures(figures)
     print("\n| target | measured | met |\n| --- | ---: | --- |")
     for target, measured, met in target_rows(medians, figures):
         print(f"| {target} | {measured} | {'yes' if met else '**no**'} |")
 
 
-def start_everything(args, folder, stack):
-    """Servers, MLServer and containers as asked: the cases to measure and the figures already known."""
-    servers = start_servers(args.model_path, folder, stack)
-    cases = loopback_cases(servers, args.duration, folder)
-    figures = {"API process cold start (serve.py start to first 200 from /readyz)": f"{servers['api cold start']:.2f} s"}
-    executable = mlserver_executable(install=args.mlserver is True) if args.mlserver is not False else None
-    if executable:
-        stack.append(mlserver := start_mlserver(executable, args.model_path, folder))
-        cases["MLServer, POST /v2/models/iris/infer, 1 row, 16 connections"] = mlserver_case(mlserver, args.duration,
-                                                                                             folder)
-    if args.docker or (args.docker is None and shutil.which("docker")):
-        figures.update({f"{name} image": f"{size:.0f} MB" for name, size in build_images().items()})
-        containers = {access_log: start_container(access_log) for access_log in ACCESS_LOGS}
-        stack.extend(container for container, _, _ in containers.values())
-        figures["container cold start"] = containers["all"][2]
-        cases.update(container_cases(containers, args.duration))
-    return servers, cases, figures
-
-
-def main(argv=None):
+def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run (default: 5)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported (default: 3)")
@@ -307,39 +382,36 @@ def main(argv=None):
         sys.exit("bench.py: wrk is not installed (apt-get install wrk / brew install wrk)")
     if not args.model_path.exists():
         sys.exit(f"bench.py: no model at {args.model_path}: run python train.py first")
-    stack = []
-    with tempfile.TemporaryDirectory(prefix="iris-bench-") as folder:
-        try:
-            servers, cases, figures = start_everything(args, folder, stack)
-            medians = measure(cases, args.rounds)
-            figures.update(memory_figures(servers, stack))
-        finally:
-            stop(stack)
-    report(medians, figures, args)
-
-
-def memory_figures(servers, stack):
-    figures = {}
-    for name in ("api", "web"):
-        main_process, *workers = servers[name].rss_mib()
-        figures[f"{name} memory after the load (RSS)"] = (f"main process {main_process:.0f} MiB, largest of "
-                                                          f"{len(workers)} workers {max(workers):.0f} MiB")
-    containers = [item for item in stack if isinstance(item, str)]
-    if containers:
-        figures["container memory"] = container_memory(containers[0])
-    return figures
+    return args
 
 
 def stop(stack):
-    """Stop every server and container this run started, whatever happened; untag the images it built (their layers
-    stay in Docker's build cache for the next run)."""
-    for item in stack:
+    """Stop every server and container of a phase, whatever happened; untag the images it built (their layers stay
+    in Docker's build cache for the next run)."""
+    for item in reversed(stack):
         if isinstance(item, Server):
             item.stop()
+        elif item.startswith("image:"):
+            subprocess.run(["docker", "image", "rm", item.removeprefix("image:")], capture_output=True)
         else:
             subprocess.run(["docker", "rm", "-f", item], capture_output=True)
-    if any(isinstance(item, str) for item in stack):
-        subprocess.run(["docker", "image", "rm", "iris-bench-api", "iris-bench-web"], capture_output=True)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    medians, figures = {}, {}
+    # One phase after another, so that what is measured shares the machine with nothing else of this run (idle
+    # servers beside it more than doubled the API container's p99 at 1 connection).
+    for phase in (loopback_phase, mlserver_phase, latency_phase, logging_phase):
+        stack = []
+        with tempfile.TemporaryDirectory(prefix="iris-bench-") as folder:
+            try:
+                cases, known, after_load = phase(args, folder, stack)
+                medians.update(measure(cases, args.rounds))
+                figures.update(known, **after_load())
+            finally:
+                stop(stack)
+    report(medians, figures, args)
 
 
 if __name__ == "__main__":
