@@ -320,10 +320,14 @@ def error_page(error):
     return body
 
 
+def is_open_inference(path):
+    return path == "/v2" or path.startswith("/v2/")
+
+
 def error_document(path, status, detail):
     """(content type, body) of an error at this path: the Open Inference Protocol's {"error": ...} under /v2,
     problem+json elsewhere."""
-    if path == "/v2" or path.startswith("/v2/"):
+    if is_open_inference(path):
         return JSON_TYPE, open_inference.error_body(detail)
     return PROBLEM_TYPE, problem_body(status, detail)
 
@@ -335,7 +339,8 @@ def crash_document(environ):
     return content_type, body.encode()
 
 
-# (method, path, route, needs credentials)
+# (method, path, route, needs credentials). Errors are answered in problem+json, and in the Open Inference
+# Protocol's own form under /v2 (open_inference.py).
 ROUTES = (
     ("GET", "/api/v1.0", predict_one, True),
     ("GET", "/api/v1.0/", predict_one, True),
@@ -345,6 +350,15 @@ ROUTES = (
     ("GET", "/healthz", healthz, False),
     ("GET", "/readyz", readyz, False),
     ("GET", "/openapi.json", openapi_json, False),
+    ("GET", "/v2/health/live", open_inference.live, False),
+    ("GET", "/v2/health/ready", open_inference.ready, False),
+    ("GET", "/v2", open_inference.server_metadata, True),
+    ("GET", "/v2/models/<name>", open_inference.model_metadata, True),
+    ("GET", "/v2/models/<name>/versions/<version>", open_inference.model_metadata, True),
+    ("GET", "/v2/models/<name>/ready", open_inference.model_ready, True),
+    ("GET", "/v2/models/<name>/versions/<version>/ready", open_inference.model_ready, True),
+    ("POST", "/v2/models/<name>/infer", open_inference.infer, True),
+    ("POST", "/v2/models/<name>/versions/<version>/infer", open_inference.infer, True),
 )
 
 
@@ -362,10 +376,10 @@ def create_app(settings):
     # Crashes go to service.handle_requests, which logs them once with their traceback and answers in kind.
     app.catchall = False
     app.default_error_handler = error_page
-    for routes, render in ((ROUTES, problem), (open_inference.ROUTES, open_inference.error_response)):
-        for method, path, route, needs_credentials in routes:
-            guard = is_authorised if needs_credentials else None
-            app.route(path, method, service.answering(route, api, guard, CHALLENGE, render))
+    for method, path, route, needs_credentials in ROUTES:
+        render = open_inference.error_response if is_open_inference(path) else problem
+        guard = is_authorised if needs_credentials else None
+        app.route(path, method, service.answering(route, api, guard, CHALLENGE, render))
     return service.handle_requests(app, logger, crash_document, api.metrics.count_request,
                                    access_log=settings.access_log)
 

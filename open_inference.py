@@ -13,7 +13,8 @@ its length in Inference-Header-Content-Length, followed by raw little-endian ten
 shape [N, 4] (or [4]), the four measurements in /api/v1.0's order, FP32 or FP64 (INT and UINT types converted). The
 outputs are named as MLServer's scikit-learn runtime names them: predict (the class names), predict_proba (a column
 per class, in the model's order) and out_of_range (/api/v1.0's drift signal, counted in the same metrics). Errors
-are {"error": "..."} naming the tensor or field; the limits and the value rules are /api/v1.0's.
+are {"error": "..."} naming the tensor or field; the limits and the value rules are /api/v1.0's. The routes are
+in api.ROUTES, beside /api/v1.0's.
 """
 
 import functools
@@ -324,18 +325,3 @@ def infer(api, name, version=None):
     predictions = predict_all(model, rows)
     api.metrics.count_predictions(model, predictions)
     return respond(model, header, predictions, requested)
-
-
-# (method, path, route, needs credentials): api.create_app() adds them to the API, answering errors with
-# error_response().
-ROUTES = (
-    ("GET", "/v2/health/live", live, False),
-    ("GET", "/v2/health/ready", ready, False),
-    ("GET", "/v2", server_metadata, True),
-    ("GET", "/v2/models/<name>", model_metadata, True),
-    ("GET", "/v2/models/<name>/versions/<version>", model_metadata, True),
-    ("GET", "/v2/models/<name>/ready", model_ready, True),
-    ("GET", "/v2/models/<name>/versions/<version>/ready", model_ready, True),
-    ("POST", "/v2/models/<name>/infer", infer, True),
-    ("POST", "/v2/models/<name>/versions/<version>/infer", infer, True),
-)

@@ -11,7 +11,7 @@ import webtest
 import api
 import train
 import web
-from tests.support import PASSWORD, USERNAME, free_port, serve_in_thread
+from tests.support import PASSWORD, USERNAME, api_server, free_port, serve_in_thread
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +40,14 @@ def api_client(api_app):
 def anonymous_api_client(api_app):
     """A WebTest client of the API that sends no credentials."""
     return webtest.TestApp(api_app)
+
+
+@pytest.fixture(scope="module")
+def served_api(model_path):
+    """The API served as its image serves it (serve.py), on a free loopback port."""
+    server = api_server(model_path)
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -21,14 +21,6 @@ SETOSA_QUERY = query(FLOWERS["setosa"])
 
 
 @pytest.fixture(scope="module")
-def served_api(model_path):
-    """The API served as its image serves it."""
-    server = api_server(model_path)
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def served_web(served_api):
     """The web app served as its image serves it, in front of served_api."""
     server = web_server(served_api.url)

@@ -14,19 +14,11 @@ from tritonclient.http.auth import BasicAuth
 from tritonclient.utils import InferenceServerException
 
 import api
-from tests.support import FLOWERS, PASSWORD, USERNAME, api_server, auth_header, query
+from tests.support import FLOWERS, PASSWORD, USERNAME, auth_header, query
 
 MODEL = "iris-classifier"
 CLASSES = ["setosa", "versicolor", "virginica"]
 FLOWER_ROWS = np.array([FLOWERS["setosa"], FLOWERS["versicolor"], FLOWERS["virginica"], FLOWERS["odd"]])
-
-
-@pytest.fixture(scope="module")
-def served_api(model_path):
-    """The API served as its image serves it."""
-    server = api_server(model_path)
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")
