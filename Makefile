@@ -3,7 +3,18 @@
 PYTHON ?= python3
 VENV ?= .venv
 
-.PHONY: test train api web screenshots bench load clean
+# make stack: the Docker Swarm deployment (docker-stack.yml). Each of these can be set on the command line or in
+# the environment; several stacks run side by side with different STACK names and ports.
+STACK ?= iris
+TAG ?= latest
+STACK_FILES := .stack/$(STACK)
+export TAG API_REPLICAS API_PORT WEB_PORT API_TLS_PORT WEB_TLS_PORT API_USERNAME ACCESS_LOG LOGIN_FAILURES LOGIN_WINDOW
+export API_PASSWORD_SECRET ?= $(abspath $(STACK_FILES))/api_password
+export TLS_SECRET ?= $(abspath $(STACK_FILES))/tls.pem
+# The address other swarm nodes reach this one at: the source address of this machine's default route.
+ADVERTISE_ADDR ?= $(shell ip route get 1.1.1.1 2>/dev/null | sed -n 's/.* src \([0-9.]*\).*/\1/p')
+
+.PHONY: test train api web screenshots bench load images stack stack-down clean
 
 $(VENV)/installed: requirements.txt requirements-web.txt requirements-test.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,11 +36,33 @@ web: $(VENV)/installed
 screenshots: $(VENV)/installed  # the README's pictures, taken in headless Chromium into docs/images
 	SCREENSHOTS_DIR=docs/images $(VENV)/bin/python -m pytest tests/test_browser.py
 
-bench: $(VENV)/installed  # the performance table of the README (needs wrk and a trained model: make train)
+bench: $(VENV)/installed  # the performance tables of the README (needs wrk and a trained model: make train)
 	$(VENV)/bin/python -m tools.bench
 
 load: $(VENV)/installed  # 100,000 mixed requests, every answer checked (needs a trained model: make train)
 	$(VENV)/bin/python -m tools.load
+
+images:  # iris-api, iris-web and iris-lb, tagged TAG; make images MODEL=random_forest TAG=rf for another model
+	docker build -f Dockerfile.api $(if $(MODEL),--build-arg MODEL=$(MODEL)) -t iris-api:$(TAG) .
+	docker build -f Dockerfile.web -t iris-web:$(TAG) .
+	docker build -f Dockerfile.lb -t iris-lb:$(TAG) .
+
+$(abspath $(STACK_FILES))/api_password:  # API_PASSWORD, or the demo password; never in the repository (.gitignore)
+	@mkdir -p $(@D) && umask 077 && printf '%s\n' "$${API_PASSWORD:-my_password}" > $@
+
+$(abspath $(STACK_FILES))/tls.pem:  # a self-signed certificate for localhost, for trying HTTPS out
+	@mkdir -p $(@D) && umask 077
+	openssl req -x509 -newkey rsa:2048 -nodes -days 365 -subj /CN=localhost \
+	    -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout $(@D)/tls.key -out $(@D)/tls.crt 2>/dev/null
+	cat $(@D)/tls.crt $(@D)/tls.key > $@
+
+stack: images $(API_PASSWORD_SECRET) $(TLS_SECRET)  # deploy, and return once every service is healthy
+	[ "$$(docker info --format '{{.Swarm.LocalNodeState}}')" = active ] || \
+	    docker swarm init --advertise-addr $(ADVERTISE_ADDR)
+	docker stack deploy --resolve-image never --detach=false -c docker-stack.yml $(STACK)
+
+stack-down:
+	docker stack rm $(STACK)
 
 clean:
 	rm -rf $(VENV) .pytest_cache __pycache__ */__pycache__

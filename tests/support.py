@@ -6,6 +6,8 @@ pytest.ini) and by `python -m tools.bench` / `python -m tools.load`.
 """
 
 import os
+import shlex
+import shutil
 import socket
 import socketserver
 import subprocess
@@ -55,6 +57,22 @@ def require(available, reason):
     if os.environ.get("CI"):
         pytest.fail(f"{reason} (CI is set, so this is a failure, not a skip)")
     pytest.skip(reason)
+
+
+def docker_available():
+    """A Docker engine answers, and the Compose plugin is there."""
+    if not shutil.which("docker"):
+        return False
+    return subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0 and \
+        subprocess.run(["docker", "info"], capture_output=True).returncode == 0
+
+
+def readme_curl(port):
+    """The exact curl command of the README's quick start, pointed at this API port."""
+    readme = (ROOT / "README.md").read_text()
+    command = next(line for line in readme.splitlines() if line.startswith('curl -i -H "Content-Type:application/json"'))
+    assert "localhost:8000/api/v1.0?sepal_length=1&sepal_width=1&petal_length=1&petal_width=1" in command
+    return shlex.split(command.replace("localhost:8000", f"localhost:{port}"))
 
 
 def free_port():

@@ -4,7 +4,6 @@ Skips where Docker is missing (fails instead when CI is set). Always runs `docke
 """
 
 import re
-import shlex
 import shutil
 import subprocess
 import time
@@ -17,17 +16,10 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.http.auth import BasicAuth
 
-from tests.support import FLOWERS, ROOT, free_port, query, require
+from tests.support import FLOWERS, ROOT, docker_available, free_port, query, readme_curl, require
 
 SETOSA_QUERY = query(FLOWERS["setosa"])
 UP_TIMEOUT = 900  # a first build on a fresh machine downloads scikit-learn and friends
-
-
-def docker_available():
-    if not shutil.which("docker"):
-        return False
-    return subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0 and \
-        subprocess.run(["docker", "info"], capture_output=True).returncode == 0
 
 
 class Stack:
@@ -75,14 +67,6 @@ def stack():
         stack.compose("down", "-v", check=False, timeout=300)
         # Untag this run's images; their layers stay in Docker's build cache for the next run.
         subprocess.run(["docker", "image", "rm", f"{stack.project}-api", f"{stack.project}-web"], capture_output=True)
-
-
-def readme_curl(port):
-    """The exact curl command from the README, pointed at the test's API port."""
-    readme = (ROOT / "README.md").read_text()
-    command = next(line for line in readme.splitlines() if line.startswith('curl -i -H "Content-Type:application/json"'))
-    assert "localhost:8000/api/v1.0?sepal_length=1&sepal_width=1&petal_length=1&petal_width=1" in command
-    return shlex.split(command.replace("localhost:8000", f"localhost:{port}"))
 
 
 def test_readme_curl_answers_a_species(stack):

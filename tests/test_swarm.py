@@ -1,0 +1,306 @@
+"""Scale-out on Docker Swarm: docker-stack.yml deployed by `make stack` on this machine's engine, with its own stack
+name, image tag and ports, reached through the front door's published ports on 127.0.0.1 only.
+
+Initialises a single-node swarm when the engine is in none (and leaves it at the end, only then); always removes the
+stack and the images it built. Skips where Docker is missing (fails instead when CI is set).
+"""
+
+import http.client
+import json
+import re
+import shutil
+import ssl
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import pytest
+
+from tests.support import FLOWERS, ROOT, auth_header, docker_available, free_port, query, readme_curl, require, wait_ready
+
+LOGIN_WINDOW = 3  # seconds; the stack's default is 60
+LOGIN_FAILURES = 10
+SETOSA_QUERY = query(FLOWERS["setosa"])
+DEMO = auth_header("my_username", "my_password")
+
+
+def docker(*args, check=True, timeout=300):
+    return subprocess.run(["docker", *args], capture_output=True, text=True, check=check, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def swarm():
+    """This engine's swarm: `make stack` makes a single-node one when the engine is in none, and then this leaves
+    it afterwards (only then)."""
+    require(docker_available(), "Docker Engine with the Compose plugin is not available "
+                                "(../shared/tools/docker-ready installs it)")
+    was_in_a_swarm = docker("info", "--format", "{{.Swarm.LocalNodeState}}").stdout.strip() == "active"
+    had_gateway_bridge = bool(docker("network", "ls", "-q", "--filter", "name=^docker_gwbridge$").stdout.strip())
+    try:
+        yield
+    finally:
+        if not was_in_a_swarm:
+            docker("swarm", "leave", "--force", check=False)
+            if not had_gateway_bridge:  # swarm init made it, and leaving does not remove it
+                docker("network", "rm", "docker_gwbridge", check=False)
+
+
+class Stack:
+    """One deployment of docker-stack.yml, with its own name, tag and free ports."""
+
+    def __init__(self):
+        self.name = f"iris-t{uuid.uuid4().hex[:6]}"
+        self.tag = f"test-{uuid.uuid4().hex[:8]}"
+        self.ports = {name: free_port() for name in ("API_PORT", "WEB_PORT", "API_TLS_PORT", "WEB_TLS_PORT")}
+        self.env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "STACK": self.name, "TAG": self.tag, "ACCESS_LOG": "all",
+                    "LOGIN_WINDOW": str(LOGIN_WINDOW), "LOGIN_FAILURES": str(LOGIN_FAILURES),
+                    **{name: str(port) for name, port in self.ports.items()}}
+        self.images = [f"iris-{name}:{self.tag}" for name in ("api", "web", "lb")]
+
+    def make(self, target, timeout=900):
+        return subprocess.run(["make", target], cwd=ROOT, env=self.env, capture_output=True, text=True,
+                              timeout=timeout)
+
+    def url(self, port_name, path=""):
+        scheme = "https" if "TLS" in port_name else "http"
+        return f"{scheme}://localhost:{self.ports[port_name]}{path}"
+
+    def build_api_image(self, suffix, dockerfile=None, build_args=()):
+        """Another API image: the Dockerfile piped in (FROM this stack's image), or Dockerfile.api with build args."""
+        tag = f"iris-api:{self.tag}-{suffix}"
+        command = ["build", "-q", "-t", tag, *(arg for pair in build_args for arg in ("--build-arg", pair))]
+        if dockerfile:
+            subprocess.run(["docker", *command, "-"], input=dockerfile, text=True, capture_output=True, check=True,
+                           timeout=600)
+        else:
+            docker(*command, "-f", "Dockerfile.api", str(ROOT), timeout=900)
+        self.images.append(tag)
+        return tag
+
+    def api_containers(self):
+        return docker("ps", "-q", "--filter", f"label=com.docker.swarm.service.name={self.name}_api").stdout.split()
+
+    def remove(self):
+        """The stack, its network, its containers (Swarm removes them a little later) and the images it used."""
+        self.make("stack-down", timeout=120)
+        label = f"label=com.docker.stack.namespace={self.name}"
+        deadline = time.monotonic() + 90
+        while (docker("ps", "-aq", "--filter", label).stdout.strip()
+               or docker("network", "ls", "-q", "--filter", label).stdout.strip()) and time.monotonic() < deadline:
+            time.sleep(1)
+        for image in self.images:
+            docker("image", "rm", image, check=False)
+        shutil.rmtree(ROOT / ".stack" / self.name, ignore_errors=True)
+        if (ROOT / ".stack").exists() and not any((ROOT / ".stack").iterdir()):
+            (ROOT / ".stack").rmdir()
+
+
+@pytest.fixture(scope="module")
+def stack(swarm):
+    stack = Stack()
+    try:
+        made = stack.make("stack")
+        if made.returncode != 0:
+            logs = docker("stack", "ps", "--no-trunc", stack.name, check=False).stdout[-3000:]
+            pytest.fail(f"make stack failed:\n{made.stdout[-3000:]}\n{made.stderr[-3000:]}\n{logs}")
+        yield stack
+    finally:
+        stack.remove()
+
+
+def get(url, headers=None, context=None, timeout=10):
+    """(status, headers, body) of a GET."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=timeout,
+                                    context=context) as response:
+            return response.status, response.headers, response.read().decode()
+    except urllib.error.HTTPError as err:
+        with err:
+            return err.code, err.headers, err.read().decode()
+
+
+class Load:
+    """Steady load on the front door from a few kept-alive clients: every answer and every failure counted."""
+
+    def __init__(self, port, clients=4):
+        self.port, self.stop, self.lock = port, threading.Event(), threading.Lock()
+        self.answers, self.failures, self.versions = 0, [], []
+        self.threads = [threading.Thread(target=self.client, daemon=True) for _ in range(clients)]
+
+    def client(self):
+        connection = None
+        while not self.stop.is_set():
+            try:
+                connection = connection or http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                connection.request("GET", f"/api/v1.0?{SETOSA_QUERY}", headers=DEMO)
+                response = connection.getresponse()
+                body = response.read()
+                outcome = json.loads(body)["model"]["version"] if response.status == 200 else f"{response.status}"
+            except (OSError, http.client.HTTPException, ValueError) as err:
+                outcome, connection = f"{type(err).__name__}: {err}", None
+            with self.lock:
+                if len(outcome) == 12:
+                    self.answers += 1
+                    self.versions.append(outcome)
+                else:
+                    self.failures.append(outcome)
+
+    def __enter__(self):
+        for thread in self.threads:
+            thread.start()
+        time.sleep(1)
+        return self
+
+    def __exit__(self, *exc):
+        time.sleep(1)
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=15)
+
+
+def service(stack, name, template):
+    return docker("service", "inspect", "-f", template, f"{stack.name}_{name}").stdout.strip()
+
+
+def wait_for(condition, seconds, message):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, message
+        time.sleep(1)
+
+
+# --- Through the front door --------------------------------------------------------------------------------------
+
+
+def test_readme_curl_answers_through_the_front_door(stack):
+    result = subprocess.run(readme_curl(stack.ports["API_PORT"]), capture_output=True, text=True, timeout=30)
+    assert result.stdout.startswith("HTTP/1.1 200")
+    assert re.search(r'"prediction": "(setosa|versicolor|virginica)"', result.stdout)
+    assert "x-request-id:" in result.stdout.lower() and "granian" not in result.stdout.lower()
+
+
+def test_the_web_page_through_the_front_door(stack):
+    status, _, form = get(stack.url("WEB_PORT", "/"))
+    assert status == 200 and '<form action="/prediction" method="get"' in form
+    status, _, page = get(stack.url("WEB_PORT", f"/prediction?{SETOSA_QUERY}"))
+    assert status == 200 and "Iris setosa" in page
+
+
+def test_https_with_the_stacks_certificate(stack):
+    context = ssl.create_default_context(cafile=str(ROOT / ".stack" / stack.name / "tls.crt"))
+    status, _, body = get(stack.url("API_TLS_PORT", f"/api/v1.0?{SETOSA_QUERY}"), DEMO, context)
+    assert status == 200 and json.loads(body)["prediction"] == "setosa"
+    status, _, page = get(stack.url("WEB_TLS_PORT", f"/prediction?{SETOSA_QUERY}"), context=context)
+    assert status == 200 and "Iris setosa" in page
+
+
+def test_requests_spread_over_every_api_replica(stack):
+    """Counted from each replica's own log (ACCESS_LOG=all here), not from anything the clients are told."""
+    for number in range(60):
+        assert get(stack.url("API_PORT", f"/api/v1.0?{SETOSA_QUERY}"),
+                   {**DEMO, "X-Request-ID": f"spread-{number}"})[0] == 200
+    time.sleep(1)  # log lines are written in batches (service.BatchingStreamHandler)
+    logs = docker("service", "logs", "--no-trunc", f"{stack.name}_api").stderr  # the services log to stderr
+    per_replica = {}
+    for line in logs.splitlines():
+        if re.search(r"\[spread-\d+\] GET /api/v1.0 200", line):
+            replica = line.split()[0]
+            per_replica[replica] = per_replica.get(replica, 0) + 1
+    assert len(per_replica) == 3 and sum(per_replica.values()) == 60, per_replica
+    assert min(per_replica.values()) >= 10, per_replica
+
+
+def test_the_web_replicas_call_the_api_through_the_front_door(stack):
+    assert service(stack, "web", "{{range .Spec.TaskTemplate.ContainerSpec.Env}}{{println .}}{{end}}").count(
+        "API_URL=http://lb:8001") == 1
+
+
+def test_the_front_door_against_one_replica_direct(stack, capsys):
+    """Figures for the README, not asserted: the front door's rate beside the same image published on its own."""
+    require(shutil.which("wrk"), "wrk is not installed (apt-get install wrk)")
+    image = service(stack, "api", "{{.Spec.TaskTemplate.ContainerSpec.Image}}")
+    port = free_port()
+    container = docker("run", "-d", "--rm", "--network", "host", "-e", "HOST=127.0.0.1", "-e", f"PORT={port}",
+                       "-e", "API_USERNAME=my_username", "-e", "API_PASSWORD=my_password", image).stdout.strip()
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/readyz")
+        rates = {name: wrk_rate(f"http://127.0.0.1:{target}/api/v1.0?{SETOSA_QUERY}")
+                 for name, target in (("front door, 3 replicas", stack.ports["API_PORT"]), ("one replica", port))}
+    finally:
+        docker("rm", "-f", container, check=False)
+    with capsys.disabled():
+        print("\n" + ", ".join(f"{name}: {rate:,.0f} req/s" for name, rate in rates.items()))
+    assert all(rate > 0 for rate in rates.values())
+
+
+# --- Faults and rollouts under load ----------------------------------------------------------------------------
+
+
+def test_a_killed_replica_costs_no_request(stack, capsys):
+    victim = stack.api_containers()[0]
+    with Load(stack.ports["API_PORT"]) as load:
+        time.sleep(2)
+        docker("kill", victim)
+        time.sleep(6)
+    assert load.failures == [] and load.answers > 100
+    wait_for(lambda: len(stack.api_containers()) == 3 and victim not in stack.api_containers(), 90,
+             "Swarm did not replace the killed replica")
+    with capsys.disabled():
+        print(f"\nkilled one of 3 replicas under load: {load.answers} answers, {len(load.failures)} failed")
+
+
+def test_another_model_rolls_out_without_a_failed_request(stack, capsys):
+    other = stack.build_api_image("rf", build_args=["MODEL=random_forest"])
+    before = json.loads(get(stack.url("API_PORT", "/api/v1.0/model"), DEMO)[2])["version"]
+    started = time.monotonic()
+    with Load(stack.ports["API_PORT"]) as load:
+        docker("service", "update", "--detach=false", "--image", other, f"{stack.name}_api", timeout=600)
+        seconds = time.monotonic() - started
+    after = json.loads(get(stack.url("API_PORT", "/api/v1.0/model"), DEMO)[2])
+    assert load.failures == [], load.failures[:5]
+    assert after["algorithm"] == "random_forest" and after["version"] != before
+    assert load.versions[0] == before and load.versions[-1] == after["version"]
+    with capsys.disabled():
+        print(f"\nrolled 3 replicas to another model in {seconds:.0f} s under load: {load.answers} answers, "
+              f"{len(load.failures)} failed")
+
+
+def test_a_broken_image_is_rolled_back_without_a_failed_request(stack, capsys):
+    """An image whose artifact no longer matches its metadata: the API refuses to start, so it never gets healthy."""
+    current = service(stack, "api", "{{.Spec.TaskTemplate.ContainerSpec.Image}}")
+    broken = stack.build_api_image("broken", dockerfile=(
+        f"FROM {current}\nUSER 0\n"
+        "RUN sed -i 's/\"sha256\": \"[0-9a-f]*\"/\"sha256\": \"0000\"/' /app/model/iris.json\nUSER 10001\n"))
+    with Load(stack.ports["API_PORT"]) as load:
+        docker("service", "update", "--detach=false", "--image", broken, f"{stack.name}_api", check=False, timeout=600)
+        wait_for(lambda: service(stack, "api", "{{.UpdateStatus.State}}") == "rollback_completed", 180,
+                 "the broken image was not rolled back")
+    assert service(stack, "api", "{{.Spec.TaskTemplate.ContainerSpec.Image}}") == current
+    assert load.failures == [], load.failures[:5]
+    with capsys.disabled():
+        print(f"\nrolled back a broken image under load: {load.answers} answers, {len(load.failures)} failed")
+
+
+def wrk_rate(url):
+    output = subprocess.run(["wrk", "-t2", "-c16", "-d5s", "-H", f"Authorization: {DEMO['Authorization']}", url],
+                            capture_output=True, text=True, check=True).stdout
+    assert "Non-2xx" not in output, output
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+
+
+# --- Password guessing (last: every client here reaches the front door from the same address) -------------------
+
+
+def test_password_guessing_is_stopped_then_forgotten(stack):
+    wrong = auth_header("my_username", "guess")
+    statuses = [get(stack.url("API_PORT", "/api/v1.0/model"), wrong)[0] for _ in range(30)]
+    assert statuses[:LOGIN_FAILURES] == [401] * LOGIN_FAILURES and 429 in statuses
+    assert statuses.index(429) < 29
+    status, headers, _ = get(stack.url("API_PORT", "/api/v1.0/model"), DEMO)
+    assert status == 429 and headers["Retry-After"] == str(LOGIN_WINDOW)  # the right password waits too
+    assert " 429 " in docker("service", "logs", f"{stack.name}_lb").stdout  # and HAProxy logged the refusals
+    time.sleep(LOGIN_WINDOW + 1)
+    assert get(stack.url("API_PORT", "/api/v1.0/model"), DEMO)[0] == 200
