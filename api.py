@@ -3,7 +3,7 @@
 Run it locally (Bottle's development server):
     API_USERNAME=my_username API_PASSWORD=my_password python api.py
 In production (what the container runs):
-    gunicorn --config gunicorn.conf.py 'api:app_from_env()'
+    API_USERNAME=my_username API_PASSWORD=my_password python serve.py api
 
 Environment, read once at start-up:
     API_USERNAME       user name that clients must send (required)
@@ -13,11 +13,13 @@ Environment, read once at start-up:
     HOST, PORT         where `python api.py` listens (default: 127.0.0.1 and 8000)
     LOG_LEVEL          DEBUG, INFO, WARNING or ERROR (default: INFO)
     LOG_FORMAT         text or json (default: text)
+    ACCESS_LOG         errors, all or off: which requests get a log line (default: errors)
 
 Endpoints: GET /api/v1.0 (one prediction from the query string), POST /api/v1.0/predict (a batch),
 GET /api/v1.0/model (metadata), GET /metrics (Prometheus), GET /healthz, GET /readyz and GET /openapi.json
-(the contract, openapi.json beside this file); see README.md. The model itself is model.py's job; the plumbing
-shared with web.py (settings, credentials, logs, metrics exposition, start-up) is service.py's.
+(the contract, openapi.json beside this file), and the Open Inference Protocol under /v2 (open_inference.py); see
+README.md. The model itself is model.py's job; the plumbing shared with web.py (settings, credentials, requests,
+logs, metrics exposition, start-up) is service.py's.
 """
 
 import functools

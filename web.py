@@ -3,7 +3,7 @@
 Run it locally beside the API (Bottle's development server):
     API_USERNAME=my_username API_PASSWORD=my_password python web.py
 In production (what the container runs):
-    gunicorn --config gunicorn.conf.py 'web:app_from_env()'
+    API_USERNAME=my_username API_PASSWORD=my_password python serve.py web
 
 Environment, read once at start-up:
     API_URL            base URL of the API (default: http://localhost:8000)
@@ -14,6 +14,7 @@ Environment, read once at start-up:
     HOST, PORT         where `python web.py` listens (default: 127.0.0.1 and 5000)
     LOG_LEVEL          DEBUG, INFO, WARNING or ERROR (default: INFO)
     LOG_FORMAT         text or json (default: text)
+    ACCESS_LOG         errors, all or off: which requests get a log line (default: errors)
 
 The API is the one place where the validation rules live: this app forwards the values as typed and shows the API's
 messages. The pages are Bottle templates in views/; GET /metrics (Prometheus, behind basic auth with the API's

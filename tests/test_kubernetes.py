@@ -1,0 +1,215 @@
+"""deploy/kubernetes, proven without a cluster (none can run here): the schemas of the oldest and newest Kubernetes
+the manifests claim (kubernetes-validate, strict), as written and as `kubectl apply -k` renders them, and what a
+schema cannot check: labels that select, ports, users and variables that agree with the images and the README, and
+probe paths that the real services answer."""
+
+import copy
+import re
+import urllib.request
+
+import kubernetes_validate
+import pytest
+import yaml
+
+import serve
+from tests.support import ROOT, web_server
+
+KUSTOMIZATION = ROOT / "deploy" / "kubernetes"
+VERSIONS = ("1.25.0", "1.37.0")  # the oldest and the newest kubernetes-validate knows, and what the README claims
+CLUSTER_SCOPED = {"Namespace"}
+IMAGES = {"iris-api": "Dockerfile.api", "iris-web": "Dockerfile.web"}
+
+
+def load(path):
+    return [document for document in yaml.safe_load_all(path.read_text()) if document]
+
+
+def render():
+    """What `kubectl apply -k deploy/kubernetes` sends, for the kustomize fields the kustomization uses: the
+    resources, the namespace, labels (metadata only) and image names."""
+    kustomization = yaml.safe_load((KUSTOMIZATION / "kustomization.yaml").read_text())
+    assert set(kustomization) <= {"apiVersion", "kind", "namespace", "labels", "resources", "images"}
+    images = {image["name"]: f"{image['newName']}:{image['newTag']}" for image in kustomization["images"]}
+    rendered = []
+    for document in (d for resource in kustomization["resources"] for d in load(KUSTOMIZATION / resource)):
+        document = copy.deepcopy(document)
+        if document["kind"] not in CLUSTER_SCOPED:
+            document["metadata"]["namespace"] = kustomization["namespace"]
+        for pairs in kustomization["labels"]:
+            document["metadata"].setdefault("labels", {}).update(pairs["pairs"])
+        for container in containers_of(document):
+            container["image"] = images.get(container["image"], container["image"])
+        rendered.append(document)
+    return rendered
+
+
+def containers_of(document):
+    return document["spec"]["template"]["spec"]["containers"] if document["kind"] == "Deployment" else []
+
+
+def of_kind(documents, kind):
+    return [document for document in documents if document["kind"] == kind]
+
+
+def selects(selector, labels):
+    return bool(selector) and all(labels.get(key) == value for key, value in selector.items())
+
+
+@pytest.fixture(scope="module")
+def manifests():
+    return render()
+
+
+@pytest.fixture(scope="module")
+def deployments(manifests):
+    return {document["metadata"]["name"]: document for document in of_kind(manifests, "Deployment")}
+
+
+# --- The schemas -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_every_file_is_valid_for_the_kubernetes_it_claims(version):
+    for path in sorted(KUSTOMIZATION.glob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
+        for document in load(path):
+            kubernetes_validate.validate(document, version, strict=True)  # raises on any error
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_the_rendered_kustomization_is_valid(manifests, version):
+    assert {document["kind"] for document in manifests} == {
+        "Namespace", "Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler", "NetworkPolicy",
+        "Ingress"}
+    for document in manifests:
+        kubernetes_validate.validate(document, version, strict=True)
+
+
+def test_strict_validation_catches_a_misspelt_field(deployments):
+    wrong = copy.deepcopy(deployments["iris-api"])
+    wrong["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(wrong, VERSIONS[-1], strict=True)
+
+
+def test_no_credential_is_in_what_is_applied(manifests):
+    assert of_kind(manifests, "Secret") == []
+    example = load(KUSTOMIZATION / "secret.example.yaml")[0]
+    assert example["stringData"]["password"] == "CHANGE-ME"
+
+
+# --- What a schema cannot check --------------------------------------------------------------------------------
+
+
+def test_selectors_select_the_pods_they_mean(manifests, deployments):
+    pods = {name: deployment["spec"]["template"]["metadata"]["labels"] for name, deployment in deployments.items()}
+    for name, deployment in deployments.items():
+        assert selects(deployment["spec"]["selector"]["matchLabels"], pods[name])
+        for constraint in deployment["spec"]["template"]["spec"]["topologySpreadConstraints"]:
+            assert selects(constraint["labelSelector"]["matchLabels"], pods[name])
+    for document in of_kind(manifests, "Service") + of_kind(manifests, "PodDisruptionBudget"):
+        selector = document["spec"]["selector"]
+        selector = selector.get("matchLabels", selector)
+        assert [name for name, labels in pods.items() if selects(selector, labels)] == [document["metadata"]["name"]]
+    policy = of_kind(manifests, "NetworkPolicy")[0]["spec"]
+    assert [name for name, labels in pods.items() if selects(policy["podSelector"]["matchLabels"], labels)] == \
+        ["iris-api"]
+    allowed = [peer["podSelector"]["matchLabels"] for peer in policy["ingress"][0]["from"] if "podSelector" in peer]
+    assert [name for name, labels in pods.items() if any(selects(s, labels) for s in allowed)] == ["iris-web"]
+
+
+def test_services_ingress_and_autoscaler_point_at_what_exists(manifests, deployments):
+    services = {document["metadata"]["name"]: document for document in of_kind(manifests, "Service")}
+    for service in services.values():
+        pod_ports = {port["name"] for port in containers_of(deployments[service["metadata"]["name"]])[0]["ports"]}
+        assert {port["targetPort"] for port in service["spec"]["ports"]} <= pod_ports
+    for rule in of_kind(manifests, "Ingress")[0]["spec"]["rules"]:
+        backend = rule["http"]["paths"][0]["backend"]["service"]
+        assert backend["port"]["name"] in {port["name"] for port in services[backend["name"]]["spec"]["ports"]}
+    autoscaler = of_kind(manifests, "HorizontalPodAutoscaler")[0]["spec"]
+    assert autoscaler["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "iris-api"}
+    assert autoscaler["minReplicas"] == deployments["iris-api"]["spec"]["replicas"] == 3
+    assert deployments["iris-api"]["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def test_web_calls_the_api_through_its_service(deployments):
+    env = {item["name"]: item.get("value") for item in containers_of(deployments["iris-web"])[0]["env"]}
+    assert env["API_URL"] == "http://iris-api:8000"
+
+
+def dockerfile_says(dockerfile, pattern):
+    return re.findall(pattern, (ROOT / dockerfile).read_text(), re.M)
+
+
+@pytest.mark.parametrize("name", ["iris-api", "iris-web"])
+def test_ports_and_user_are_the_images(deployments, name):
+    dockerfile = IMAGES[name]
+    pod = deployments[name]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert [port["containerPort"] for port in container["ports"]] == [
+        int(port) for line in dockerfile_says(dockerfile, r"^EXPOSE (.+)$") for port in line.split()]
+    assert dockerfile_says(dockerfile, r"^USER (\d+)$") == [str(pod["securityContext"]["runAsUser"])]
+    assert dockerfile_says(dockerfile, r"useradd --uid (\d+)") == [str(pod["securityContext"]["runAsUser"])]
+
+
+@pytest.mark.parametrize("name", ["iris-api", "iris-web"])
+def test_the_restricted_pod_security_standard_is_met(manifests, deployments, name):
+    namespace = of_kind(manifests, "Namespace")[0]["metadata"]["labels"]
+    assert namespace["pod-security.kubernetes.io/enforce"] == "restricted"
+    pod = deployments[name]["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    for container in pod["containers"]:
+        assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                                "capabilities": {"drop": ["ALL"]}}
+        mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
+        assert "emptyDir" in next(v for v in pod["volumes"] if v["name"] == mounts["/tmp"])
+        assert set(container["resources"]["requests"]) == set(container["resources"]["limits"]) == {"cpu", "memory"}
+
+
+@pytest.mark.parametrize("name", ["iris-api", "iris-web"])
+def test_a_pod_stops_within_its_grace_period(deployments, name):
+    pod = deployments[name]["spec"]["template"]["spec"]
+    pause = int(pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][1])
+    assert pod["terminationGracePeriodSeconds"] > serve.GRACEFUL_TIMEOUT + pause
+
+
+def test_credentials_come_from_the_secret_as_a_file(deployments):
+    secret = load(KUSTOMIZATION / "secret.example.yaml")[0]
+    for deployment in deployments.values():
+        pod = deployment["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        env = {item["name"]: item for item in container["env"]}
+        assert "API_PASSWORD" not in env
+        volume = next(v for v in pod["volumes"] if "secret" in v)
+        assert volume["secret"]["secretName"] == secret["metadata"]["name"]
+        mount = next(m for m in container["volumeMounts"] if m["name"] == volume["name"])
+        assert env["API_PASSWORD_FILE"]["value"] == f"{mount['mountPath']}/{volume['secret']['items'][0]['path']}"
+        assert volume["secret"]["items"][0]["key"] in secret["stringData"]
+        assert env["API_USERNAME"]["valueFrom"]["secretKeyRef"]["key"] in secret["stringData"]
+
+
+def test_every_environment_variable_is_one_the_readme_documents(deployments):
+    readme = (ROOT / "README.md").read_text()
+    documented = set(re.findall(r"^\| `([A-Z_]+)`", readme, re.M))
+    named = {item["name"] for deployment in deployments.values()
+             for container in containers_of(deployment) for item in container["env"]}
+    assert named and named <= documented, named - documented
+
+
+def probe_paths(deployment):
+    container = containers_of(deployment)[0]
+    return {container[probe]["httpGet"]["path"] for probe in ("startupProbe", "readinessProbe", "livenessProbe")}
+
+
+def test_every_probe_path_answers_200_from_the_services_as_the_images_serve_them(deployments, served_api):
+    web = web_server(served_api.url)
+    try:
+        for name, server in (("iris-api", served_api), ("iris-web", web)):
+            for path in probe_paths(deployments[name]):
+                with urllib.request.urlopen(server.url + path, timeout=10) as response:
+                    assert response.status == 200, (name, path)
+    finally:
+        web.stop()
