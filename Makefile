@@ -3,14 +3,14 @@
 PYTHON ?= python3
 VENV ?= .venv
 
-# make stack: the Docker Swarm deployment (docker-stack.yml). Each of these can be set on the command line or in
-# the environment; several stacks run side by side with different STACK names and ports.
+# make stack: the Docker Swarm deployment (docker-stack.yml). Each of these, and the ports, replicas and settings
+# docker-stack.yml reads, can be set on the command line or in the environment; several stacks run side by side
+# with different STACK names and ports.
 STACK ?= iris
 TAG ?= latest
 STACK_FILES := .stack/$(STACK)
-export TAG API_REPLICAS API_PORT WEB_PORT API_TLS_PORT WEB_TLS_PORT API_USERNAME ACCESS_LOG LOGIN_FAILURES LOGIN_WINDOW
-export API_PASSWORD_SECRET ?= $(abspath $(STACK_FILES))/api_password
-export TLS_SECRET ?= $(abspath $(STACK_FILES))/tls.pem
+API_PASSWORD_SECRET ?= $(abspath $(STACK_FILES))/api_password
+TLS_SECRET ?= $(abspath $(STACK_FILES))/tls.pem
 # The address other swarm nodes reach this one at: the source address of this machine's default route.
 ADVERTISE_ADDR ?= $(shell ip route get 1.1.1.1 2>/dev/null | sed -n 's/.* src \([0-9.]*\).*/\1/p')
 
@@ -59,7 +59,8 @@ $(abspath $(STACK_FILES))/tls.pem:  # a self-signed certificate for localhost, f
 stack: images $(API_PASSWORD_SECRET) $(TLS_SECRET)  # deploy, and return once every service is healthy
 	[ "$$(docker info --format '{{.Swarm.LocalNodeState}}')" = active ] || \
 	    docker swarm init --advertise-addr $(ADVERTISE_ADDR)
-	docker stack deploy --resolve-image never --detach=false -c docker-stack.yml $(STACK)
+	TAG=$(TAG) API_PASSWORD_SECRET=$(API_PASSWORD_SECRET) TLS_SECRET=$(TLS_SECRET) \
+	    docker stack deploy --resolve-image never --detach=false -c docker-stack.yml $(STACK)
 
 stack-down:
 	docker stack rm $(STACK)

@@ -70,7 +70,7 @@ class Settings(service.Settings):
 def read_settings(environ):
     """Validated settings from environment variables; StartupError names the first bad one."""
     common = service.read_common_settings(environ, DEFAULT_PORT, "the API does not start without credentials")
-    return Settings(model_path=Path(environ.get("MODEL_PATH", DEFAULT_MODEL_PATH)), **common)
+    return Settings(model_path=Path(environ.get("MODEL_PATH") or DEFAULT_MODEL_PATH), **common)
 
 
 # --- Answers and input -----------------------------------------------------------------------------------------

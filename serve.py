@@ -53,7 +53,7 @@ class DeliberateThreads(logging.Filter):
 
 
 def positive_int(environ, name, default):
-    value = environ.get(name, str(default))
+    value = environ.get(name) or str(default)  # empty counts as unset, as in the apps' settings
     if not value.isdigit() or int(value) < 1:
         sys.exit(f"serve.py: {name} must be a whole number of at least 1, got {value!r}")
     return int(value)
@@ -64,7 +64,7 @@ def read_server_settings(name, environ):
     port = positive_int(environ, "PORT", DEFAULT_PORTS.get(name, 8000))
     if port > 65535:
         sys.exit(f"serve.py: PORT must be from 1 to 65535, got {port}")
-    return (environ.get("HOST", "127.0.0.1"), port, positive_int(environ, "WORKERS", DEFAULT_WORKERS),
+    return (environ.get("HOST") or "127.0.0.1", port, positive_int(environ, "WORKERS", DEFAULT_WORKERS),
             positive_int(environ, "THREADS", DEFAULT_THREADS))
 
 

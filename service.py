@@ -88,19 +88,20 @@ def read_common_settings(environ, default_port, why_credentials):
     username, password = environ.get("API_USERNAME"), read_password(environ)
     if not username or not password:
         raise StartupError(f"API_USERNAME and API_PASSWORD (or API_PASSWORD_FILE) must be set: {why_credentials}")
-    port = environ.get("PORT", str(default_port))
+    # An empty value counts as unset: compose files and Makefiles pass empty strings for variables nobody set.
+    port = environ.get("PORT") or str(default_port)
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise StartupError(f"PORT must be an integer from 1 to 65535, got {port!r}")
-    level = environ.get("LOG_LEVEL", "INFO").upper()
+    level = (environ.get("LOG_LEVEL") or "INFO").upper()
     if level not in LOG_LEVELS:
         raise StartupError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {level!r}")
-    log_format = environ.get("LOG_FORMAT", "text").lower()
+    log_format = (environ.get("LOG_FORMAT") or "text").lower()
     if log_format not in LOG_FORMATS:
         raise StartupError(f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, got {log_format!r}")
-    access_log = environ.get("ACCESS_LOG", DEFAULT_ACCESS_LOG).lower()
+    access_log = (environ.get("ACCESS_LOG") or DEFAULT_ACCESS_LOG).lower()
     if access_log not in ACCESS_LOGS:
         raise StartupError(f"ACCESS_LOG must be one of {', '.join(ACCESS_LOGS)}, got {access_log!r}")
-    return {"username": username, "password": password, "host": environ.get("HOST", DEFAULT_HOST),
+    return {"username": username, "password": password, "host": environ.get("HOST") or DEFAULT_HOST,
             "port": int(port), "log_level": level, "log_format": log_format, "access_log": access_log}
 
 
@@ -390,7 +391,7 @@ def cached_labels(metric):
 def start(name, log, read_settings, create_app):
     """Logging set up from the environment, then settings and app, or one clear line and exit 1 (StartupError)."""
     environ = os.environ
-    level, log_format = environ.get("LOG_LEVEL", "INFO").upper(), environ.get("LOG_FORMAT", "text").lower()
+    level, log_format = (environ.get("LOG_LEVEL") or "INFO").upper(), (environ.get("LOG_FORMAT") or "text").lower()
     configure_logging(level if level in LOG_LEVELS else "INFO", log_format if log_format in LOG_FORMATS else "text")
     try:
         settings = read_settings(environ)

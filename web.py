@@ -90,10 +90,10 @@ class Settings(service.Settings):
 def read_settings(environ):
     """Validated settings from environment variables; StartupError names the first bad one."""
     common = service.read_common_settings(environ, DEFAULT_PORT, "the web app needs them to call the API")
-    api_url = environ.get("API_URL", DEFAULT_API_URL).rstrip("/")
+    api_url = (environ.get("API_URL") or DEFAULT_API_URL).rstrip("/")
     if urlsplit(api_url).scheme not in ("http", "https") or not urlsplit(api_url).hostname:
         raise StartupError(f"API_URL must be an http:// or https:// URL, got {api_url!r}")
-    timeout = environ.get("API_TIMEOUT", str(DEFAULT_TIMEOUT))
+    timeout = environ.get("API_TIMEOUT") or str(DEFAULT_TIMEOUT)
     try:
         seconds = float(timeout)
     except ValueError:

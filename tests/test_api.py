@@ -526,3 +526,11 @@ def test_refused_requests_do_not_accumulate_memory(anonymous_api_client):
         tracemalloc.stop()
         logging.disable(logging.NOTSET)
     assert grown < 250_000, f"{grown} bytes kept after 1000 refused requests"
+
+
+def test_empty_settings_count_as_unset():
+    """Compose files and Makefiles pass empty strings for variables nobody set: those mean the default."""
+    empty = {name: "" for name in ("PORT", "HOST", "LOG_LEVEL", "LOG_FORMAT", "ACCESS_LOG", "MODEL_PATH")}
+    settings = api.read_settings({"API_USERNAME": "u", "API_PASSWORD": "p", **empty})
+    assert (settings.port, settings.host, settings.log_level, settings.log_format, settings.access_log,
+            settings.model_path) == (8000, "127.0.0.1", "INFO", "text", "errors", api.DEFAULT_MODEL_PATH)
