@@ -11,7 +11,8 @@ import webtest
 import api
 import train
 import web
-from tests.support import PASSWORD, USERNAME, api_server, free_port, serve_in_thread
+from tests.support import (PASSWORD, USERNAME, api_server, docker_available, free_port, remove_untagged_images,
+                           require, serve_in_thread, untagged_images)
 
 
 @pytest.fixture(scope="session")
@@ -20,6 +21,18 @@ def model_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("model") / "iris.joblib"
     train.main(["--output", str(path)])
     return path
+
+
+@pytest.fixture(scope="session")
+def docker_engine():
+    """A Docker engine for the tests that build and run the images. Each test removes the images it tagged; Docker
+    also keeps every build's training stage, untagged, as its cache. The tests share that cache while they run
+    (a second build of the API image takes seconds), and the ones this session added are removed at its end."""
+    require(docker_available(), "Docker Engine with the Compose plugin is not available "
+                                "(../shared/tools/docker-ready installs it)")
+    before = untagged_images()
+    yield
+    remove_untagged_images(keep=before)
 
 
 @pytest.fixture(scope="session")

@@ -67,6 +67,20 @@ def docker_available():
         subprocess.run(["docker", "info"], capture_output=True).returncode == 0
 
 
+def untagged_images():
+    """IDs of the images Docker keeps without a name, such as the earlier stages of a multi-stage build (its cache)."""
+    listed = subprocess.run(["docker", "images", "-q", "--no-trunc", "--filter", "dangling=true"],
+                            capture_output=True, text=True)
+    return set(listed.stdout.split())
+
+
+def remove_untagged_images(keep):
+    """Remove the untagged images that are not in keep; their parent layers go with them unless still in use."""
+    added = untagged_images() - keep
+    if added:
+        subprocess.run(["docker", "image", "rm", *added], capture_output=True)
+
+
 def readme_curl(port):
     """The exact curl command of the README's quick start, pointed at this API port."""
     readme = (ROOT / "README.md").read_text()

@@ -16,7 +16,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.http.auth import BasicAuth
 
-from tests.support import FLOWERS, ROOT, docker_available, free_port, query, readme_curl, require
+from tests.support import FLOWERS, ROOT, free_port, query, readme_curl, require
 
 SETOSA_QUERY = query(FLOWERS["setosa"])
 UP_TIMEOUT = 900  # a first build on a fresh machine downloads scikit-learn and friends
@@ -53,9 +53,7 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack():
-    require(docker_available(), "Docker Engine with the Compose plugin is not available "
-                                "(../shared/tools/docker-ready installs it)")
+def stack(docker_engine):
     stack = Stack()
     try:
         up = stack.compose("up", "--build", "-d", "--wait", check=False, timeout=UP_TIMEOUT)
@@ -65,7 +63,7 @@ def stack():
         yield stack
     finally:
         stack.compose("down", "-v", check=False, timeout=300)
-        # Untag this run's images; their layers stay in Docker's build cache for the next run.
+        # Untag this run's images; docker_engine removes the build cache the session added, at its end.
         subprocess.run(["docker", "image", "rm", f"{stack.project}-api", f"{stack.project}-web"], capture_output=True)
 
 

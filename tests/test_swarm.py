@@ -19,7 +19,7 @@ import uuid
 
 import pytest
 
-from tests.support import FLOWERS, ROOT, auth_header, docker_available, free_port, query, readme_curl, require, wait_ready
+from tests.support import FLOWERS, ROOT, auth_header, free_port, query, readme_curl, require, wait_ready
 
 LOGIN_WINDOW = 3  # seconds; the stack's default is 60
 LOGIN_FAILURES = 10
@@ -32,11 +32,9 @@ def docker(*args, check=True, timeout=300):
 
 
 @pytest.fixture(scope="module")
-def swarm():
+def swarm(docker_engine):
     """This engine's swarm: `make stack` makes a single-node one when the engine is in none, and then this leaves
     it afterwards (only then)."""
-    require(docker_available(), "Docker Engine with the Compose plugin is not available "
-                                "(../shared/tools/docker-ready installs it)")
     was_in_a_swarm = docker("info", "--format", "{{.Swarm.LocalNodeState}}").stdout.strip() == "active"
     had_gateway_bridge = bool(docker("network", "ls", "-q", "--filter", "name=^docker_gwbridge$").stdout.strip())
     try:

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.support import FLOWERS, PASSWORD, ROOT, USERNAME, Server, auth_header, free_port, query, wait_ready
+from tests.support import (FLOWERS, PASSWORD, ROOT, USERNAME, Server, auth_header, free_port, query,
+                           remove_untagged_images, untagged_images, wait_ready)
 
 AUTH = auth_header()["Authorization"]
 SETOSA = query(FLOWERS["setosa"])
@@ -386,8 +387,8 @@ def parse_args(argv):
 
 
 def stop(stack):
-    """Stop every server and container of a phase, whatever happened; untag the images it built (their layers stay
-    in Docker's build cache for the next run)."""
+    """Stop every server and container of a phase, whatever happened; untag the images it built (their build cache
+    stays until the end of the run, for the next phase)."""
     for item in reversed(stack):
         if isinstance(item, Server):
             item.stop()
@@ -400,17 +401,22 @@ def stop(stack):
 def main(argv=None):
     args = parse_args(argv)
     medians, figures = {}, {}
-    # One phase after another, so that what is measured shares the machine with nothing else of this run (idle
-    # servers beside it more than doubled the API container's p99 at 1 connection).
-    for phase in (loopback_phase, mlserver_phase, latency_phase, logging_phase):
-        stack = []
-        with tempfile.TemporaryDirectory(prefix="iris-bench-") as folder:
-            try:
-                cases, known, after_load = phase(args, folder, stack)
-                medians.update(measure(cases, args.rounds))
-                figures.update(known, **after_load())
-            finally:
-                stop(stack)
+    untagged_before = untagged_images() if docker_wanted(args) else None
+    try:
+        # One phase after another, so that what is measured shares the machine with nothing else of this run (idle
+        # servers beside it more than doubled the API container's p99 at 1 connection).
+        for phase in (loopback_phase, mlserver_phase, latency_phase, logging_phase):
+            stack = []
+            with tempfile.TemporaryDirectory(prefix="iris-bench-") as folder:
+                try:
+                    cases, known, after_load = phase(args, folder, stack)
+                    medians.update(measure(cases, args.rounds))
+                    figures.update(known, **after_load())
+                finally:
+                    stop(stack)
+    finally:
+        if untagged_before is not None:  # the build cache this run added goes too: the machine is left as found
+            remove_untagged_images(keep=untagged_before)
     report(medians, figures, args)
 
 
