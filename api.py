@@ -355,6 +355,7 @@ ROUTES = (
     ("GET", "/v2/health/live", open_inference.live, False),
     ("GET", "/v2/health/ready", open_inference.ready, False),
     ("GET", "/v2", open_inference.server_metadata, True),
+    ("GET", "/v2/", open_inference.server_metadata, True),  # the protocol's own OpenAPI document writes it so
     ("GET", "/v2/models/<name>", open_inference.model_metadata, True),
     ("GET", "/v2/models/<name>/versions/<version>", open_inference.model_metadata, True),
     ("GET", "/v2/models/<name>/ready", open_inference.model_ready, True),

@@ -60,6 +60,33 @@ def bad(field, message):
     return service.invalid([service.field_error(field, message)])
 
 
+def json_kind(value):
+    """What a JSON value is, in words: "an object", "null", ..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return {str: "a string", list: "an array", dict: "an object"}.get(type(value), "a number")
+
+
+def json_integer(value):
+    """The value as an int if JSON counts it an integer (4.0 is one, as in JSON Schema; true is not), else None."""
+    if type(value) is int:
+        return value
+    return int(value) if type(value) is float and value.is_integer() else None
+
+
+def expect(field, value, kind):
+    """The value, if its JSON type is kind (str, list, dict, int or bool: true is no integer here); else a 400 naming
+    the field. Every field is checked so before it is used, so no JSON value can reach code that assumes another."""
+    if kind is int and json_integer(value) is not None:
+        return json_integer(value)
+    if type(value) is not kind:
+        wanted = {str: "a string", list: "an array", dict: "an object", int: "an integer", bool: "true or false"}[kind]
+        raise bad(field, f"must be {wanted}, got {json_kind(value)}")
+    return value
+
+
 # --- Metadata and readiness ------------------------------------------------------------------------------------
 
 
@@ -138,56 +165,60 @@ def parse_header(text):
         raise bad(shorten(unknown[0]), "is not a field of an inference request; they are "
                                        f"{', '.join(sorted(REQUEST_FIELDS))}")
     for field in ("id", "model_name", "model_version"):
-        if not isinstance(header.get(field, ""), str):
-            raise bad(field, "must be a string")
+        if field in header:
+            expect(field, header[field], str)
     check_parameters("parameters", header.get("parameters", {}), "binary_data_output")
     return header
 
 
 def check_parameters(field, parameters, flag=None):
     """Parameters as the protocol has them: strings, numbers or booleans; `flag`, if there, a boolean."""
-    if not isinstance(parameters, dict) or not all(isinstance(value, (str, int, float)) for value in parameters.values()):
-        raise bad(field, "must be an object whose values are strings, numbers or booleans")
-    if flag in parameters and type(parameters[flag]) is not bool:
-        raise bad(f"{field}.{flag}", f"must be true or false, got {shorten(json.dumps(parameters[flag]))}")
+    expect(field, parameters, dict)
+    wrong = next((key for key, value in parameters.items() if not isinstance(value, (str, int, float))), None)
+    if wrong is not None:
+        raise bad(f"{field}.{shorten(wrong)}", f"must be a string, a number or a boolean, got "
+                                               f"{json_kind(parameters[wrong])}")
+    if flag in parameters:
+        expect(f"{field}.{flag}", parameters[flag], bool)
     return parameters
 
 
 def input_rows(header, binary):
     """The one input tensor as an (N, 4) float64 array of checked measurements."""
-    inputs = header.get("inputs")
-    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+    if "inputs" not in header:
+        raise bad("inputs", f"is required: one tensor, '{INPUT_NAME}' of shape [N, {len(FEATURES)}]")
+    inputs = expect("inputs", header["inputs"], list)
+    if len(inputs) != 1:
         raise bad("inputs", f"must hold exactly one tensor, '{INPUT_NAME}' of shape [N, {len(FEATURES)}]")
-    tensor, where = inputs[0], "inputs[0]"
+    tensor, where = expect("inputs[0]", inputs[0], dict), "inputs[0]"
     unknown = sorted(set(tensor) - TENSOR_FIELDS)
     if unknown:
         raise bad(f"{where}.{shorten(unknown[0])}", f"is not a field of a tensor; they are "
                                                     f"{', '.join(sorted(TENSOR_FIELDS))}")
-    if not isinstance(tensor.get("name"), str):
-        raise bad(f"{where}.name", "must be a string")
-    datatype = tensor.get("datatype")
+    expect(f"{where}.name", tensor.get("name"), str)
+    datatype = expect(f"{where}.datatype", tensor.get("datatype"), str)
     if datatype not in DATATYPES:
         raise bad(f"{where}.datatype", f"must be one of {', '.join(DATATYPES)}, got {shorten(json.dumps(datatype))}")
     rows = tensor_rows(where, tensor.get("shape"))
-    size = check_parameters(f"{where}.parameters", tensor.get("parameters", {})).get("binary_data_size")
-    if size is None:
+    parameters = check_parameters(f"{where}.parameters", tensor.get("parameters", {}))
+    if "binary_data_size" in parameters:
+        values = binary_values(where, tensor, binary, parameters["binary_data_size"], datatype, rows)
+    else:
         if binary:
             raise bad("body", f"has {len(binary)} bytes after the JSON header but no input names a binary_data_size")
         values = json_values(where, tensor.get("data"), datatype, rows)
-    else:
-        values = binary_values(where, tensor, binary, size, datatype, rows)
     rows = check_range(where, values.reshape(rows, len(FEATURES)))
     return shortest_decimals(rows) if datatype == "FP32" else rows
 
 
 def tensor_rows(where, shape):
     """N, from a shape of [N, 4] or [4]; a 413 past MAX_ROWS, before any data is read."""
-    valid = isinstance(shape, list) and all(type(dim) is int for dim in shape) and (
-        shape == [len(FEATURES)] or (len(shape) == 2 and shape[0] >= 1 and shape[1] == len(FEATURES)))
-    if not valid:
-        raise bad(f"{where}.shape", f"must be [N, {len(FEATURES)}] or [{len(FEATURES)}] ({', '.join(FEATURES)}), "
+    dims = [json_integer(dim) for dim in expect(f"{where}.shape", shape, list)]
+    columns = len(FEATURES)
+    if not (dims == [columns] or (len(dims) == 2 and dims[1] == columns and dims[0] is not None and dims[0] >= 1)):
+        raise bad(f"{where}.shape", f"must be [N, {columns}] or [{columns}] ({', '.join(FEATURES)}), "
                                     f"got {shorten(json.dumps(shape))}")
-    rows = shape[0] if len(shape) == 2 else 1
+    rows = dims[0] if len(dims) == 2 else 1
     if rows > MAX_ROWS:
         raise RequestError(413, f"{where} has {rows} rows; a request holds at most {MAX_ROWS}: split it")
     return rows
@@ -196,8 +227,7 @@ def tensor_rows(where, shape):
 def json_values(where, data, datatype, rows):
     """The tensor's JSON data, flat or one list per row, as a float64 array."""
     field = f"{where}.data"
-    if not isinstance(data, list):
-        raise bad(field, "must be a list of numbers, or of one list of 4 numbers per row")
+    expect(field, data, list)
     if data and all(type(row) is list for row in data):
         if len(data) != rows or any(len(row) != len(FEATURES) for row in data):
             raise bad(field, f"must hold {rows} lists of {len(FEATURES)} numbers, as its shape says")
@@ -220,9 +250,10 @@ def binary_values(where, tensor, binary, size, datatype, rows):
     """The tensor's bytes from the binary part of the body, as a float64 array."""
     dtype = np.dtype(DATATYPES[datatype])
     expected = rows * len(FEATURES) * dtype.itemsize
+    size = expect(f"{where}.parameters.binary_data_size", size, int)
     if "data" in tensor:
         raise bad(f"{where}.data", "must be absent when the tensor's bytes follow the JSON (binary_data_size)")
-    if type(size) is not int or size != expected:
+    if size != expected:
         raise bad(f"{where}.parameters.binary_data_size", f"must be {expected} ({rows} x {len(FEATURES)} x "
                                                            f"{dtype.itemsize} bytes), got {shorten(json.dumps(size))}")
     if len(binary) != size:
@@ -253,18 +284,20 @@ def check_range(where, rows):
 def requested_outputs(header):
     """[(output name, as binary data?)] in the order asked, every output when none is named."""
     default_binary = header.get("parameters", {}).get("binary_data_output", False)
-    outputs = header.get("outputs")
-    if outputs is None:
+    if "outputs" not in header:
         return [(name, default_binary) for name in OUTPUTS]
-    if not isinstance(outputs, list):
-        raise bad("outputs", "must be a list of {\"name\": ...} objects")
+    outputs = expect("outputs", header["outputs"], list)
+    if len(outputs) > len(OUTPUTS):
+        raise bad("outputs", f"names at most {len(OUTPUTS)} outputs, got {len(outputs)}")
     requested = []
     for index, output in enumerate(outputs):
         where = f"outputs[{index}]"
-        if not isinstance(output, dict) or output.get("name") not in OUTPUTS or not set(output) <= {"name",
-                                                                                                     "parameters"}:
-            raise bad(where, f"must be {{\"name\": ...}} with a name among {', '.join(OUTPUTS)}, got "
-                             f"{shorten(json.dumps(output))}")
+        unknown = sorted(set(expect(where, output, dict)) - {"name", "parameters"})
+        if unknown:
+            raise bad(f"{where}.{shorten(unknown[0])}", "is not a field of a requested output; they are name and "
+                                                        "parameters")
+        if expect(f"{where}.name", output.get("name"), str) not in OUTPUTS:
+            raise bad(f"{where}.name", f"must be one of {', '.join(OUTPUTS)}, got {shorten(json.dumps(output['name']))}")
         parameters = check_parameters(f"{where}.parameters", output.get("parameters", {}), "binary_data")
         requested.append((output["name"], parameters.get("binary_data", default_binary)))
     return requested

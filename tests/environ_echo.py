@@ -1,10 +1,17 @@
-"""A WSGI app that answers with its request's environ: what serve.py hands to apps, for test_serve.py."""
+"""A WSGI app that answers with its request's environ, and with what service.py makes of it (media type, body): what
+a server hands to apps, for test_serve.py."""
 
 import json
 
+import service
+
+
+def echo(environ, start_response):
+    seen = {key: str(value) for key, value in environ.items()}
+    seen["as read"] = {"media type": service.media_type(environ), "body": service.read_body(environ).decode()}
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [json.dumps(seen).encode()]
+
 
 def app_from_env():
-    def echo(environ, start_response):
-        start_response("200 OK", [("Content-Type", "application/json")])
-        return [json.dumps({key: str(value) for key, value in environ.items()}).encode()]
     return echo

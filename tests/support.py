@@ -18,7 +18,7 @@ import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.simple_server import WSGIServer, make_server
 
 import pytest
 
@@ -123,15 +123,12 @@ class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
     daemon_threads = True
 
 
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
 @contextmanager
 def serve_in_thread(app):
-    """Serve a WSGI app on a free 127.0.0.1 port in a thread; yields its base URL and stops it afterwards."""
-    server = make_server("127.0.0.1", 0, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler)
+    """Serve a WSGI app on a free 127.0.0.1 port in a thread, with the request handler of `python api.py`; yields its
+    base URL and stops it afterwards."""
+    server = make_server("127.0.0.1", 0, app, server_class=_ThreadingWSGIServer,
+                         handler_class=service.DevelopmentRequestHandler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -177,10 +174,15 @@ class Server:
         Path(self.log.name).unlink(missing_ok=True)
 
 
-def api_server(model_path, **env):
-    """The API served as its image serves it, ready to answer."""
+# The two ways the README runs the API: the production server, and Bottle's development server (`make api`).
+API_SERVERS = ("serve.py", "api.py")
+
+
+def api_server(model_path, server="serve.py", **env):
+    """The API served as its image serves it (or, with server="api.py", as `python api.py` does), ready to answer."""
+    command = (lambda port: [sys.executable, "api.py"]) if server == "api.py" else None
     server = Server("api", {"API_USERNAME": USERNAME, "API_PASSWORD": PASSWORD,
-                                           "MODEL_PATH": str(model_path), "LOG_LEVEL": "WARNING", **env})
+                            "MODEL_PATH": str(model_path), "LOG_LEVEL": "WARNING", **env}, command)
     wait_ready(server.url + "/readyz")
     return server
 

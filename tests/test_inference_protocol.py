@@ -2,6 +2,7 @@
 it (serve.py), and every error class through WebTest."""
 
 import json
+import re
 import struct
 import urllib.request
 
@@ -14,7 +15,7 @@ from tritonclient.http.auth import BasicAuth
 from tritonclient.utils import InferenceServerException
 
 import api
-from tests.support import FLOWERS, PASSWORD, USERNAME, auth_header, query
+from tests.support import FLOWERS, PASSWORD, ROOT, USERNAME, auth_header, query
 
 MODEL = "iris-classifier"
 CLASSES = ["setosa", "versicolor", "virginica"]
@@ -22,9 +23,9 @@ FLOWER_ROWS = np.array([FLOWERS["setosa"], FLOWERS["versicolor"], FLOWERS["virgi
 
 
 @pytest.fixture(scope="module")
-def triton_client(served_api):
+def triton_client(protocol_api):
     """tritonclient's HTTP client, with basic auth, pointed at the served API."""
-    client = triton.InferenceServerClient(url=f"127.0.0.1:{served_api.port}")
+    client = triton.InferenceServerClient(url=f"127.0.0.1:{protocol_api.port}")
     client.register_plugin(BasicAuth(USERNAME, PASSWORD))
     yield client
     client.close()
@@ -88,9 +89,9 @@ def test_outputs_in_the_order_asked(triton_client):
     assert result.as_numpy("predict_proba") is None
 
 
-def test_a_versioned_path_and_one_row_of_shape_4(served_api, version):
+def test_a_versioned_path_and_one_row_of_shape_4(protocol_api, version):
     body = {"inputs": [{"name": "input-0", "shape": [4], "datatype": "FP64", "data": list(FLOWERS["setosa"])}]}
-    response = call(served_api, f"/v2/models/{MODEL}/versions/{version}/infer", body)
+    response = call(protocol_api, f"/v2/models/{MODEL}/versions/{version}/infer", body)
     assert response["outputs"][0] == {"name": "predict", "datatype": "BYTES", "shape": [1], "data": ["setosa"]}
 
 
@@ -108,8 +109,8 @@ def test_unknown_models_and_versions(triton_client, change, status, words):
     assert caught.value.status() == str(status) and words in caught.value.message()
 
 
-def test_wrong_credentials_are_refused(served_api):
-    client = triton.InferenceServerClient(url=f"127.0.0.1:{served_api.port}")
+def test_wrong_credentials_are_refused(protocol_api):
+    client = triton.InferenceServerClient(url=f"127.0.0.1:{protocol_api.port}")
     client.register_plugin(BasicAuth(USERNAME, "wrong"))
     try:
         assert client.is_server_live()  # probes need no credentials
@@ -120,13 +121,13 @@ def test_wrong_credentials_are_refused(served_api):
         client.close()
 
 
-def test_every_iris_flower_gets_the_answer_of_api_v1(triton_client, served_api):
+def test_every_iris_flower_gets_the_answer_of_api_v1(triton_client, protocol_api):
     """predict and predict_proba from /v2 equal /api/v1.0's answer for each of the 150 flowers (FP64: no rounding)."""
     rows = load_iris().data
     result = infer(triton_client, rows, "FP64")
     labels, probabilities = result.as_numpy("predict"), result.as_numpy("predict_proba")
     for row, label, row_probabilities in zip(rows, labels, probabilities):
-        answer = get(served_api, "/api/v1.0?" + query(tuple(float(value) for value in row)))
+        answer = get(protocol_api, "/api/v1.0?" + query(tuple(float(value) for value in row)))
         assert label.decode() == answer["prediction"]
         assert dict(zip(CLASSES, row_probabilities.tolist())) == answer["probabilities"]
 
@@ -172,7 +173,7 @@ def with_tensor(**changes):
     (b"[]", "body must be a JSON object"),
     ({"inputs": [SETOSA_TENSOR], "model": "x"}, "model is not a field of an inference request"),
     ({"id": 7, "inputs": [SETOSA_TENSOR]}, "id must be a string"),
-    ({}, "inputs must hold exactly one tensor"),
+    ({}, "inputs is required"),
     ({"inputs": [SETOSA_TENSOR, SETOSA_TENSOR]}, "inputs must hold exactly one tensor"),
     (with_tensor(datatype="FP16"), "inputs[0].datatype must be one of FP32, FP64"),
     (with_tensor(datatype="BYTES"), "got \"BYTES\""),
@@ -189,16 +190,80 @@ def with_tensor(**changes):
     (b'{"inputs": [{"name": "x", "shape": [4], "datatype": "FP64", "data": [1e999, 3.5, 1.4, 0.2]}]}', "got inf"),
     (with_tensor(extra=1), "inputs[0].extra is not a field of a tensor"),
     (with_tensor(parameters={"binary_data_size": 32}), "inputs[0].data must be absent when the tensor's bytes follow"),
-    ({"inputs": [SETOSA_TENSOR], "outputs": [{"name": "probability"}]}, "outputs[0] must be {\"name\": ...}"),
-    ({"inputs": [SETOSA_TENSOR], "outputs": {"name": "predict"}}, "outputs must be a list"),
+    ({"inputs": [SETOSA_TENSOR], "outputs": [{"name": "probability"}]}, "outputs[0].name must be one of predict, predict_proba, out_of_range, got \"probability\""),
+    ({"inputs": [SETOSA_TENSOR], "outputs": {"name": "predict"}}, "outputs must be an array, got an object"),
     ({"inputs": [SETOSA_TENSOR], "parameters": {"binary_data_output": "yes"}},
      "parameters.binary_data_output must be true or false"),
-    ({"inputs": [SETOSA_TENSOR], "parameters": {"deep": {"a": 1}}}, "parameters must be an object whose values"),
+    ({"inputs": [SETOSA_TENSOR], "parameters": {"deep": {"a": 1}}}, "parameters.deep must be a string, a number or a boolean, got an object"),
 ])
 def test_a_bad_inference_request_gets_a_400_naming_the_field(api_client, body, words):
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     response = api_client.post(INFER, raw, content_type="application/json", status=400)
     assert words in error_of(response)
+
+
+# Every field of an inference request, where it sits in VALID_REQUEST, the field the error must name, and the JSON
+# kinds it may have: each other kind of JSON value put there must give a 400 that names that field.
+JSON_VALUES = {"an object": {"a": 1}, "an array": [1], "a string": "x", "a number": 1.5, "an integer": 3,
+               "a boolean": True, "null": None}
+VALID_REQUEST = {"id": "r-1", "model_name": MODEL, "model_version": "1", "parameters": {"binary_data_output": False},
+                 "inputs": [{**SETOSA_TENSOR, "parameters": {"custom": "x"}}],
+                 "outputs": [{"name": "predict", "parameters": {"binary_data": False}}]}
+REQUEST_FIELDS = [
+    (("id",), "id", {"a string"}),
+    (("model_name",), "model_name", {"a string"}),
+    (("model_version",), "model_version", {"a string"}),
+    (("parameters",), "parameters", {"an object"}),
+    (("parameters", "binary_data_output"), "parameters.binary_data_output", {"a boolean"}),
+    (("parameters", "custom"), "parameters.custom", {"a string", "a number", "an integer", "a boolean"}),
+    (("inputs",), "inputs", {"an array"}),
+    (("inputs", 0), "inputs[0]", {"an object"}),
+    (("inputs", 0, "name"), "inputs[0].name", {"a string"}),
+    (("inputs", 0, "shape"), "inputs[0].shape", {"an array"}),
+    (("inputs", 0, "shape", 0), "inputs[0].shape", {"an integer"}),
+    (("inputs", 0, "datatype"), "inputs[0].datatype", {"a string"}),
+    (("inputs", 0, "parameters"), "inputs[0].parameters", {"an object"}),
+    (("inputs", 0, "parameters", "custom"), "inputs[0].parameters.custom",
+     {"a string", "a number", "an integer", "a boolean"}),
+    (("inputs", 0, "parameters", "binary_data_size"), "inputs[0].parameters.binary_data_size", {"an integer"}),
+    (("inputs", 0, "data"), "inputs[0].data", {"an array"}),
+    (("inputs", 0, "data", 0), "inputs[0].data[0]", {"a number", "an integer"}),
+    (("outputs",), "outputs", {"an array"}),
+    (("outputs", 0), "outputs[0]", {"an object"}),
+    (("outputs", 0, "name"), "outputs[0].name", {"a string"}),
+    (("outputs", 0, "parameters"), "outputs[0].parameters", {"an object"}),
+    (("outputs", 0, "parameters", "binary_data"), "outputs[0].parameters.binary_data", {"a boolean"}),
+]
+
+
+def with_value(path, value):
+    """VALID_REQUEST with the value at path replaced."""
+    body = json.loads(json.dumps(VALID_REQUEST))
+    parent = body
+    for key in path[:-1]:
+        parent = parent[key]
+    parent[path[-1]] = value
+    return body
+
+
+def test_the_valid_request_of_the_type_table_is_answered(api_client):
+    response = api_client.post(INFER, json.dumps(VALID_REQUEST), content_type="application/json")
+    assert response.json["outputs"][0]["data"] == ["setosa"]
+
+
+@pytest.mark.parametrize("path, field, kind", [
+    (path, field, kind) for path, field, allowed in REQUEST_FIELDS for kind in JSON_VALUES if kind not in allowed
+], ids=lambda value: value if isinstance(value, str) else ".".join(map(str, value)))
+def test_every_field_of_the_wrong_json_type_gets_a_400_naming_it(api_client, path, field, kind):
+    body = with_value(path, JSON_VALUES[kind])
+    response = api_client.post(INFER, json.dumps(body), content_type="application/json", status=400)
+    assert error_of(response).startswith(f"{field} "), (kind, response.json)
+
+
+def test_the_outside_judges_request_gets_a_400_naming_the_datatype(api_client):
+    body = {"inputs": [{"name": "", "shape": [], "datatype": {}, "parameters": {}, "data": []}]}
+    response = api_client.post(INFER, json.dumps(body), content_type="application/json", status=400)
+    assert error_of(response) == "inputs[0].datatype must be a string, got an object"
 
 
 def binary_request(rows, header_extra=None, size=None, tail=b""):
@@ -311,3 +376,15 @@ def test_v2_requests_and_predictions_are_counted(model_path):
     assert 'iris_api_predictions_total{class="setosa"} 2.0' in metrics
     assert 'iris_api_predictions_total{class="virginica"} 1.0' in metrics
     assert 'iris_api_inputs_out_of_range_total{feature="sepal_length"} 1.0' in metrics
+
+
+def test_the_readmes_tritonclient_example_runs_as_written(protocol_api, capsys):
+    """The README's Python example, word for word but for the address and the credentials, under both servers."""
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    example = next(block for block in blocks if "tritonclient" in block)
+    assert 'url="localhost:8000"' in example and 'BasicAuth("my_username", "my_password")' in example
+    example = example.replace('url="localhost:8000"', f'url="127.0.0.1:{protocol_api.port}"').replace(
+        'BasicAuth("my_username", "my_password")', f"BasicAuth({USERNAME!r}, {PASSWORD!r})")
+    exec(compile(example, "README.md", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "[b'setosa' b'virginica']", printed

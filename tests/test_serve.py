@@ -1,13 +1,16 @@
 """serve.py, the production server's configuration: what it refuses, and what it hands to the apps."""
 
 import json
+import socket
 import subprocess
 import sys
 import urllib.request
+from contextlib import contextmanager
 
 import pytest
 
-from tests.support import PASSWORD, ROOT, USERNAME, Server, wait_ready
+from tests import environ_echo
+from tests.support import API_SERVERS, PASSWORD, ROOT, USERNAME, Server, serve_in_thread, wait_ready
 
 
 def test_the_password_does_not_reach_the_apps_environ():
@@ -36,3 +39,50 @@ def test_a_bad_setting_stops_the_server_with_one_line(model_path, environ, messa
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+@contextmanager
+def echo_server(server):
+    """The environ echo under serve.py (granian) or under `python api.py`'s request handler; yields its port."""
+    if server == "api.py":
+        with serve_in_thread(environ_echo.echo) as url:
+            yield int(url.rsplit(":", 1)[1])
+        return
+    process = Server("tests.environ_echo", {"API_USERNAME": USERNAME, "API_PASSWORD": PASSWORD})
+    try:
+        wait_ready(process.url + "/")
+        yield process.port
+    finally:
+        process.stop()
+
+
+def environ_of(port, request):
+    """The environ (and what service.py reads from it) that a raw HTTP/1.1 request gets; its lines end in \\n here."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request.replace(b"\n", b"\r\n"))
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return json.loads(answer.partition(b"\r\n\r\n")[2])
+
+
+@pytest.mark.parametrize("server", API_SERVERS)
+@pytest.mark.parametrize("request_bytes, check", [
+    # tritonclient sends its JSON with no Content-Type: wsgiref alone says text/plain, and /v2 refused it (415).
+    (b"POST /v2 HTTP/1.1\nHost: x\nContent-Length: 2\nConnection: close\n\n{}",
+     lambda seen: seen["as read"] == {"media type": "", "body": "{}"}),
+    (b"POST /v2 HTTP/1.1\nHost: x\nContent-Type: Application/JSON; charset=utf-8\nContent-Length: 2\n"
+     b"Connection: close\n\n{}", lambda seen: seen["as read"] == {"media type": "application/json", "body": "{}"}),
+    # A chunked body is read whole (wsgiref alone handed the app an empty one).
+    (b"POST /v2 HTTP/1.1\nHost: x\nTransfer-Encoding: chunked\nConnection: close\n\n2\n{\"\n3;x=1\na\":\n"
+     b"3\n 1}\n0\n\n", lambda seen: seen["as read"]["body"] == '{"a": 1}'),
+    # No body at all reads as empty, whether the server says CONTENT_LENGTH "" or nothing.
+    (b"GET /v2 HTTP/1.1\nHost: x\nConnection: close\n\n", lambda seen: seen["as read"]["body"] == ""),
+    # Both file a header spelt with "_" as the one spelt with "-": nothing may trust such a header from a client.
+    (b"GET /v2 HTTP/1.1\nHost: x\nX_Request_ID: sent\nConnection: close\n\n",
+     lambda seen: seen["HTTP_X_REQUEST_ID"] == "sent"),
+], ids=["no content type", "content type with parameters", "chunked body", "no body", "underscore header"])
+def test_both_servers_hand_the_apps_the_same_request(server, request_bytes, check):
+    with echo_server(server) as port:
+        seen = environ_of(port, request_bytes)
+    assert check(seen), {key: value for key, value in seen.items() if key.isupper() or key == "as read"}
