@@ -24,8 +24,8 @@ $(VENV)/installed: requirements.txt requirements-web.txt requirements-test.txt
 test: $(VENV)/installed
 	$(VENV)/bin/python -m pytest
 
-train: $(VENV)/installed  # make train MODEL=random_forest for another algorithm
-	$(VENV)/bin/python train.py $(if $(MODEL),--model $(MODEL))
+train: $(VENV)/installed  # make train MODEL=random_forest DATASET=wine for another algorithm or table
+	$(VENV)/bin/python train.py $(if $(MODEL),--model $(MODEL)) $(if $(DATASET),--dataset $(DATASET))
 
 api: $(VENV)/installed
 	$(VENV)/bin/python api.py
@@ -42,8 +42,9 @@ bench: $(VENV)/installed  # the performance tables of the README (needs wrk and 
 load: $(VENV)/installed  # 100,000 mixed requests, every answer checked (needs a trained model: make train)
 	$(VENV)/bin/python -m tools.load
 
-images:  # iris-api, iris-web and iris-lb, tagged TAG; make images MODEL=random_forest TAG=rf for another model
-	docker build -f Dockerfile.api $(if $(MODEL),--build-arg MODEL=$(MODEL)) -t iris-api:$(TAG) .
+images:  # iris-api, iris-web and iris-lb, tagged TAG; make images DATASET=wine MODEL=random_forest TAG=wine-rf
+	docker build -f Dockerfile.api $(if $(MODEL),--build-arg MODEL=$(MODEL)) $(if $(DATASET),--build-arg DATASET=$(DATASET)) \
+	    -t iris-api:$(TAG) .
 	docker build -f Dockerfile.web -t iris-web:$(TAG) .
 	docker build -f Dockerfile.lb -t iris-lb:$(TAG) .
 

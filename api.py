@@ -1,4 +1,4 @@
-"""Iris prediction API: serves the model trained by train.py as JSON, behind HTTP basic auth.
+"""The prediction API: serves the model trained by train.py (iris by default) as JSON, behind HTTP basic auth.
 
 Run it locally (Bottle's development server):
     API_USERNAME=my_username API_PASSWORD=my_password python api.py
@@ -15,18 +15,17 @@ Environment, read once at start-up:
     LOG_FORMAT         text or json (default: text)
     ACCESS_LOG         errors, all or off: which requests get a log line (default: errors)
 
-Endpoints: GET /api/v1.0 (one prediction from the query string), POST /api/v1.0/predict (a batch),
-GET /api/v1.0/model (metadata), GET /metrics (Prometheus), GET /healthz, GET /readyz and GET /openapi.json
-(the contract, openapi.json beside this file), and the Open Inference Protocol under /v2 (open_inference.py); see
-README.md. The model itself is model.py's job; the plumbing shared with web.py (settings, credentials, requests,
-logs, metrics exposition, start-up) is service.py's.
+Endpoints: GET /api/v1.0 (one prediction from the query string: the model's inputs by name), POST
+/api/v1.0/predict (a batch), GET /api/v1.0/model (metadata), GET /metrics (Prometheus), GET /healthz, GET /readyz
+and GET /openapi.json (the contract: openapi.json beside this file with the model's inputs put in, contract.py),
+and the Open Inference Protocol under /v2 (open_inference.py); see README.md. The model itself is model.py's job,
+the rules its inputs follow inputs.py's; the plumbing shared with web.py (settings, credentials, requests, logs,
+metrics exposition, start-up) is service.py's.
 """
 
 import functools
 import json
 import logging
-import math
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,12 +36,16 @@ import numpy as np
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+import contract
+import devserver
 import open_inference
 import service
-from model import FEATURES, MAX_CM, MAX_ROWS, answers, load_model, predict_all, self_test
+from model import MAX_ROWS, answers, load_model, predict_all, self_test
 from service import MAX_BODY_BYTES, RequestError, StartupError, field_error, invalid, parse_json, shorten
 
-MAX_QUERY_FIELDS = 16
+# Query parameters beyond the model's own inputs that a request may carry and still be answered (with a 400 naming
+# them); more is refused before any is read.
+EXTRA_QUERY_FIELDS = 12
 MAX_REPORTED_ERRORS = 20
 DEMO_PASSWORD = "my_password"
 CHALLENGE = {"WWW-Authenticate": 'Basic realm="iris-api", charset="UTF-8"'}
@@ -53,8 +56,6 @@ DEFAULT_PORT = 8000
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 JSON_TYPE = "application/json"
 PROBLEM_TYPE = "application/problem+json"
-# Plain decimal notation only: float() alone would also take 'nan', 'inf', '1_0' and surrounding spaces.
-DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")  # ASCII digits only
 
 logger = logging.getLogger(__name__)
 
@@ -90,22 +91,6 @@ def problem(error):
                                headers={"Content-Type": PROBLEM_TYPE, **error.headers})
 
 
-def check_measurement(value):
-    """A measurement in cm as the API accepts it; ValueError says what is wrong."""
-    if not math.isfinite(value):
-        raise ValueError("must be a finite number")
-    if not 0 < value <= MAX_CM:
-        raise ValueError(f"must be greater than 0 and at most {MAX_CM:g} cm, got {value:g}")
-    return value
-
-
-def parse_measurement(text):
-    """A query-string value as a measurement in cm."""
-    if not DECIMAL.fullmatch(text):
-        raise ValueError(f"must be a decimal number in cm, got {shorten(text)!r}")
-    return check_measurement(float(text))
-
-
 def unquote_utf8(raw):
     """A percent-encoded query component (bytes) as text; UnicodeDecodeError when it is not UTF-8."""
     if b"%" in raw or b"+" in raw:
@@ -113,66 +98,67 @@ def unquote_utf8(raw):
     return raw.decode("utf-8")
 
 
-def parse_query(query_string):
-    """The four features from a raw WSGI query string, or a 400 naming every problem."""
+def query_pairs(query_string, limit):
+    """(name, value) pairs of a raw WSGI query string, or a 400 when there are too many or they are not UTF-8."""
     # WSGI hands the query over as latin-1; the bytes a client sent must be UTF-8.
     parts = [part for part in query_string.encode("latin-1").split(b"&") if part]
-    if len(parts) > MAX_QUERY_FIELDS:
-        raise invalid([field_error("query", f"has more than {MAX_QUERY_FIELDS} parameters")])
+    if len(parts) > limit:
+        raise invalid([field_error("query", f"has more than {limit} parameters")])
     try:
-        pairs = [(unquote_utf8(key), unquote_utf8(value)) for key, _, value in (p.partition(b"=") for p in parts)]
+        return [(unquote_utf8(key), unquote_utf8(value)) for key, _, value in (p.partition(b"=") for p in parts)]
     except UnicodeDecodeError:
         raise invalid([field_error("query", "is not valid UTF-8")]) from None
+
+
+def parse_query(schema, query_string):
+    """The model's inputs from a raw WSGI query string, by name, or a 400 naming every problem."""
     given = {}
-    for key, value in pairs:
+    for key, value in query_pairs(query_string, len(schema.inputs) + EXTRA_QUERY_FIELDS):
         given.setdefault(key, []).append(value)
-    errors = [field_error(shorten(key), f"is not a parameter of this endpoint; the parameters are {', '.join(FEATURES)}")
-              for key in given if key not in FEATURES]
+    errors = [field_error(shorten(key), f"is not a parameter of this endpoint; the parameters are "
+                                        f"{', '.join(schema.names)}") for key in given if key not in schema.by_name]
     features = {}
-    for name in FEATURES:
-        values = given.get(name, [])
+    for item in schema.inputs:
+        values = given.get(item.name, [])
         if len(values) != 1:
-            errors.append(field_error(name, "is required" if not values else f"was given {len(values)} times; give it once"))
+            errors.append(field_error(item.name, "is required" if not values else
+                                      f"was given {len(values)} times; give it once"))
             continue
         try:
-            features[name] = parse_measurement(values[0])
+            features[item.name] = item.parse_text(values[0])
         except ValueError as err:
-            errors.append(field_error(name, str(err)))
+            errors.append(field_error(item.name, str(err)))
     if errors:
         raise invalid(errors)
     return features
 
 
-def parse_row(index, row):
-    """One batch row, a list of four numbers or an object with the four names, as floats; or its errors."""
-    where = f"instances[{index}]"
+def parse_row(schema, index, row):
+    """One batch row, a list of values in input order or an object by name, checked; or its errors."""
+    where, names, count = f"instances[{index}]", schema.names, len(schema.inputs)
+    what = "numbers" if schema.numeric else "values"
     if isinstance(row, dict):
-        unknown = [key for key in row if key not in FEATURES]
-        missing = [name for name in FEATURES if name not in row]
-        if unknown or missing:
-            return None, [field_error(where, f"must have exactly the keys {', '.join(FEATURES)}")]
-        values, fields = [row[name] for name in FEATURES], [f"{where}.{name}" for name in FEATURES]
+        if set(row) != set(names):
+            return None, [field_error(where, f"must have exactly the keys {', '.join(names)}")]
+        values, fields = [row[name] for name in names], [f"{where}.{name}" for name in names]
     elif isinstance(row, list):
-        if len(row) != len(FEATURES):
-            return None, [field_error(where, f"must have {len(FEATURES)} numbers ({', '.join(FEATURES)}), got {len(row)}")]
-        values, fields = row, [f"{where}[{i}]" for i in range(len(FEATURES))]
+        if len(row) != count:
+            return None, [field_error(where, f"must have {count} {what} ({', '.join(names)}), got {len(row)}")]
+        values, fields = row, [f"{where}[{i}]" for i in range(count)]
     else:
-        return None, [field_error(where, f"must be a list of {len(FEATURES)} numbers or an object with the four names")]
-    errors = []
-    for field, value in zip(fields, values):
-        # bool is a subclass of int in Python, but true is not a length.
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            errors.append(field_error(field, f"must be a number, got {json.dumps(value)[:40]}"))
-            continue
+        return None, [field_error(where, f"must be a list of {count} {what} or an object with the names "
+                                         f"{', '.join(names)}")]
+    checked, errors = [], []
+    for item, field, value in zip(schema.inputs, fields, values):
         try:
-            check_measurement(float(value))
-        except (ValueError, OverflowError) as err:
-            errors.append(field_error(field, str(err) if isinstance(err, ValueError) else "must be a finite number"))
-    return (None if errors else [float(value) for value in values]), errors
+            checked.append(item.parse_json(value))
+        except ValueError as err:
+            errors.append(field_error(field, str(err)))
+    return (None if errors else checked), errors
 
 
-def parse_instances(document):
-    """The batch body as an (n, 4) array, or a 400 naming every bad row, or a 413 when it is too long."""
+def parse_instances(schema, document):
+    """The batch body as an (n, inputs) array, or a 400 naming every bad row, or a 413 when it is too long."""
     if not isinstance(document, dict) or list(document) != ["instances"]:
         raise invalid([field_error("body", "must be a JSON object with exactly one key, 'instances'")])
     rows = document["instances"]
@@ -180,23 +166,23 @@ def parse_instances(document):
         raise invalid([field_error("instances", "must be a non-empty list of rows")])
     if len(rows) > MAX_ROWS:
         raise RequestError(413, f"A batch holds at most {MAX_ROWS} instances, got {len(rows)}; split it.")
-    matrix = plain_matrix(rows)
+    matrix = plain_matrix(schema, rows) if schema.numeric else None
     if matrix is not None:
         return matrix
-    matrix, errors = [], []
+    checked, errors = [], []
     for index, row in enumerate(rows):
-        values, row_errors = parse_row(index, row)
-        matrix.append(values)
+        values, row_errors = parse_row(schema, index, row)
+        checked.append(values)
         errors.extend(row_errors)
     if errors:
         raise invalid(errors)
-    return np.array(matrix, dtype=float)
+    return schema.matrix(checked)
 
 
-def plain_matrix(rows):
-    """The common case in one vectorised pass: every row a list of four in-range numbers. None otherwise, and
-    parse_row() then names each problem."""
-    if not all(type(row) is list and len(row) == len(FEATURES) for row in rows):
+def plain_matrix(schema, rows):
+    """The common case of a numeric model in one vectorised pass: every row a list of valid numbers. None otherwise,
+    and parse_row() then names each problem."""
+    if not all(type(row) is list and len(row) == len(schema.inputs) for row in rows):
         return None
     # np.array would quietly turn true into 1.0 and "1" into 1.0: only JSON numbers may pass.
     if not all(type(value) is float or type(value) is int for row in rows for value in row):
@@ -205,9 +191,7 @@ def plain_matrix(rows):
         matrix = np.array(rows, dtype=float)
     except OverflowError:  # an integer too large for a float
         return None
-    if not ((matrix > 0) & (matrix <= MAX_CM)).all():  # also false for nan and inf
-        return None
-    return matrix
+    return None if schema.invalid(matrix).any() else matrix
 
 
 # --- Metrics ---------------------------------------------------------------------------------------------------
@@ -250,7 +234,7 @@ class Metrics:
                 if count:
                     self.predictions(model.classes[index]).inc(count)
         if predictions.outside.any():
-            for feature, count in zip(FEATURES, predictions.outside.sum(axis=0).tolist()):
+            for feature, count in zip(model.schema.names, predictions.outside.sum(axis=0).tolist()):
                 if count:
                     self.out_of_range(feature).inc(count)
 
@@ -264,12 +248,13 @@ class Api:
 
     model: object
     metrics: Metrics
-    openapi: bytes
+    openapi: bytes  # the served contract: openapi.json with this model's inputs put in (contract.py)
+    description: dict  # GET /api/v1.0/model: the metadata, less the reference rows kept for the self-test
 
 
 def predict_one(api):
-    features = parse_query(bottle.request.environ.get("QUERY_STRING", ""))
-    rows = np.array([[features[name] for name in FEATURES]])
+    features = parse_query(api.model.schema, bottle.request.environ.get("QUERY_STRING", ""))
+    rows = api.model.schema.matrix([list(features.values())])
     predictions = predict_all(api.model, rows)
     api.metrics.count_predictions(api.model, predictions)
     answer = answers(api.model, rows, predictions)[0]
@@ -281,14 +266,14 @@ def predict_batch(api):
     environ = bottle.request.environ
     if service.media_type(environ) != JSON_TYPE:
         raise RequestError(415, f"Send the body as JSON with 'Content-Type: {JSON_TYPE}'.")
-    rows = parse_instances(parse_json(service.read_body(environ)))
+    rows = parse_instances(api.model.schema, parse_json(service.read_body(environ)))
     predictions = predict_all(api.model, rows)
     api.metrics.count_predictions(api.model, predictions)
     return {"predictions": answers(api.model, rows, predictions), "model": api.model.reference}
 
 
 def describe_model(api):
-    return api.model.metadata
+    return api.description
 
 
 def metrics_page(api):
@@ -373,7 +358,8 @@ def create_app(settings):
     self_test(model)
     logger.info("model %s version %s (%s) loaded from %s; predictions computed by %s", model.metadata["name"],
                 model.metadata["version"], model.metadata["algorithm"], settings.model_path, model.engine)
-    api = Api(model, Metrics(model), OPENAPI_PATH.read_bytes())
+    api = Api(model, Metrics(model), contract.served_document(OPENAPI_PATH, model.metadata),
+              {key: value for key, value in model.metadata.items() if key != "reference"})
     is_authorised = service.credentials_checker(settings.username, settings.password, logger)
     app = bottle.Bottle()
     # Crashes go to service.handle_requests, which logs them once with their traceback and answers in kind.
@@ -393,4 +379,4 @@ def app_from_env():
 
 
 if __name__ == "__main__":
-    service.run_development_server("api", logger, read_settings, create_app)
+    devserver.run_development_server("api", logger, read_settings, create_app)

@@ -1,22 +1,22 @@
 """The model as the API serves it: load train.py's artifact safely, once, and predict with it.
 
     model = load_model("model/iris.joblib")     # checks, unpickles and self-tests, or raises StartupError
-    answers = predict(model, rows)              # rows: an (n, 4) array of validated measurements in cm
+    answers = predict(model, rows)              # rows: an (n, inputs) array of values checked by inputs.py
 
 A joblib file is a pickle, and unpickling runs code. load_model() reads the metadata that train.py wrote beside the
 artifact first, and unpickles only when the artifact's sha256 matches it and the installed scikit-learn is the one
 that trained it (scikit-learn's model persistence guide). The path comes from configuration, never from a client.
 
-The NumPy fast path (linear_predictor) is an optional, verified speed-up that a reader may delete: for the default
-model it computes scikit-learn's predict_proba in a few µs instead of about 400 µs, and it is used only when it
-matches scikit-learn within 1e-9 on all 150 iris flowers. Without it every model goes through scikit-learn.
+The NumPy fast path (linear_predictor) is an optional, verified speed-up that a reader may delete: for a scaler and
+logistic regression of numeric inputs (the default model) it computes scikit-learn's predict_proba in a few µs
+instead of about 400 µs, and it is used only when it matches scikit-learn within 1e-9 on the reference rows that
+train.py kept in the metadata. Every other model goes through scikit-learn.
 """
 
 import hashlib
 import hmac
 import json
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,16 +27,15 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from service import StartupError
+from inputs import Schema
+from service import RequestError, StartupError
 
-FEATURES = ("sepal_length", "sepal_width", "petal_length", "petal_width")
-MAX_CM = 100.0  # a measurement is a length in cm, greater than 0 and at most this
 MAX_ROWS = 10_000  # rows predicted in one call, at most
 PROBABILITY_DIGITS = 6
 FAST_PATH_TOLERANCE = 1e-9
-REQUIRED_METADATA = ("name", "version", "algorithm", "features", "classes", "feature_ranges", "versions", "sha256")
-# Fisher's 150 flowers as scikit-learn ships them, read directly: sklearn.datasets would cost 0.1 s of imports.
-IRIS_CSV = Path(sklearn.__file__).parent / "datasets" / "data" / "iris.csv"
+SELF_TEST_TOLERANCE = 1e-6  # another machine's floating point may differ in the last digits, never by this much
+REQUIRED_METADATA = ("name", "version", "algorithm", "features", "inputs", "classes", "class_labels", "reference",
+                     "versions", "sha256")
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +46,8 @@ class Model:
 
     estimator: object
     metadata: dict
+    schema: Schema  # the inputs and their rules
     classes: tuple
-    low: np.ndarray
-    high: np.ndarray
     predict_proba: object  # rows -> probabilities, see choose_predictor()
     engine: str  # "numpy" (the fast path) or "scikit-learn"
 
@@ -64,7 +62,7 @@ class Predictions:
 
     best: np.ndarray  # (n,): index of the most probable class in Model.classes
     probabilities: np.ndarray  # (n, classes), rounded to PROBABILITY_DIGITS
-    outside: np.ndarray  # (n, 4) booleans: the measurement lies outside the range seen in training
+    outside: np.ndarray  # (n, inputs) booleans: the number lies outside the range seen in training
 
 
 def read_metadata(metadata_path):
@@ -108,21 +106,23 @@ def load_model(model_path):
         estimator = joblib.load(model_path)
     except Exception as err:
         raise StartupError(f"cannot load model artifact {model_path}: {err}") from None
+    schema = Schema(metadata["inputs"])
     classes = tuple(str(name) for name in getattr(estimator, "classes_", ()))
-    if tuple(metadata["features"]) != FEATURES or list(classes) != metadata["classes"]:
-        raise StartupError(f"model {model_path} does not take {', '.join(FEATURES)} or its classes differ "
-                           "from its metadata: retrain it with 'python train.py'")
-    ranges = metadata["feature_ranges"]
-    predict_proba, engine = choose_predictor(estimator)
-    return Model(
-        estimator=estimator,
-        metadata=metadata,
-        classes=classes,
-        low=np.array([ranges[name]["min"] for name in FEATURES]),
-        high=np.array([ranges[name]["max"] for name in FEATURES]),
-        predict_proba=predict_proba,
-        engine=engine,
-    )
+    if list(schema.names) != metadata["features"] or getattr(estimator, "n_features_in_", None) not in (
+            None, len(schema.inputs)):
+        raise StartupError(f"model {model_path} does not take the inputs its metadata describes "
+                           f"({', '.join(schema.names)}): retrain it with 'python train.py'")
+    if list(classes) != metadata["classes"]:
+        raise StartupError(f"model {model_path} answers the classes {', '.join(classes)}, its metadata "
+                           f"{', '.join(map(str, metadata['classes']))}: retrain it with 'python train.py'")
+    predict_proba, engine = choose_predictor(estimator, schema, reference_rows(schema, metadata))
+    return Model(estimator=estimator, metadata=metadata, schema=schema, classes=classes,
+                 predict_proba=predict_proba, engine=engine)
+
+
+def reference_rows(schema, metadata):
+    """The reference rows that train.py kept, as the estimator takes them."""
+    return schema.matrix(metadata["reference"]["rows"])
 
 
 def sklearn_predictor(estimator):
@@ -134,25 +134,27 @@ def sklearn_predictor(estimator):
 
 
 def linear_predictor(estimator):
-    """The optional fast path: StandardScaler + multinomial LogisticRegression as one matrix product and a softmax.
+    """The optional fast path: StandardScaler + LogisticRegression as one matrix product and a softmax (or, for two
+    classes, the logistic function, as scikit-learn computes them).
 
-    scikit-learn spends about 400 µs per call on checks and dispatch that are useless for a 4x3 linear model whose
+    scikit-learn spends about 400 µs per call on checks and dispatch that are useless for a small linear model whose
     input the API has validated; this is the same arithmetic in a few µs. None for any other estimator.
     """
     if type(estimator) is not Pipeline or [type(step) for _, step in estimator.steps] != [StandardScaler,
                                                                                           LogisticRegression]:
         return None
     scaler, classifier = estimator[0], estimator[1]
-    if len(classifier.classes_) < 3:  # two classes use the logistic function, not the softmax
-        return None
-    mean = scaler.mean_ if scaler.mean_ is not None else np.zeros(len(FEATURES))
-    scale = scaler.scale_ if scaler.scale_ is not None else np.ones(len(FEATURES))
+    features = classifier.coef_.shape[1]
+    mean = scaler.mean_ if scaler.mean_ is not None else np.zeros(features)
+    scale = scaler.scale_ if scaler.scale_ is not None else np.ones(features)
     # Fold the scaling into the weights: ((x - mean) / scale) @ coef.T + b == x @ weights.T + bias.
     weights = classifier.coef_ / scale
     bias = classifier.intercept_ - weights @ mean
 
     def predict_proba(rows):
         scores = rows @ weights.T + bias
+        if scores.shape[1] == 1:  # two classes: one score, the logistic function of it
+            scores = np.hstack([-scores, scores])
         scores -= scores.max(axis=1, keepdims=True)  # exp() of the largest score is 1: no overflow
         np.exp(scores, out=scores)
         scores /= scores.sum(axis=1, keepdims=True)
@@ -161,44 +163,55 @@ def linear_predictor(estimator):
     return predict_proba
 
 
-def choose_predictor(estimator):
-    """The fast path where there is one and it matches scikit-learn within 1e-9 on the iris data, else scikit-learn."""
+def choose_predictor(estimator, schema, rows):
+    """The fast path where there is one and it matches scikit-learn within 1e-9 on the reference rows, else
+    scikit-learn."""
     reference = sklearn_predictor(estimator)
-    fast = linear_predictor(estimator)
+    fast = linear_predictor(estimator) if schema.numeric else None
     if fast is None:
         return reference, "scikit-learn"
-    flowers = np.loadtxt(IRIS_CSV, delimiter=",", skiprows=1, usecols=range(len(FEATURES)))  # all 150 flowers
-    gap = float(np.abs(fast(flowers) - reference(flowers)).max())
+    gap = float(np.abs(fast(rows) - reference(rows)).max())
     if not gap <= FAST_PATH_TOLERANCE:
-        logger.warning("the NumPy fast path differs from scikit-learn by %g on the iris data; serving through "
+        logger.warning("the NumPy fast path differs from scikit-learn by %g on the reference rows; serving through "
                        "scikit-learn instead", gap)
         return reference, "scikit-learn"
     return fast, "numpy"
 
 
 def out_of_range(model, rows):
-    """A boolean (n, 4) array: true where a measurement lies outside what the model saw in training."""
-    return (rows < model.low) | (rows > model.high)
+    """(n, inputs) booleans: true where a number lies outside what the model saw in training."""
+    schema = model.schema
+    numbers = schema.numbers_of(rows)
+    outside = (numbers < schema.low) | (numbers > schema.high)
+    if schema.numeric:
+        return outside
+    every = np.zeros(rows.shape, dtype=bool)
+    every[:, schema.number_columns] = outside
+    return every
 
 
 def range_warnings(model, row, outside):
-    """One sentence for each feature of a row that lies outside what the model saw in training."""
+    """One sentence for each number of a row that lies outside what the model saw in training."""
     return [
-        f"{FEATURES[i]} {row[i]:g} cm lies outside the {model.low[i]:g} to {model.high[i]:g} cm seen in training, "
-        "so the answer is an extrapolation."
-        for i in np.flatnonzero(outside)
+        f"{item.name} {float(row[i]):g}{item.in_unit} lies outside the {item.training_range[0]:g} to "
+        f"{item.training_range[1]:g}{item.in_unit} seen in training, so the answer is an extrapolation."
+        for i, item in ((i, model.schema.inputs[i]) for i in np.flatnonzero(outside))
     ]
 
 
 def predict_all(model, rows):
-    """Predictions for an (n, 4) array of validated rows, computed with one vectorised call."""
+    """Predictions for an (n, inputs) array of checked rows, computed with one vectorised call."""
     probabilities = model.predict_proba(rows)
+    if not np.isfinite(probabilities).all():  # the inputs' bounds are set to prevent it; never serve a NaN
+        wrong = np.flatnonzero(~np.isfinite(probabilities).all(axis=1))
+        raise RequestError(400, f"The model cannot compute probabilities for row {int(wrong[0])} (of {len(wrong)} "
+                                "such rows): its values lie too far outside what it was trained on.")
     return Predictions(best=probabilities.argmax(axis=1), probabilities=np.round(probabilities, PROBABILITY_DIGITS),
                        outside=out_of_range(model, rows))
 
 
 def answers(model, rows, predictions):
-    """The predictions as /api/v1.0 answers them: a dict per row, with a warning per measurement out of range."""
+    """The predictions as /api/v1.0 answers them: a dict per row, with a warning per number out of range."""
     classes, outside = model.classes, predictions.outside
     unusual = outside.any(axis=1).tolist()
     return [
@@ -213,16 +226,17 @@ def answers(model, rows, predictions):
 
 
 def predict(model, rows):
-    """/api/v1.0's answers for an (n, 4) array of validated rows."""
+    """/api/v1.0's answers for an (n, inputs) array of checked rows."""
     return answers(model, rows, predict_all(model, rows))
 
 
 def self_test(model):
-    """Predict once at the middle of the training ranges; a model that cannot do that must not serve."""
+    """Predict the reference rows: a model that does not give the probabilities it gave in training must not serve."""
+    rows = reference_rows(model.schema, model.metadata)
     try:
-        answer = predict(model, ((model.low + model.high) / 2).reshape(1, -1))[0]
-        total = sum(answer["probabilities"].values())
+        gap = float(np.abs(model.predict_proba(rows) - np.array(model.metadata["reference"]["probabilities"])).max())
     except Exception as err:
         raise StartupError(f"the model failed its self-test prediction: {err}") from None
-    if not math.isclose(total, 1.0, abs_tol=1e-3):
-        raise StartupError(f"the model failed its self-test: probabilities sum to {total}")
+    if not gap <= SELF_TEST_TOLERANCE:
+        raise StartupError(f"the model failed its self-test: its probabilities for the reference rows differ from "
+                           f"those recorded in training by {gap:g}")

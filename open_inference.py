@@ -9,9 +9,9 @@ loaded model, for the industry's standard clients (tritonclient, KServe's client
 
 The specification: kserve/open-inference-protocol (specification/protocol/inference_rest.md), and Triton's binary
 tensor data extension (docs/protocol/extension_binary_data.md), which Triton's clients use by default: a JSON header,
-its length in Inference-Header-Content-Length, followed by raw little-endian tensors. The input is one tensor of
-shape [N, 4] (or [4]), the four measurements in /api/v1.0's order, FP32 or FP64 (INT and UINT types converted). The
-outputs are named as MLServer's scikit-learn runtime names them: predict (the class names), predict_proba (a column
+its length in Inference-Header-Content-Length, followed by raw little-endian tensors. The inputs are read by
+tensors.py: one tensor of shape [N, n] for a model of numbers only, one tensor per input for a model with
+categories; the model metadata lists them. The outputs are named as MLServer's scikit-learn runtime names them: predict (the class names), predict_proba (a column
 per class, in the model's order) and out_of_range (/api/v1.0's drift signal, counted in the same metrics). Errors
 are {"error": "..."} naming the tensor or field; the limits and the value rules are /api/v1.0's. The routes are
 in api.ROUTES, beside /api/v1.0's.
@@ -25,22 +25,16 @@ import bottle
 import numpy as np
 
 import service
-from model import FEATURES, MAX_CM, MAX_ROWS, predict_all
+from model import predict_all
 from service import RequestError, shorten
+from tensors import INPUT_NAME, MAX_REPORTED, bad, check_parameters, expect, read_inputs
 
 SERVER_METADATA = {"name": "iris-api", "version": "1.0", "extensions": ["binary_tensor_data"]}
 PLATFORM = "sklearn_joblib"
-INPUT_NAME = "input-0"
 OUTPUTS = ("predict", "predict_proba", "out_of_range")
-# The little-endian NumPy type of each datatype an input may have; every one is converted to float64.
-DATATYPES = {"FP32": "<f4", "FP64": "<f8", "INT8": "i1", "INT16": "<i2", "INT32": "<i4", "INT64": "<i8",
-             "UINT8": "u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8"}
 REQUEST_FIELDS = {"id", "parameters", "inputs", "outputs", "model_name", "model_version"}
-TENSOR_FIELDS = {"name", "shape", "datatype", "parameters", "data"}
 JSON_TYPE, BINARY_TYPE = "application/json", "application/octet-stream"
 HEADER_LENGTH = "HTTP_INFERENCE_HEADER_CONTENT_LENGTH"
-FP32_DECIMALS = 5  # decimal places an FP32 measurement is rounded to (see shortest_decimals)
-MAX_REPORTED = 5
 
 
 # --- Errors ----------------------------------------------------------------------------------------------------
@@ -54,37 +48,6 @@ def error_response(error):
     """A RequestError as the protocol's error: {"error": message}, the message naming each bad field."""
     message = "; ".join(f"{e['field']} {e['message']}" for e in error.errors[:MAX_REPORTED]) or error.detail
     return bottle.HTTPResponse(error_body(message), error.status, headers={"Content-Type": JSON_TYPE, **error.headers})
-
-
-def bad(field, message):
-    return service.invalid([service.field_error(field, message)])
-
-
-def json_kind(value):
-    """What a JSON value is, in words: "an object", "null", ..."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    return {str: "a string", list: "an array", dict: "an object"}.get(type(value), "a number")
-
-
-def json_integer(value):
-    """The value as an int if JSON counts it an integer (4.0 is one, as in JSON Schema; true is not), else None."""
-    if type(value) is int:
-        return value
-    return int(value) if type(value) is float and value.is_integer() else None
-
-
-def expect(field, value, kind):
-    """The value, if its JSON type is kind (str, list, dict, int or bool: true is no integer here); else a 400 naming
-    the field. Every field is checked so before it is used, so no JSON value can reach code that assumes another."""
-    if kind is int and json_integer(value) is not None:
-        return json_integer(value)
-    if type(value) is not kind:
-        wanted = {str: "a string", list: "an array", dict: "an object", int: "an integer", bool: "true or false"}[kind]
-        raise bad(field, f"must be {wanted}, got {json_kind(value)}")
-    return value
 
 
 # --- Metadata and readiness ------------------------------------------------------------------------------------
@@ -119,17 +82,25 @@ def model_ready(api, name, version=None):
     return {"name": name, "ready": True}
 
 
+def input_metadata(schema):
+    """The tensors the model takes, as its metadata lists them."""
+    if schema.numeric:
+        return [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, len(schema.inputs)],
+                 "parameters": {"features": ",".join(schema.names)}}]
+    return [{"name": item.name, "datatype": "BYTES" if item.kind == "category" else "FP64", "shape": [-1],
+             "parameters": {"content_type": "str" if item.kind == "category" else "np"}} for item in schema.inputs]
+
+
 def model_metadata(api, name, version=None):
     model = find_model(api, name, version)
-    features, classes = ",".join(FEATURES), ",".join(model.classes)
+    features, classes = ",".join(model.schema.names), ",".join(model.classes)
     return {
         "name": model.metadata["name"], "versions": [model.metadata["version"]], "platform": PLATFORM,
-        "inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, len(FEATURES)],
-                    "parameters": {"features": features}}],
+        "inputs": input_metadata(model.schema),
         "outputs": [{"name": "predict", "datatype": "BYTES", "shape": [-1]},
                     {"name": "predict_proba", "datatype": "FP64", "shape": [-1, len(model.classes)],
                      "parameters": {"classes": classes}},
-                    {"name": "out_of_range", "datatype": "BOOL", "shape": [-1, len(FEATURES)],
+                    {"name": "out_of_range", "datatype": "BOOL", "shape": [-1, len(model.schema.inputs)],
                      "parameters": {"features": features}}],
     }
 
@@ -169,116 +140,6 @@ def parse_header(text):
             expect(field, header[field], str)
     check_parameters("parameters", header.get("parameters", {}), "binary_data_output")
     return header
-
-
-def check_parameters(field, parameters, flag=None):
-    """Parameters as the protocol has them: strings, numbers or booleans; `flag`, if there, a boolean."""
-    expect(field, parameters, dict)
-    wrong = next((key for key, value in parameters.items() if not isinstance(value, (str, int, float))), None)
-    if wrong is not None:
-        raise bad(f"{field}.{shorten(wrong)}", f"must be a string, a number or a boolean, got "
-                                               f"{json_kind(parameters[wrong])}")
-    if flag in parameters:
-        expect(f"{field}.{flag}", parameters[flag], bool)
-    return parameters
-
-
-def input_rows(header, binary):
-    """The one input tensor as an (N, 4) float64 array of checked measurements."""
-    if "inputs" not in header:
-        raise bad("inputs", f"is required: one tensor, '{INPUT_NAME}' of shape [N, {len(FEATURES)}]")
-    inputs = expect("inputs", header["inputs"], list)
-    if len(inputs) != 1:
-        raise bad("inputs", f"must hold exactly one tensor, '{INPUT_NAME}' of shape [N, {len(FEATURES)}]")
-    tensor, where = expect("inputs[0]", inputs[0], dict), "inputs[0]"
-    unknown = sorted(set(tensor) - TENSOR_FIELDS)
-    if unknown:
-        raise bad(f"{where}.{shorten(unknown[0])}", f"is not a field of a tensor; they are "
-                                                    f"{', '.join(sorted(TENSOR_FIELDS))}")
-    expect(f"{where}.name", tensor.get("name"), str)
-    datatype = expect(f"{where}.datatype", tensor.get("datatype"), str)
-    if datatype not in DATATYPES:
-        raise bad(f"{where}.datatype", f"must be one of {', '.join(DATATYPES)}, got {shorten(json.dumps(datatype))}")
-    rows = tensor_rows(where, tensor.get("shape"))
-    parameters = check_parameters(f"{where}.parameters", tensor.get("parameters", {}))
-    if "binary_data_size" in parameters:
-        values = binary_values(where, tensor, binary, parameters["binary_data_size"], datatype, rows)
-    else:
-        if binary:
-            raise bad("body", f"has {len(binary)} bytes after the JSON header but no input names a binary_data_size")
-        values = json_values(where, tensor.get("data"), datatype, rows)
-    rows = check_range(where, values.reshape(rows, len(FEATURES)))
-    return shortest_decimals(rows) if datatype == "FP32" else rows
-
-
-def tensor_rows(where, shape):
-    """N, from a shape of [N, 4] or [4]; a 413 past MAX_ROWS, before any data is read."""
-    dims = [json_integer(dim) for dim in expect(f"{where}.shape", shape, list)]
-    columns = len(FEATURES)
-    if not (dims == [columns] or (len(dims) == 2 and dims[1] == columns and dims[0] is not None and dims[0] >= 1)):
-        raise bad(f"{where}.shape", f"must be [N, {columns}] or [{columns}] ({', '.join(FEATURES)}), "
-                                    f"got {shorten(json.dumps(shape))}")
-    rows = dims[0] if len(dims) == 2 else 1
-    if rows > MAX_ROWS:
-        raise RequestError(413, f"{where} has {rows} rows; a request holds at most {MAX_ROWS}: split it")
-    return rows
-
-
-def json_values(where, data, datatype, rows):
-    """The tensor's JSON data, flat or one list per row, as a float64 array."""
-    field = f"{where}.data"
-    expect(field, data, list)
-    if data and all(type(row) is list for row in data):
-        if len(data) != rows or any(len(row) != len(FEATURES) for row in data):
-            raise bad(field, f"must hold {rows} lists of {len(FEATURES)} numbers, as its shape says")
-        data = [value for row in data for value in row]
-    if len(data) != rows * len(FEATURES):
-        raise bad(field, f"has {len(data)} values; its shape says {rows * len(FEATURES)}")
-    integers = datatype.startswith(("INT", "UINT"))
-    wrong = next((i for i, value in enumerate(data) if type(value) not in (int, float)
-                  or (integers and type(value) is float and not value.is_integer())), None)
-    if wrong is not None:
-        kind = "an integer" if integers else "a number"  # 7.0 is an integer, as JSON Schema says
-        raise bad(f"{field}[{wrong}]", f"must be {kind} for {datatype}, got {shorten(json.dumps(data[wrong]))}")
-    try:
-        return np.array(data, dtype=np.float64)
-    except OverflowError:
-        raise bad(field, "holds an integer too large for a measurement") from None
-
-
-def binary_values(where, tensor, binary, size, datatype, rows):
-    """The tensor's bytes from the binary part of the body, as a float64 array."""
-    dtype = np.dtype(DATATYPES[datatype])
-    expected = rows * len(FEATURES) * dtype.itemsize
-    size = expect(f"{where}.parameters.binary_data_size", size, int)
-    if "data" in tensor:
-        raise bad(f"{where}.data", "must be absent when the tensor's bytes follow the JSON (binary_data_size)")
-    if size != expected:
-        raise bad(f"{where}.parameters.binary_data_size", f"must be {expected} ({rows} x {len(FEATURES)} x "
-                                                           f"{dtype.itemsize} bytes), got {shorten(json.dumps(size))}")
-    if len(binary) != size:
-        raise bad("body", f"has {len(binary)} bytes after the JSON header; binary_data_size says {size}")
-    return np.frombuffer(binary, dtype=dtype).astype(np.float64)
-
-
-def shortest_decimals(values):
-    """FP32 values read as the decimals they stand for: a float32 carries about 7 significant digits, so 7.9 arrives
-    as 7.900000095 and would lie beyond a training range that ends at 7.9. Rounded to FP32_DECIMALS (0.1 µm, far
-    below what anyone measures a flower with), it is 7.9 again; a smaller one is left as it came."""
-    rounded = np.round(values, FP32_DECIMALS)
-    return np.where(rounded > 0, rounded, values)
-
-
-def check_range(where, rows):
-    """The rows, if every measurement is finite, greater than 0 and at most MAX_CM; else a 400 naming them."""
-    valid = (rows > 0) & (rows <= MAX_CM)  # false for nan and inf too
-    if valid.all():
-        return rows
-    wrong = np.argwhere(~valid)
-    errors = [{"field": f"{where}[{row}][{column}] ({FEATURES[column]})",
-               "message": f"must be greater than 0 and at most {MAX_CM:g} cm, got {rows[row, column]:g}"}
-              for row, column in wrong[:MAX_REPORTED].tolist()]
-    raise RequestError(400, f"{len(wrong)} measurements are out of bounds", errors)
 
 
 def requested_outputs(header):
@@ -353,7 +214,7 @@ def respond(model, header, predictions, requested):
 def infer(api, name, version=None):
     model = find_model(api, name, version)
     header, binary = read_request(bottle.request.environ)
-    rows = input_rows(header, binary)
+    rows = read_inputs(model.schema, header, binary)
     requested = requested_outputs(header)
     predictions = predict_all(model, rows)
     api.metrics.count_predictions(model, predictions)

@@ -1,18 +1,25 @@
-"""Train the iris classifier and save it, with its metadata, where api.py looks for it.
+"""Train a classifier on a table and save it, with the metadata that every other part of the service reads.
 
 Usage:
-    python train.py                                  # logistic regression, seed 42
+    python train.py                                     # iris, logistic regression, seed 42: model/iris.joblib
+    python train.py --dataset wine                      # or breast_cancer: scikit-learn's bundled tables
+    python train.py --csv my.csv --target y --drop id   # a table of your own: model/my.joblib
+    python train.py --csv my.csv --target y --fitted mine.joblib   # adopt a classifier you fitted elsewhere
     python train.py --model random_forest --seed 7 --output /tmp/rf.joblib
 
-It trains on scikit-learn's bundled iris data (no network), holds out a stratified test split, prints a report
-(held-out accuracy, 5-fold cross-validation, per-class precision/recall/F1, confusion matrix), and writes two files
-atomically: the joblib artifact (`--output`) and beside it a JSON metadata file with the same name and a `.json`
-suffix. The API reads the metadata first and checks the artifact's sha256 before it unpickles anything.
+It holds out a stratified test split, prints a report (held-out accuracy, 5-fold cross-validation, per-class
+precision/recall/F1, confusion matrix), and writes two files atomically: the joblib artifact (`--output`) and beside
+it a JSON metadata file with the same name and a `.json` suffix. The metadata is the one description of the model:
+each input's name, label, kind, unit, allowed values and training range or categories; the classes and their
+labels; a typical row per class; a reference sample with the probabilities the model gives it (the API's self-test);
+the page's words. The API reads it first and checks the artifact's sha256 before it unpickles anything. A table
+that cannot make a model (tables.py says why) is refused in one line, and nothing is written.
 """
 
 import argparse
 import hashlib
 import json
+import math
 import os
 import platform
 import sys
@@ -25,23 +32,29 @@ import joblib
 import numpy as np
 import sklearn
 from sklearn.calibration import CalibratedClassifierCV
-from sklearn.datasets import load_iris
+from sklearn.compose import ColumnTransformer
+from sklearn.datasets import load_breast_cancer, load_iris, load_wine
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix
 from sklearn.model_selection import StratifiedKFold, cross_val_score, train_test_split
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.svm import SVC
 
-MODEL_NAME = "iris-classifier"
-FEATURES = ("sepal_length", "sepal_width", "petal_length", "petal_width")
-DEFAULT_OUTPUT = Path(__file__).resolve().parent / "model" / "iris.joblib"
+from tables import Column, Table, TableError, check_names, normalise, read_csv
+
+MODEL_FOLDER = Path(__file__).resolve().parent / "model"
+DEFAULT_DATASET = "iris"
 DEFAULT_MODEL = "logistic_regression"
 DEFAULT_SEED = 42
 DEFAULT_TEST_SIZE = 0.25
 CV_FOLDS = 5
+REFERENCE_ROWS = 50  # rows kept with their probabilities, for the API's self-test and its check of the fast path
+# A number with no bounds of its own may lie this many powers of ten beyond the largest magnitude seen in training.
+# "Any finite number" let 1e308 through, and a linear model's arithmetic overflowed into NaN probabilities.
+HEADROOM_DECADES = 6
 
 # Scaling sits in a pipeline wherever the algorithm is sensitive to feature scale; trees are not.
 ALGORITHMS = {
@@ -56,16 +69,63 @@ ALGORITHMS = {
     ),
 }
 
+# The iris dataset as the service has always shown it: its four names, lengths in cm (greater than 0 and at most
+# 100), the species' full names and the page's words. The other bundled tables take scikit-learn's names, normalised.
+IRIS = {
+    "features": (("sepal_length", "Sepal length"), ("sepal_width", "Sepal width"), ("petal_length", "Petal length"),
+                 ("petal_width", "Petal width")),
+    "unit": "cm",
+    "allowed": {"exclusiveMinimum": 0, "maximum": 100},
+    "class_labels": {"setosa": "Iris setosa", "versicolor": "Iris versicolor", "virginica": "Iris virginica"},
+    "texts": {"title": "Iris classifier", "question": "Which iris is this?",
+              "lead": "Enter four measurements of one flower, in centimetres, and the model names its species.",
+              "submit": "Predict the species", "source": "Fisher's iris data", "values": "Measurements",
+              "change": "Change these measurements"},
+    "source": "scikit-learn load_iris (Fisher, 1936), 150 samples",
+}
+BUNDLED = {"iris": load_iris, "wine": load_wine, "breast_cancer": load_breast_cancer}
+
 
 def metadata_path(artifact_path):
     """The metadata file that sits beside an artifact."""
     return Path(artifact_path).with_suffix(".json")
 
 
-def load_data():
-    """Iris as a feature matrix and species names (not integer codes), so the model answers in words."""
-    iris = load_iris()
-    return iris.data, np.asarray(iris.target_names)[iris.target]
+def load_bundled(name):
+    """One of scikit-learn's bundled tables (no download), its target as class names (not integer codes)."""
+    data = BUNDLED[name]()
+    target = np.asarray(data.target_names)[data.target]
+    if name == "iris":
+        columns = [Column(feature, label, "number", data.data[:, i].tolist(), IRIS["unit"], IRIS["allowed"])
+                   for i, (feature, label) in enumerate(IRIS["features"])]
+        return Table("iris", columns, target, IRIS["source"], class_labels=IRIS["class_labels"], texts=IRIS["texts"])
+    names = check_names(data.feature_names)
+    columns = [Column(feature, label, "number", data.data[:, i].tolist())
+               for i, (feature, label) in enumerate(zip(names, data.feature_names))]
+    return Table(name.replace("_", "-"), columns, target, f"scikit-learn load_{name}, {len(target)} samples",
+                 texts={"source": f"scikit-learn's {name.replace('_', ' ')} data"})
+
+
+def page_texts(table):
+    """The words of the page for this table: its own where it has them, else made from its names."""
+    what = table.target_label.lower()
+    return {"title": f"{table.name.replace('-', ' ').capitalize()} classifier", "question": f"Which {what} is this?",
+            "lead": f"Enter the {len(table.columns)} values of one row and the model names its {what}.",
+            "submit": f"Predict the {what}", "source": table.source, "values": "Values",
+            "change": "Change these values", **table.texts}
+
+
+def report_classes(y_true, predicted):
+    """Per-class precision, recall and F1, and the confusion matrix, of these predictions."""
+    classes = sorted(set(y_true) | set(predicted))
+    return {
+        "per_class": {
+            name: {key: round(float(value), 4) for key, value in scores.items()}
+            for name, scores in classification_report(y_true, predicted, output_dict=True, zero_division=0).items()
+            if name in classes
+        },
+        "confusion_matrix": {"labels": classes, "matrix": confusion_matrix(y_true, predicted, labels=classes).tolist()},
+    }
 
 
 def evaluate(estimator, X_train, X_test, y_train, y_test, seed):
@@ -74,21 +134,12 @@ def evaluate(estimator, X_train, X_test, y_train, y_test, seed):
     cv_scores = cross_val_score(estimator, X_train, y_train, cv=folds)
     estimator.fit(X_train, y_train)
     predicted = estimator.predict(X_test)
-    classes = list(estimator.classes_)
     return {
         "test_accuracy": round(float(accuracy_score(y_test, predicted)), 4),
         "cv_folds": CV_FOLDS,
         "cv_accuracy_mean": round(float(cv_scores.mean()), 4),
         "cv_accuracy_std": round(float(cv_scores.std()), 4),
-        "per_class": {
-            name: {key: round(float(value), 4) for key, value in scores.items()}
-            for name, scores in classification_report(y_test, predicted, output_dict=True).items()
-            if name in classes
-        },
-        "confusion_matrix": {
-            "labels": classes,
-            "matrix": confusion_matrix(y_test, predicted, labels=classes).tolist(),
-        },
+        **report_classes(y_test, predicted),
     }
 
 
@@ -133,30 +184,91 @@ def write_atomically(path, write):
         raise
 
 
-def build_metadata(algorithm, estimator, X_train, metrics, args, seconds, sha256):
+def build_estimator(table, algorithm, seed):
+    """The algorithm's estimator for this table: categories one-hot encoded inside the pipeline, so that the artifact
+    takes the raw values; an all-numeric table gets the algorithm as it is."""
+    estimator = ALGORITHMS[algorithm](seed)
+    kinds = [column.kind for column in table.columns]
+    if "category" not in kinds:
+        return estimator
+    numbers = [i for i, kind in enumerate(kinds) if kind == "number"]
+    categories = [i for i, kind in enumerate(kinds) if kind == "category"]
+    encode = ColumnTransformer([("numbers", StandardScaler(), numbers),
+                                ("categories", OneHotEncoder(handle_unknown="ignore", sparse_output=False), categories)])
+    return make_pipeline(encode, estimator)
+
+
+def describe_input(column, values):
+    """One input as the metadata describes it; values are the training split's, for a number's range."""
+    entry = {"name": column.name, "label": column.label, "kind": column.kind, "unit": column.unit}
+    if column.kind == "category":
+        return {**entry, "categories": column.categories}
+    numbers = np.asarray(values, dtype=float)
+    allowed = dict(column.allowed) or headroom(numbers)
+    return {**entry, "allowed": allowed, "training_range": {"min": float(numbers.min()), "max": float(numbers.max())}}
+
+
+def headroom(numbers):
+    """Bounds for a number that has none of its own: ± a power of ten, HEADROOM_DECADES above the training data's
+    largest magnitude (proline up to 1680: ± 1e10). Wide enough for any real value, narrow enough for the model's
+    arithmetic to stay finite."""
+    bound = 10.0 ** (math.ceil(math.log10(max(1.0, float(np.abs(numbers).max())))) + HEADROOM_DECADES)
+    return {"minimum": -bound, "maximum": bound}
+
+
+def json_row(table, row):
+    """A row of the table as JSON values, by feature name: floats for numbers, strings for categories."""
+    return {column.name: (float(value) if column.kind == "number" else str(value))
+            for column, value in zip(table.columns, row)}
+
+
+def typical_rows(table, X):
+    """For each class, the row of that class nearest to the class's median (numbers, in standard deviations) and
+    most frequent values (categories): the form's example links."""
+    examples = {}
+    for name in sorted(set(table.target)):
+        rows = X[table.target == name]
+        distance = np.zeros(len(rows))
+        for index, column in enumerate(table.columns):
+            values = rows[:, index]
+            if column.kind == "number":
+                values = values.astype(float)
+                distance += ((values - np.median(values)) / (values.std() or 1.0)) ** 2
+            else:
+                common = max(sorted(set(values)), key=list(values).count)
+                distance += values != common
+        examples[name] = json_row(table, rows[int(np.argmin(distance))])
+    return examples
+
+
+def reference_sample(table, X, estimator):
+    """Evenly spaced rows of the table with the probabilities the trained model gives them."""
+    rows = X[np.linspace(0, len(X) - 1, min(len(X), REFERENCE_ROWS)).astype(int)]
+    return {"rows": [list(json_row(table, row).values()) for row in rows],
+            "probabilities": estimator.predict_proba(rows).tolist()}
+
+
+def build_metadata(table, estimator, X_train, facts, sha256):
     """Everything a person or the API needs to know about the artifact, readable without unpickling it."""
+    classes = [str(name) for name in estimator.classes_]
+    X = table.matrix()
     return {
-        "name": MODEL_NAME,
+        "name": facts["name"],
         # The version is derived from the artifact's bytes, so it changes exactly when the artifact does.
         "version": sha256[:12],
-        "algorithm": algorithm,
+        "algorithm": facts["algorithm"],
         "estimator": describe(estimator),
         "parameters": simple_params(estimator),
-        "features": list(FEATURES),
-        "classes": [str(name) for name in estimator.classes_],
-        "feature_ranges": {
-            name: {"min": float(X_train[:, i].min()), "max": float(X_train[:, i].max())}
-            for i, name in enumerate(FEATURES)
-        },
-        "metrics": metrics,
-        "training": {
-            "dataset": "scikit-learn load_iris (Fisher, 1936), 150 samples",
-            "seed": args.seed,
-            "test_size": args.test_size,
-            "train_samples": int(len(X_train)),
-            "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "training_seconds": round(seconds, 3),
-        },
+        "features": [column.name for column in table.columns],
+        "inputs": [describe_input(column, X_train[:, i]) for i, column in enumerate(table.columns)],
+        "classes": classes,
+        "class_labels": {name: table.class_labels.get(name, name) for name in classes},
+        "examples": typical_rows(table, X),
+        "reference": reference_sample(table, X, estimator),
+        "texts": page_texts(table),
+        "metrics": facts["metrics"],
+        "training": {**facts["training"], "dataset": table.source,
+                     "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds")},
         "versions": {
             "python": platform.python_version(),
             "scikit-learn": sklearn.__version__,
@@ -167,43 +279,83 @@ def build_metadata(algorithm, estimator, X_train, metrics, args, seconds, sha256
     }
 
 
-def train(args):
-    """Train, evaluate and save as the parsed command line says; return the metadata that was written."""
-    X, y = load_data()
-    X_train, X_test, y_train, y_test = train_test_split(
-        X, y, test_size=args.test_size, stratify=y, random_state=args.seed
-    )
-    estimator = ALGORITHMS[args.model](args.seed)
+def read_table(args):
+    """The table the command line names: a CSV file, or a bundled dataset."""
+    if args.csv:
+        return read_csv(args.csv, args.target, args.drop)
+    return load_bundled(args.dataset)
+
+
+def fit(args, table):
+    """(estimator, training split, facts): a model trained and evaluated on the table, or the user's own adopted."""
+    X, y = table.matrix(), table.target
+    if args.fitted:
+        return adopt(args.fitted, X, y)
+    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=args.test_size, stratify=y,
+                                                        random_state=args.seed)
+    estimator = build_estimator(table, args.model, args.seed)
     started = time.perf_counter()
     metrics = evaluate(estimator, X_train, X_test, y_train, y_test, args.seed)
-    seconds = time.perf_counter() - started
+    training = {"seed": args.seed, "test_size": args.test_size, "train_samples": int(len(X_train)),
+                "training_seconds": round(time.perf_counter() - started, 3)}
+    return estimator, X_train, {"algorithm": args.model, "metrics": metrics, "training": training}
 
-    write_atomically(args.output, lambda handle: joblib.dump(estimator, handle))
-    sha256 = file_sha256(args.output)
-    metadata = build_metadata(args.model, estimator, X_train, metrics, args, seconds, sha256)
+
+def adopt(path, X, y):
+    """A classifier the user fitted elsewhere, checked on every row of the table; its metrics are the table's."""
+    try:
+        estimator = joblib.load(path)  # the user's own file, named on their own command line
+    except Exception as err:
+        raise TableError(f"cannot load --fitted {path}: {err}") from None
+    if not hasattr(estimator, "predict_proba") or not hasattr(estimator, "classes_"):
+        raise TableError(f"--fitted {path} is not a fitted classifier with predict_proba")
+    try:
+        predicted = np.asarray(estimator.predict(X)).astype(str)
+        estimator.predict_proba(X[:1])
+    except Exception as err:
+        raise TableError(f"--fitted {path} cannot predict this table's rows: {str(err).splitlines()[0]}") from None
+    unknown = sorted(set(y) - {str(name) for name in estimator.classes_})
+    if unknown:
+        raise TableError(f"--fitted {path} does not know the table's class {unknown[0]!r}")
+    metrics = {"table_accuracy": round(float(accuracy_score(y, predicted)), 4), **report_classes(y, predicted)}
+    return estimator, X, {"algorithm": "fitted elsewhere", "metrics": metrics,
+                          "training": {"fitted": Path(path).name, "train_samples": int(len(X))}}
+
+
+def train(args):
+    """Train (or adopt), evaluate and save as the parsed command line says; return the metadata written."""
+    table = read_table(args)
+    estimator, X_train, facts = fit(args, table)
+    facts["name"] = args.name or ("iris-classifier" if table.name == "iris" else f"{table.name}-classifier")
+    output = args.output or MODEL_FOLDER / f"{table.name}.joblib"
+    write_atomically(output, lambda handle: joblib.dump(estimator, handle))
+    sha256 = file_sha256(output)
+    metadata = build_metadata(table, estimator, X_train, facts, sha256)
     text = json.dumps(metadata, indent=2) + "\n"
-    write_atomically(metadata_path(args.output), lambda handle: handle.write(text.encode()))
-    return metadata
+    write_atomically(metadata_path(output), lambda handle: handle.write(text.encode()))
+    return metadata, output
 
 
 def format_report(metadata, output):
     """The human-readable training report."""
     metrics = metadata["metrics"]
-    lines = [
-        f"Trained {metadata['algorithm']} ({metadata['name']} version {metadata['version']}) "
-        f"in {metadata['training']['training_seconds']:.2f} s",
-        f"Held-out accuracy:  {metrics['test_accuracy']:.3f}",
-        f"{CV_FOLDS}-fold CV accuracy: {metrics['cv_accuracy_mean']:.3f} ± {metrics['cv_accuracy_std']:.3f}",
-        "",
-        f"{'class':<12}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}",
-    ]
+    lines = [f"Trained {metadata['algorithm']} ({metadata['name']} version {metadata['version']}) on "
+             f"{metadata['training']['dataset']}"]
+    if "table_accuracy" in metrics:
+        lines.append(f"Accuracy on the whole table: {metrics['table_accuracy']:.3f}")
+    else:
+        lines += [f"Held-out accuracy:  {metrics['test_accuracy']:.3f}",
+                  f"{CV_FOLDS}-fold CV accuracy: {metrics['cv_accuracy_mean']:.3f} ± {metrics['cv_accuracy_std']:.3f}"]
+    width = max(12, *(len(name) + 2 for name in metrics["per_class"]))
+    lines += ["", f"{'class':<{width}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
     for name, scores in metrics["per_class"].items():
-        lines.append(f"{name:<12}{scores['precision']:>10.3f}{scores['recall']:>10.3f}"
+        lines.append(f"{name:<{width}}{scores['precision']:>10.3f}{scores['recall']:>10.3f}"
                      f"{scores['f1-score']:>10.3f}{scores['support']:>10.0f}")
     labels = metrics["confusion_matrix"]["labels"]
-    lines += ["", "Confusion matrix (rows: true, columns: predicted)", " " * 12 + "".join(f"{n:>12}" for n in labels)]
+    lines += ["", "Confusion matrix (rows: true, columns: predicted)",
+              " " * width + "".join(f"{n:>{width}}" for n in labels)]
     for name, row in zip(labels, metrics["confusion_matrix"]["matrix"]):
-        lines.append(f"{name:<12}" + "".join(f"{count:>12}" for count in row))
+        lines.append(f"{name:<{width}}" + "".join(f"{count:>{width}}" for count in row))
     lines += ["", f"Saved {output}", f"  and {metadata_path(output)}"]
     return "\n".join(lines)
 
@@ -223,27 +375,52 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see --help)\n")
 
 
+def model_name(text):
+    """argparse type: a model name as it goes into URLs (/v2/models/<name>)."""
+    if normalise(text).replace("_", "-") != text:
+        raise argparse.ArgumentTypeError(f"must be lower-case letters, digits and '-', got {text!r}")
+    return text
+
+
 def parse_args(argv=None):
-    parser = OneLineErrorParser(description="Train the iris classifier and save it for api.py.")
+    parser = OneLineErrorParser(description="Train a classifier on a table and save it, with its metadata, for api.py.")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--dataset", choices=sorted(BUNDLED), default=DEFAULT_DATASET,
+                        help=f"one of scikit-learn's bundled tables (default: {DEFAULT_DATASET})")
+    source.add_argument("--csv", type=Path, help="a table of your own: a CSV file in UTF-8 with a header row")
+    parser.add_argument("--target", help="with --csv: the column that holds the classes")
+    parser.add_argument("--drop", action="append", default=[], metavar="COLUMN",
+                        help="with --csv: a column to leave out, such as an ID (repeatable)")
+    parser.add_argument("--fitted", type=Path, metavar="FILE",
+                        help="with --csv: a classifier you fitted elsewhere (joblib), adopted instead of training one")
+    parser.add_argument("--name", type=model_name,
+                        help="the model's name (default: from the dataset or file, e.g. iris-classifier)")
     parser.add_argument("--model", choices=sorted(ALGORITHMS), default=DEFAULT_MODEL,
                         help=f"algorithm to train (default: {DEFAULT_MODEL})")
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
+    parser.add_argument("--output", type=Path,
                         help="where to write the joblib artifact; the metadata goes beside it as .json "
-                             "(default: model/iris.joblib next to this script)")
+                             "(default: model/<dataset or file name>.joblib next to this script)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
                         help=f"random seed for the split, cross-validation and the model (default: {DEFAULT_SEED})")
     parser.add_argument("--test-size", type=test_size_fraction, default=DEFAULT_TEST_SIZE,
                         help=f"fraction of the data held out for testing (default: {DEFAULT_TEST_SIZE})")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.csv and not args.target:
+        parser.error("--csv needs --target, the column that holds the classes")
+    if not args.csv and (args.target or args.drop or args.fitted):
+        parser.error("--target, --drop and --fitted go with --csv")
+    return args
 
 
 def main(argv=None):
     args = parse_args(argv)
     try:
-        metadata = train(args)
+        metadata, output = train(args)
+    except TableError as err:
+        sys.exit(f"train.py: {err}")
     except OSError as err:
         sys.exit(f"train.py: cannot write {err.filename or args.output}: {err.strerror}")
-    print(format_report(metadata, args.output))
+    print(format_report(metadata, output))
 
 
 if __name__ == "__main__":

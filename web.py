@@ -1,4 +1,4 @@
-"""Iris web page: a form for four measurements that asks the API and shows its answer on a shareable URL.
+"""The web page: a form made for the served model that asks the API and shows its answer on a shareable URL.
 
 Run it locally beside the API (Bottle's development server):
     API_USERNAME=my_username API_PASSWORD=my_password python web.py
@@ -16,21 +16,20 @@ Environment, read once at start-up:
     LOG_FORMAT         text or json (default: text)
     ACCESS_LOG         errors, all or off: which requests get a log line (default: errors)
 
-The API is the one place where the validation rules live: this app forwards the values as typed and shows the API's
-messages. The pages are Bottle templates in views/; GET /metrics (Prometheus, behind basic auth with the API's
+The form is learnt from the API's GET /api/v1.0/model (the model's inputs, classes, examples and words): when the app
+starts, again every FORM_REFRESH_SECONDS, and at once when an answer comes from another model version. Until the API
+has answered once, the pages say the service is unavailable; the app itself starts and stays up. The API is the one
+place where the validation rules live: this app forwards the values as typed and shows the API's messages. The pages are Bottle templates in views/; GET /metrics (Prometheus, behind basic auth with the API's
 credentials) counts page views, predictions asked, API failures by kind and the API calls' latency. It needs Bottle,
 prometheus_client and the standard library (through service.py): no NumPy or scikit-learn.
 """
 
 import functools
 import hashlib
-import http.client
-import json
 import logging
 import math
 import threading
 import time
-import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,26 +39,18 @@ import bottle
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+import devserver
 import service
+from api_client import ApiUnavailable, api_opener, call_api
 from service import StartupError
 
-# Label and typical range in cm (the span of Fisher's 150 flowers), shown as a hint beside each input.
-FIELDS = {
-    "sepal_length": ("Sepal length", 4.3, 7.9),
-    "sepal_width": ("Sepal width", 2.0, 4.4),
-    "petal_length": ("Petal length", 1.0, 6.9),
-    "petal_width": ("Petal width", 0.1, 2.5),
-}
-FEATURES = tuple(FIELDS)
-EXAMPLES = {
-    "setosa": (5.1, 3.5, 1.4, 0.2),
-    "versicolor": (6.0, 2.8, 4.4, 1.4),
-    "virginica": (6.9, 3.1, 5.4, 2.1),
-}
 DEFAULT_API_URL = "http://localhost:8000"
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_PORT = 5000
 READINESS_TIMEOUT = 2.0
+FORM_REFRESH_SECONDS = 30  # how often the form is learnt again, so that a new model rolled out gets its own form
+FORM_RETRY_SECONDS = 1  # while the API has not answered: how often a page asks it again
+UNKNOWN_MODEL_TITLE = "Prediction service"  # the brand of the pages shown before the form is learnt
 API_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 HERE = Path(__file__).resolve().parent
 VIEWS = HERE / "views"
@@ -103,98 +94,93 @@ def read_settings(environ):
     return Settings(api_url=api_url, timeout=seconds, **common)
 
 
-# --- Calling the API -------------------------------------------------------------------------------------------
+# --- The form, learnt from the API ------------------------------------------------------------------------------
 
 
-class ApiUnavailable(Exception):
-    """The API could not be reached or did not answer in time."""
+def number_text(value):
+    """A number as the page writes it: 5.1, not 5.1000000000000001 or 5.0e+00."""
+    return f"{value:g}"
 
 
-class KeepAliveHandler(urllib.request.HTTPHandler, urllib.request.HTTPSHandler):
-    """urllib's HTTP(S) handler over one kept-alive http.client connection per thread and API address.
+@dataclass(frozen=True)
+class Form:
+    """What the pages are made of for one model version: the API's description of its inputs, classes and words."""
 
-    urllib's own handler sends 'Connection: close' and opens a new TCP connection for every call, which cost about
-    twice the client CPU of a call on a kept-alive connection. A connection the API has closed meanwhile (idle, or
-    restarted) is replaced transparently: a GET that fails on a reused connection is sent once more on a new one.
-    """
+    version: str
+    names: tuple  # the inputs' names, in the model's order
+    context: dict  # what the templates are given: inputs, examples, texts, class labels
 
-    def __init__(self):
-        super().__init__()
-        self.local = threading.local()
-
-    def http_open(self, request):
-        return self.send(http.client.HTTPConnection, request)
-
-    def https_open(self, request):
-        return self.send(functools.partial(http.client.HTTPSConnection, context=self._context), request)
-
-    def connection(self, factory, request, fresh):
-        """This thread's connection to the request's address, and whether it has served a request before."""
-        connections = self.local.__dict__.setdefault("connections", {})
-        key = (request.type, request.host)
-        connection, last_response = connections.get(key, (None, None))
-        # Reuse only after a response that was read to its end: anything left unread would be taken for the next
-        # response.
-        reusable = connection is not None and last_response is not None and last_response.length == 0
-        if fresh or not reusable:
-            if connection is not None:
-                connection.close()
-            connection = factory(request.host, timeout=request.timeout)
-        connection.timeout = request.timeout
-        if connection.sock is not None:
-            connection.sock.settimeout(request.timeout)
-        connections[key] = (connection, None)
-        return connection, reusable and not fresh
-
-    def send(self, factory, request):
-        headers = {**request.headers, **request.unredirected_hdrs}
-        fresh = False
-        while True:
-            connection, reused = self.connection(factory, request, fresh)
-            try:
-                connection.request(request.get_method(), request.selector, request.data, headers)
-                response = connection.getresponse()
-            except (ConnectionResetError, BrokenPipeError, http.client.BadStatusLine) as err:
-                connection.close()
-                if reused and request.get_method() == "GET":  # the API closed it while it sat idle: once more
-                    fresh = True
-                    continue
-                raise urllib.error.URLError(err) from None
-            except OSError as err:  # refused, unresolvable or timed out
-                connection.close()
-                raise urllib.error.URLError(err) from None
-            self.local.connections[(request.type, request.host)] = (connection, response)
-            response.msg, response.url = response.reason, request.full_url  # what urllib's own handler sets
-            return response
+    @classmethod
+    def from_description(cls, description):
+        """A Form from GET /api/v1.0/model; ValueError (or KeyError, TypeError) when it is not one."""
+        inputs = [{**entry, "hint": hint(entry)} for entry in description["inputs"]]
+        names = tuple(entry["name"] for entry in inputs)
+        examples = [(name, query_link("/", [(key, value if isinstance(value, str) else number_text(value))
+                                            for key, value in row.items()]))
+                    for name, row in description["examples"].items()]
+        return cls(str(description["version"]), names,
+                   {"inputs": inputs, "examples": examples, "texts": description["texts"],
+                    "class_labels": description["class_labels"]})
 
 
-def api_opener():
-    """A urllib opener that calls the API over KeepAliveHandler's connections, directly: not through an HTTP proxy
-    named in the environment (the API is an internal service), and never following a redirect."""
-    opener = urllib.request.OpenerDirector()
-    for handler in (KeepAliveHandler(), urllib.request.HTTPDefaultErrorHandler(), urllib.request.HTTPErrorProcessor()):
-        opener.add_handler(handler)
-    return opener
+def hint(entry):
+    """The line under an input: its typical range (a number) or how many choices it has (a category)."""
+    if entry["kind"] == "category":
+        return f"One of {len(entry['categories'])}"
+    unit = f" {entry['unit']}" if entry.get("unit") else ""
+    low, high = entry["training_range"]["min"], entry["training_range"]["max"]
+    return f"Typically {number_text(low)} to {number_text(high)}{unit}"
 
 
-def call_api(opener, url, authorization, timeout):
-    """GET a URL of the API: (status, parsed JSON body or None). ApiUnavailable when it does not answer."""
-    # The API logs the same request ID, so one click can be followed through both services' logs.
-    request = urllib.request.Request(url, headers={"Authorization": authorization, "Accept": "application/json",
-                                                   "X-Request-ID": service.request_id.get()})
-    try:
-        with opener.open(request, timeout=timeout) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as err:
-        with err:
-            try:
-                return err.code, json.load(err)
-            except ValueError:
-                return err.code, None
-    except (urllib.error.URLError, OSError) as err:  # refused, unresolvable, reset or timed out
-        raise ApiUnavailable(str(getattr(err, "reason", err))) from None
-    except ValueError:  # a 200 whose body is not JSON
-        return 200, None
+class FormSource:
+    """The form of the model the API serves now, learnt from it when first needed, again when it is older than
+    FORM_REFRESH_SECONDS, and at once when an answer names another version. None while the API has not answered."""
+
+    def __init__(self, fetch):
+        self.fetch = fetch  # () -> (status, body) of GET /api/v1.0/model
+        self.form, self.checked = None, -math.inf
+        self.problem = None  # why the last try failed: the API's status code, or "unavailable"
+        self.lock = threading.Lock()
+
+    def current(self):
+        age = time.monotonic() - self.checked
+        if age > (FORM_REFRESH_SECONDS if self.form else FORM_RETRY_SECONDS):
+            self.learn()
+        return self.form
+
+    def notice(self, version):
+        """An answer came from this model version: learn the form again if it is another."""
+        if self.form is None or version != self.form.version:
+            self.learn()
+
+    def changed(self):
+        """Learn the form again now; whether it belongs to another model version than before."""
+        before = self.form
+        self.learn()
+        return self.form is not before and (before is None or self.form.version != before.version)
+
+    def learn(self):
+        if not self.lock.acquire(blocking=False):
+            return  # another thread is asking the API already; this one uses the form as it is
+        try:
+            self.checked = time.monotonic()
+            status, body = self.fetch()
+            if status != 200:
+                self.problem = status
+                logger.error("the API answered %s to GET /api/v1.0/model: the form cannot be learnt", status)
+                return
+            form = Form.from_description(body)
+            if self.form is None or form.version != self.form.version:
+                logger.info("form learnt for model %s version %s", body.get("name"), form.version)
+            self.form, self.problem = form, None
+        except ApiUnavailable as err:
+            self.problem = "unavailable"
+            logger.error("the API is unavailable, so the form cannot be learnt yet: %s", err)
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            self.problem = 200
+            logger.error("GET /api/v1.0/model did not describe a model: %r", err)
+        finally:
+            self.lock.release()
 
 
 # --- The pages -------------------------------------------------------------------------------------------------
@@ -231,13 +217,14 @@ class Site:
     is_authorised: object  # checks the credentials of a request for /metrics
     templates: dict  # name -> bottle.SimpleTemplate
     common: dict  # what every template is given
+    forms: FormSource  # the form of the model the API serves
 
 
-def form_values(query_string):
-    """The four measurements as typed, from a raw query string; anything else the browser sent is dropped."""
+def form_values(query_string, names):
+    """The model's inputs as typed, from a raw query string; anything else the browser sent is dropped."""
     # No max_num_fields: it raises on a long query, and the server's request-line limit already bounds it.
     pairs = parse_qsl(query_string, keep_blank_values=True, errors="replace")
-    return [(name, value) for name, value in pairs if name in FIELDS]
+    return [(name, value) for name, value in pairs if name in names]
 
 
 def percent(probability):
@@ -248,83 +235,120 @@ def query_link(path, pairs):
     return f"{path}?{urlencode(pairs)}" if pairs else path
 
 
-def render(site, name, title, **context):
-    return site.templates[name].render(title=title, **site.common, **context)
+def render(site, form, name, title, **context):
+    """A page; before the form is learnt, in the plain dress of a service whose model is not known yet."""
+    model = form.context if form else {"inputs": [], "examples": [], "class_labels": {},
+                                       "texts": {"title": UNKNOWN_MODEL_TITLE}}
+    return site.templates[name].render(title=title, **site.common, **model, **context)
 
 
-def render_form(site, values=(), errors=None, general_errors=()):
-    return render(site, "form", "Predict the species", values=dict(values), errors=errors or {},
+def render_form(site, form, values=(), errors=None, general_errors=()):
+    return render(site, form, "form", form.context["texts"]["submit"], values=dict(values), errors=errors or {},
                   general_errors=list(general_errors))
 
 
-def failure(site, status, title, heading, advice, retry_link=None):
+def failure(site, form, status, title, heading, advice, retry_link=None):
     bottle.response.status = status
-    return render(site, "failure", title, heading=heading, advice=advice, retry_link=retry_link)
+    return render(site, form, "failure", title, heading=heading, advice=advice, retry_link=retry_link)
+
+
+def unavailable(site, form, values, path):
+    return failure(site, form, 503, "Service unavailable", "The prediction service is unavailable",
+                   "It did not answer in time. Your values are kept in this page's address: try again in a moment.",
+                   retry_link=query_link(path, values))
+
+
+def query_string():
+    return bottle.request.environ.get("QUERY_STRING", "")
+
+
+def no_form_page(site, path):
+    """What a page says while the form cannot be learnt: why, as for a failed prediction."""
+    values = parse_qsl(query_string())[:64]
+    if site.forms.problem in (None, "unavailable"):
+        return unavailable(site, None, values, path)
+    return api_failure_page(site, None, site.forms.problem, values)
 
 
 def form_page(site):
-    return render_form(site, form_values(bottle.request.environ.get("QUERY_STRING", "")))
+    form = site.forms.current()
+    if form is None:
+        return no_form_page(site, "/")
+    return render_form(site, form, form_values(query_string(), form.names))
 
 
-def ask_api(site, values):
-    """The API's (status, body) for these form values, with the call timed and its failures counted."""
+def counted_call(settings, opener, authorization, metrics, path):
+    """The API's (status, body) at this path, with the call timed and its failures counted."""
     started = time.perf_counter()
     try:
-        status, body = call_api(site.opener, f"{site.settings.api_url}/api/v1.0?{urlencode(values)}",
-                                site.authorization, site.settings.timeout)
+        status, body = call_api(opener, f"{settings.api_url}{path}", authorization, settings.timeout)
     except ApiUnavailable:
-        site.metrics.api_failures("unavailable").inc()
+        metrics.api_failures("unavailable").inc()
         raise
-    site.metrics.api_latency.observe(time.perf_counter() - started)
+    metrics.api_latency.observe(time.perf_counter() - started)
     if status not in (200, 400):
-        site.metrics.api_failures("credentials refused" if status == 401 else "error").inc()
+        metrics.api_failures("credentials refused" if status == 401 else "error").inc()
     return status, body
 
 
+def ask_api(site, values):
+    """The API's (status, body) for these form values."""
+    return counted_call(site.settings, site.opener, site.authorization, site.metrics, f"/api/v1.0?{urlencode(values)}")
+
+
 def result_page(site, answer):
-    edit_link = query_link("/", [(name, f"{answer['features'][name]:g}") for name in FEATURES])
-    return render(site, "result", f"Iris {answer['prediction']}", answer=answer, edit_link=edit_link)
+    """The answer; a new model version that gave it is learnt first, so the page names its own inputs."""
+    site.forms.notice(answer["model"]["version"])
+    form = site.forms.form
+    edit_link = query_link("/", [(name, value if isinstance(value, str) else number_text(value))
+                                 for name, value in answer["features"].items()])
+    label = form.context["class_labels"].get(answer["prediction"], answer["prediction"])
+    return render(site, form, "result", label, answer=answer, label=label, edit_link=edit_link)
 
 
-def form_with_errors(site, values, errors):
+def form_with_errors(site, form, values, errors):
     """The form again, status 400, with the API's message beside each bad field and the values kept."""
     bottle.response.status = 400
-    field_errors = {e["field"]: e["message"] for e in errors if e.get("field") in FIELDS}
-    other = [f"{e['field']} {e['message']}" for e in errors if e.get("field") not in FIELDS]
-    return render_form(site, values, field_errors, other)
+    field_errors = {e["field"]: e["message"] for e in errors if e.get("field") in form.names}
+    other = [f"{e['field']} {e['message']}" for e in errors if e.get("field") not in form.names]
+    return render_form(site, form, values, field_errors, other)
 
 
-def api_failure_page(site, status, values):
+def api_failure_page(site, form, status, values):
     if status == 401:
         logger.error("the API refused the web app's credentials for user %r: check API_USERNAME and "
                      "API_PASSWORD", site.settings.username)
-        return failure(site, 502, "Configuration error", "This web app is misconfigured",
+        return failure(site, form, 502, "Configuration error", "This web app is misconfigured",
                        "The prediction service did not accept this web app's credentials. "
                        "Please tell the people who run this site.")
     logger.error("the API answered %s (at %s)", status, site.settings.api_url)
-    return failure(site, 502, "Service error", "The prediction service failed",
+    return failure(site, form, 502, "Service error", "The prediction service failed",
                    "It answered with an error. Try again later; if it keeps happening, tell the people who run "
                    "this site.", retry_link=query_link("/prediction", values))
 
 
 def prediction_page(site):
-    values = form_values(bottle.request.environ.get("QUERY_STRING", ""))
+    form = site.forms.current()
+    if form is None:
+        site.metrics.predictions("failed").inc()
+        return no_form_page(site, "/prediction")
+    values = form_values(query_string(), form.names)
     try:
         status, body = ask_api(site, values)
     except ApiUnavailable as err:
         site.metrics.predictions("failed").inc()
         logger.error("prediction service unavailable at %s: %s", site.settings.api_url, err)
-        return failure(site, 503, "Service unavailable", "The prediction service is unavailable",
-                       "It did not answer in time. Your measurements are kept in this page's address: "
-                       "try again in a moment.", retry_link=query_link("/prediction", values))
+        return unavailable(site, form, values, "/prediction")
     if status == 200 and body:
         site.metrics.predictions("answered").inc()
         return result_page(site, body)
     if status == 400 and body and "errors" in body:
+        if any(error.get("field") not in form.names for error in body["errors"]) and site.forms.changed():
+            return prediction_page(site)  # the API serves another model now: ask again with its own form
         site.metrics.predictions("invalid").inc()
-        return form_with_errors(site, values, body["errors"])
+        return form_with_errors(site, form, values, body["errors"])
     site.metrics.predictions("failed").inc()
-    return api_failure_page(site, status, values)
+    return api_failure_page(site, form, status, values)
 
 
 def static_file(site, filename):
@@ -347,7 +371,10 @@ def healthz(site):
 
 
 def readyz(site):
-    """Ready when the API is: the page is useless without it."""
+    """Ready when the API is, and the form is learnt: the page is useless without them."""
+    if site.forms.current() is None:
+        bottle.response.status = 503
+        return {"status": "not ready", "api": "the form is not learnt yet"}
     try:
         status, _ = call_api(site.opener, f"{site.settings.api_url}/readyz", site.authorization,
                              min(site.settings.timeout, READINESS_TIMEOUT))
@@ -361,7 +388,7 @@ def readyz(site):
 
 def error_page(site, error):
     headings = {404: "There is no page here", 405: "This page cannot be used that way"}
-    return failure(site, error.status, "Not found" if error.status_code == 404 else "Error",
+    return failure(site, site.forms.form, error.status, "Not found" if error.status_code == 404 else "Error",
                    headings.get(error.status_code, "Something went wrong"), "Start again from the form.")
 
 
@@ -378,19 +405,21 @@ ROUTES = (
 def create_app(settings):
     """The web app as a WSGI app, talking to the API at settings.api_url with settings' credentials."""
     stylesheet_hash = hashlib.sha256((STATIC_ROOT / "style.css").read_bytes()).hexdigest()[:12]
+    opener, authorization = api_opener(), service.basic_authorization(settings.username, settings.password)
+    metrics = Metrics()
     site = Site(
         settings=settings,
-        metrics=Metrics(),
-        opener=api_opener(),
-        authorization=service.basic_authorization(settings.username, settings.password),
+        metrics=metrics,
+        opener=opener,
+        authorization=authorization,
         is_authorised=service.credentials_checker(settings.username, settings.password, logger),
         templates={name: bottle.SimpleTemplate(name=f"{name}.tpl", lookup=[str(VIEWS)])
                    for name in ("form", "result", "failure")},
-        common={"stylesheet": f"/static/style.css?v={stylesheet_hash}", "fields": list(FIELDS.items()),
-                "examples": [(species, query_link("/", list(zip(FEATURES, map(str, values)))))
-                             for species, values in EXAMPLES.items()],
-                "percent": percent},
+        common={"stylesheet": f"/static/style.css?v={stylesheet_hash}", "percent": percent,
+                "number_text": number_text},
+        forms=FormSource(functools.partial(counted_call, settings, opener, authorization, metrics, "/api/v1.0/model")),
     )
+    site.forms.current()  # learnt now if the API answers; the pages say it is unavailable until it does
     app = bottle.Bottle()
     app.catchall = False  # crashes go to service.handle_requests, which logs them once
     for method, path, page in ROUTES:
@@ -408,4 +437,4 @@ def app_from_env():
 
 
 if __name__ == "__main__":
-    service.run_development_server("web", logger, read_settings, create_app)
+    devserver.run_development_server("web", logger, read_settings, create_app)

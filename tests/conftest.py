@@ -12,7 +12,8 @@ import api
 import train
 import web
 from tests.support import (API_SERVERS, PASSWORD, USERNAME, api_server, docker_available, free_port,
-                           remove_untagged_images, require, serve_in_thread, untagged_images)
+                           remove_untagged_images, require, serve_in_thread, untagged_images,
+                           write_fruit_csv)
 
 
 @pytest.fixture(scope="session")
@@ -21,6 +22,21 @@ def model_path(tmp_path_factory):
     path = tmp_path_factory.mktemp("model") / "iris.joblib"
     train.main(["--output", str(path)])
     return path
+
+
+@pytest.fixture(scope="session")
+def model_files(tmp_path_factory):
+    """The contract suites' models, name -> artifact path: iris, wine and a CSV with categories that the test writes,
+    each trained as the README says (train.py on a bundled table or on the CSV)."""
+    folder = tmp_path_factory.mktemp("models")
+    fruit = write_fruit_csv(folder / "fruit.csv")
+    commands = {"iris": [], "wine": ["--dataset", "wine"],
+                "fruit": ["--csv", str(fruit), "--target", "Fruit", "--drop", "ID"]}
+    paths = {}
+    for name, arguments in commands.items():
+        paths[name] = folder / f"{name}.joblib"
+        train.main([*arguments, "--output", str(paths[name])])
+    return paths
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,7 @@ from wsgiref.simple_server import WSGIServer, make_server
 
 import pytest
 
+import devserver
 import service
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,6 +36,25 @@ FLOWERS = {
     "virginica": (6.9, 3.1, 5.4, 2.1),
     "odd": (1.0, 1.0, 1.0, 1.0),
 }
+# The CSV model of the contract suites: a table with numbers and categories, written by the tests themselves.
+FRUIT_COLUMNS = ("ID", "Weight (g)", "Colour", "Origin", "Fruit")
+FRUIT_FEATURES = ("weight_g", "colour", "origin")  # the column names as train.py normalises them (ID is dropped)
+
+
+def write_fruit_csv(path, rows=120):
+    """A deterministic table of fruit: weight in grams, colour and origin (categories), and the fruit (the target)."""
+    lines = [",".join(FRUIT_COLUMNS)]
+    colours = {"apple": ("red", "green"), "banana": ("yellow",), "cherry": ("red", "dark red")}
+    weights = {"apple": 150, "banana": 120, "cherry": 8}
+    for index in range(rows):
+        fruit = ("apple", "banana", "cherry")[index % 3]
+        spread = (index * 7919 % 41 - 20) * (0.2 if fruit == "cherry" else 1)  # grams either side of the typical
+        colour = colours[fruit][index // 3 % len(colours[fruit])]
+        lines.append(f"{index},{weights[fruit] + spread:.1f},{colour},{('Spain', 'Chile')[index % 2]},{fruit}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
 # As in Dockerfile.api and Dockerfile.web; THREADS and friends pass through from the environment.
 SERVER_SETTINGS = {"WORKERS": "2", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
@@ -124,11 +144,11 @@ class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
 
 
 @contextmanager
-def serve_in_thread(app):
-    """Serve a WSGI app on a free 127.0.0.1 port in a thread, with the request handler of `python api.py`; yields its
-    base URL and stops it afterwards."""
-    server = make_server("127.0.0.1", 0, app, server_class=_ThreadingWSGIServer,
-                         handler_class=service.DevelopmentRequestHandler)
+def serve_in_thread(app, port=0):
+    """Serve a WSGI app on 127.0.0.1 (on a free port unless one is given) in a thread, with the request handler of
+    `python api.py`; yields its base URL and stops it afterwards."""
+    server = make_server("127.0.0.1", port, app, server_class=_ThreadingWSGIServer,
+                         handler_class=devserver.DevelopmentRequestHandler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

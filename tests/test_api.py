@@ -17,7 +17,7 @@ from sklearn.datasets import load_iris
 
 import api
 import model
-from tests.support import PASSWORD, USERNAME, auth_header
+from tests.support import FEATURES, PASSWORD, USERNAME, auth_header
 
 README_QUERY = "sepal_length=1&sepal_width=1&petal_length=1&petal_width=1"
 SETOSA = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
@@ -102,7 +102,7 @@ def test_bad_query_gives_400_naming_the_field(api_client, query_string, field, m
 
 def test_every_bad_field_is_named_at_once(api_client):
     errors = errors_of(api_client.get("/api/v1.0?sepal_length=abc&petal_width=0", status=400))
-    assert set(errors) == set(api.FEATURES)
+    assert set(errors) == set(FEATURES)
 
 
 # --- Authentication --------------------------------------------------------------------------------------------
@@ -168,7 +168,7 @@ def test_batch_row_equals_the_single_answer(api_client):
     rows = [[1, 1, 1, 1], list(SETOSA.values()), list(VIRGINICA.values()), [6.0, 2.7, 4.2, 1.3], [50, 0.1, 9, 3]]
     batch = api_client.post_json("/api/v1.0/predict", {"instances": rows}).json["predictions"]
     for row, answer in zip(rows, batch):
-        single = api_client.get("/api/v1.0?" + query(**dict(zip(api.FEATURES, row)))).json
+        single = api_client.get("/api/v1.0?" + query(**dict(zip(FEATURES, row)))).json
         assert answer == {key: single[key] for key in ("prediction", "probabilities", "warnings")}
 
 
@@ -241,7 +241,7 @@ def test_json_content_type_with_charset_is_accepted(api_client):
 
 def test_model_metadata_without_paths(api_client, model_path):
     body = api_client.get("/api/v1.0/model").json
-    assert body["features"] == list(api.FEATURES)
+    assert body["features"] == list(FEATURES)
     assert set(body["classes"]) == CLASSES
     assert body["algorithm"] == "logistic_regression"
     assert len(body["sha256"]) == 64
@@ -257,8 +257,9 @@ def test_health_endpoints_need_no_credentials(anonymous_api_client):
 def test_openapi_document_is_valid_and_describes_every_endpoint(anonymous_api_client):
     response = anonymous_api_client.get("/openapi.json")
     assert response.content_type == "application/json"
-    assert response.body == api.OPENAPI_PATH.read_bytes()  # the file, served as it is
     document = response.json
+    file = json.loads(api.OPENAPI_PATH.read_text())
+    assert document["paths"].keys() == file["paths"].keys()  # the file, with the model's inputs put in
     validate(document)  # raises if the document is not valid OpenAPI 3.1
     assert document["openapi"].startswith("3.1")
     assert set(document["paths"]) >= {"/api/v1.0", "/api/v1.0/predict", "/api/v1.0/model", "/metrics", "/healthz",
@@ -266,9 +267,10 @@ def test_openapi_document_is_valid_and_describes_every_endpoint(anonymous_api_cl
     assert document["components"]["securitySchemes"]["basicAuth"] == {"type": "http", "scheme": "basic"}
 
 
-def test_openapi_document_matches_the_code():
-    """The contract is a file written by hand: its names, limits and statuses must be the code's."""
-    document = json.loads(api.OPENAPI_PATH.read_text())
+def test_openapi_document_matches_the_code(anonymous_api_client):
+    """The contract is a file written by hand, with the model's inputs put in: its names, limits and statuses must be
+    the code's."""
+    document = anonymous_api_client.get("/openapi.json").json
     schemas = document["components"]["schemas"]
     bottle_to_openapi = {"<name>": "{model_name}", "<version>": "{model_version}"}
     routes = {(functools.reduce(lambda path, pair: path.replace(*pair), bottle_to_openapi.items(), path.rstrip("/")),
@@ -279,11 +281,12 @@ def test_openapi_document_matches_the_code():
     assert set(documented) == set(routes)
     for key, operation in documented.items():
         assert ("security" in operation) == ("401" in operation["responses"]) == routes[key], key
-    assert [p["name"] for p in documented["/api/v1.0", "get"]["parameters"]] == list(api.FEATURES)
-    assert schemas["Features"]["required"] == list(api.FEATURES) == list(schemas["Features"]["properties"])
-    assert (schemas["Measurement"]["exclusiveMinimum"], schemas["Measurement"]["maximum"]) == (0, api.MAX_CM)
+    assert [p["name"] for p in documented["/api/v1.0", "get"]["parameters"]] == list(FEATURES)
+    assert schemas["Features"]["required"] == list(FEATURES) == list(schemas["Features"]["properties"])
+    for parameter in documented["/api/v1.0", "get"]["parameters"]:
+        assert parameter["schema"]["exclusiveMinimum"] == 0 and parameter["schema"]["maximum"] == 100
     row_as_list = schemas["Row"]["oneOf"][0]
-    assert row_as_list["minItems"] == row_as_list["maxItems"] == len(api.FEATURES)
+    assert row_as_list["minItems"] == row_as_list["maxItems"] == len(FEATURES)
     batch = documented["/api/v1.0/predict", "post"]
     assert f"{api.MAX_ROWS} " in batch["summary"]
     assert f"{api.MAX_ROWS} rows or {api.MAX_BODY_BYTES} bytes" in batch["responses"]["413"]["description"]
@@ -404,7 +407,9 @@ def test_other_scikit_learn_version_is_refused(model_path, tmp_path):
 
 @pytest.mark.parametrize("spoil, message", [
     (lambda metadata: metadata.pop("sha256"), "lacks sha256"),
-    (lambda metadata: metadata.update({"features": ["a", "b", "c", "d"]}), "does not take sepal_length"),
+    (lambda metadata: metadata.update({"features": ["a", "b", "c", "d"]}), "does not take the inputs its metadata"),
+    (lambda metadata: metadata["inputs"].pop(), "does not take the inputs its metadata describes"),
+    (lambda metadata: metadata.update({"classes": ["a", "b", "c"]}), "answers the classes setosa, versicolor"),
 ])
 def test_inconsistent_metadata_is_refused(model_path, tmp_path, spoil, message):
     path = copy_model(model_path, tmp_path)
@@ -420,10 +425,12 @@ def test_unreadable_metadata_is_refused(model_path, tmp_path):
         api.create_app(settings_with(path))
 
 
-def test_a_model_failing_its_self_test_is_refused(model_path, monkeypatch):
-    monkeypatch.setattr(model, "predict", lambda loaded, rows: [{"probabilities": {"setosa": float("nan")}}])
-    with pytest.raises(api.StartupError, match="self-test"):
-        api.create_app(settings_with(model_path))
+def test_a_model_failing_its_self_test_is_refused(model_path, tmp_path):
+    """The reference rows must get the probabilities that train.py recorded for them."""
+    path = copy_model(model_path, tmp_path)
+    edit_metadata(path, lambda metadata: metadata["reference"]["probabilities"][3].__setitem__(0, 0.5))
+    with pytest.raises(api.StartupError, match="self-test: its probabilities for the reference rows differ"):
+        api.create_app(settings_with(path))
 
 
 def test_demo_password_logs_a_warning(model_path, caplog):

@@ -4,11 +4,13 @@ The README's screenshots are taken here only when SCREENSHOTS_DIR names a folder
 docs/images), so a test run leaves the tree as it found it.
 """
 
+import json
 import os
 from pathlib import Path
 
 import pytest
 
+import api
 import web
 from tests.support import PASSWORD, USERNAME, require, serve_in_thread
 
@@ -101,12 +103,47 @@ def test_the_browser_leaves_validation_to_the_api(tab, web_url):
     assert "5.15 cm" in tab.locator(".measured").inner_text()
 
 
-def test_example_link_then_submit(tab, web_url):
+def test_example_link_then_submit(tab, web_url, model_path):
+    virginica = json.loads(model_path.with_suffix(".json").read_text())["examples"]["virginica"]
     tab.goto(f"{web_url}/")
     tab.click("text=virginica")
-    assert tab.input_value("#petal_length") == "5.4"
+    assert float(tab.input_value("#petal_length")) == virginica["petal_length"]
     tab.click("button[type=submit]")
     assert tab.locator("h1").inner_text() == "Iris virginica"
+
+
+@pytest.fixture(scope="module")
+def fruit_web_url(model_files):
+    """The web app in front of the API serving the CSV model with categories; yields its URL."""
+    api_app = api.create_app(api.Settings(username=USERNAME, password=PASSWORD, model_path=model_files["fruit"]))
+    with serve_in_thread(api_app) as api_url:
+        settings = web.Settings(api_url=api_url, username=USERNAME, password=PASSWORD)
+        with serve_in_thread(web.create_app(settings)) as url:
+            yield url
+
+
+def test_a_category_is_picked_from_a_select(tab, fruit_web_url, screenshot):
+    tab.goto(f"{fruit_web_url}/")
+    assert tab.locator("h1").inner_text() == "Which fruit is this?"
+    assert tab.locator("#colour option").all_inner_texts() == ["Choose…", "dark red", "green", "red", "yellow"]
+    tab.fill("#weight_g", "9")
+    tab.select_option("#colour", "dark red")
+    tab.select_option("#origin", "Chile")
+    screenshot(tab, "form-categories.png")
+    tab.click("button[type=submit]")
+    tab.wait_for_url("**/prediction?**")
+    assert tab.locator("h1").inner_text() == "cherry"
+    assert tab.locator(".measured").inner_text().split("\n")[:6] == ["Weight (g)", "9", "Colour", "dark red", "Origin",
+                                                                     "Chile"]
+    assert tab.console_errors == []
+
+
+def test_a_select_left_on_its_prompt_is_refused_by_the_browser_not_sent(tab, fruit_web_url):
+    tab.goto(f"{fruit_web_url}/")
+    tab.fill("#weight_g", "9")
+    tab.select_option("#origin", "Chile")
+    tab.click("button[type=submit]")
+    assert tab.url.endswith("/") and tab.eval_on_selector("#colour", "e => e.validity.valueMissing")
 
 
 def test_usable_at_375_pixels(chromium, web_url, screenshot):

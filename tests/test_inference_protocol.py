@@ -15,7 +15,7 @@ from tritonclient.http.auth import BasicAuth
 from tritonclient.utils import InferenceServerException
 
 import api
-from tests.support import FLOWERS, PASSWORD, ROOT, USERNAME, auth_header, query
+from tests.support import FEATURES, FLOWERS, PASSWORD, ROOT, USERNAME, auth_header, query
 
 MODEL = "iris-classifier"
 CLASSES = ["setosa", "versicolor", "virginica"]
@@ -55,7 +55,7 @@ def test_health_metadata_and_readiness(triton_client, version):
     metadata = triton_client.get_model_metadata(MODEL)
     assert metadata["name"] == MODEL and metadata["versions"] == [version]
     assert metadata["inputs"] == [{"name": "input-0", "datatype": "FP32", "shape": [-1, 4],
-                                   "parameters": {"features": ",".join(api.FEATURES)}}]
+                                   "parameters": {"features": ",".join(FEATURES)}}]
     outputs = {output["name"]: output for output in metadata["outputs"]}
     assert list(outputs) == ["predict", "predict_proba", "out_of_range"]
     assert outputs["predict_proba"]["parameters"]["classes"] == ",".join(CLASSES)
@@ -133,8 +133,8 @@ def test_every_iris_flower_gets_the_answer_of_api_v1(triton_client, protocol_api
 
 
 def test_fp32_inputs_at_the_edge_of_the_training_range_are_not_out_of_range(triton_client, model_path):
-    ranges = json.loads(model_path.with_suffix(".json").read_text())["feature_ranges"]
-    edges = np.array([[ranges[name][end] for name in api.FEATURES] for end in ("min", "max")])
+    inputs = json.loads(model_path.with_suffix(".json").read_text())["inputs"]
+    edges = np.array([[item["training_range"][end] for item in inputs] for end in ("min", "max")])
     assert not infer(triton_client, edges, "FP32").as_numpy("out_of_range").any()
 
 

@@ -271,7 +271,7 @@ def test_a_broken_image_is_rolled_back_without_a_failed_request(stack, capsys):
     current = service(stack, "api", "{{.Spec.TaskTemplate.ContainerSpec.Image}}")
     broken = stack.build_api_image("broken", dockerfile=(
         f"FROM {current}\nUSER 0\n"
-        "RUN sed -i 's/\"sha256\": \"[0-9a-f]*\"/\"sha256\": \"0000\"/' /app/model/iris.json\nUSER 10001\n"))
+        "RUN sed -i 's/\"sha256\": \"[0-9a-f]*\"/\"sha256\": \"0000\"/' /app/model/model.json\nUSER 10001\n"))
     with Load(stack.ports["API_PORT"]) as load:
         docker("service", "update", "--detach=false", "--image", broken, f"{stack.name}_api", check=False, timeout=600)
         wait_for(lambda: service(stack, "api", "{{.UpdateStatus.State}}") == "rollback_completed", 180,

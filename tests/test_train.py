@@ -7,10 +7,12 @@ import sys
 from pathlib import Path
 
 import joblib
+import numpy as np
 import pytest
 from sklearn.datasets import load_iris
 
 import train
+from tests.support import FEATURES, write_fruit_csv
 
 TRAIN = str(Path(train.__file__))
 
@@ -40,10 +42,10 @@ def test_metadata_describes_the_artifact(tmp_path):
     assert metadata["name"] == "iris-classifier"
     assert metadata["estimator"] == "Pipeline(StandardScaler, LogisticRegression)"
     assert metadata["parameters"]["logisticregression__random_state"] == 3
-    assert metadata["features"] == list(train.FEATURES)
+    assert metadata["features"] == list(FEATURES)
     assert metadata["classes"] == ["setosa", "versicolor", "virginica"]
-    for name in train.FEATURES:
-        low, high = metadata["feature_ranges"][name]["min"], metadata["feature_ranges"][name]["max"]
+    for item in metadata["inputs"]:
+        low, high = item["training_range"]["min"], item["training_range"]["max"]
         assert 0 < low < high < 10
     metrics = metadata["metrics"]
     assert set(metrics) >= {"test_accuracy", "cv_accuracy_mean", "cv_accuracy_std", "per_class", "confusion_matrix"}
@@ -93,3 +95,126 @@ def test_every_option_has_help():
     for option in ("--model", "--output", "--seed", "--test-size"):
         assert option in parser_help
     assert parser_help.count("(default:") >= 4
+
+
+# --- Other tables: bundled datasets, a CSV of one's own, a classifier fitted elsewhere -------------------------
+
+
+def run_cli(tmp_path, *args):
+    """train.py as a user runs it, writing into tmp_path/out; (exit code, stderr, files written)."""
+    output = tmp_path / "out" / "model.joblib"
+    result = subprocess.run([sys.executable, TRAIN, *args, "--output", str(output)], capture_output=True, text=True,
+                            timeout=300)
+    written = sorted(p.name for p in output.parent.iterdir()) if output.parent.exists() else []
+    return result.returncode, result.stderr, written
+
+
+def csv_file(tmp_path, text, name="table.csv", encoding="utf-8"):
+    path = tmp_path / name
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+def rows_of(header, make, count=30):
+    return header + "\n" + "\n".join(make(i) for i in range(count)) + "\n"
+
+
+@pytest.mark.parametrize("text, args, message", [
+    (rows_of("size,price", lambda i: f"{i},{i * 1.5}"), ["--target", "price"],
+     "target 'price' has 30 distinct values in 30 rows: too many to be classes"),
+    (rows_of("size,kind", lambda i: f"{i},a"), ["--target", "kind"], "target 'kind' has 1 distinct value"),
+    (rows_of("size,kind", lambda i: f"{'' if i == 7 else i},{'ab'[i % 2]}"), ["--target", "kind"],
+     "column 'size' has an empty value on line 9"),
+    (rows_of("Mean radius,mean_radius,kind", lambda i: f"{i},{i},{'ab'[i % 2]}"), ["--target", "kind"],
+     "columns 'Mean radius' and 'mean_radius' both become the feature name 'mean_radius'"),
+    (rows_of("size,kind", lambda i: f"{i},{'ab'[i % 2]}"), ["--target", "Kind"], "'Kind' is not a column of"),
+    (rows_of("size,kind", lambda i: f"{i},{'ab'[i % 2]}"), ["--target", "kind", "--drop", "id"],
+     "'id' is not a column of"),
+    ("just one line\n", ["--target", "kind"], "is not a table: it needs a header row and data rows"),
+    (rows_of("size,kind", lambda i: f"{i},{'ab'[i % 2]}") + "1,2,3\n", ["--target", "kind"],
+     "is not a table: line 32 has 3 cells, the header 2"),
+    (rows_of("size,kind", lambda i: f"{i},{'a' if i < 3 else 'b'}"), ["--target", "kind"],
+     "class 'a' of target 'kind' has 3 rows; each class needs at least 10"),
+])
+def test_a_table_that_cannot_make_a_model_is_refused_in_one_line_and_nothing_is_written(tmp_path, text, args, message):
+    code, stderr, written = run_cli(tmp_path, "--csv", str(csv_file(tmp_path, text)), *args)
+    assert code == 1 and message in stderr, stderr
+    assert stderr.startswith("train.py: ") and stderr.count("\n") == 1 and "Traceback" not in stderr
+    assert written == []
+
+
+def test_a_file_that_is_not_utf8_is_refused(tmp_path):
+    path = csv_file(tmp_path, rows_of("größe,kind", lambda i: f"{i},{'ab'[i % 2]}"), encoding="latin-1")
+    code, stderr, written = run_cli(tmp_path, "--csv", str(path), "--target", "kind")
+    assert code == 1 and "is not UTF-8 text" in stderr and stderr.count("\n") == 1 and written == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--csv", "x.csv"], "--csv needs --target"),
+    (["--target", "y"], "--target, --drop and --fitted go with --csv"),
+    (["--dataset", "mnist"], "invalid choice: 'mnist'"),
+    (["--name", "My Model"], "must be lower-case letters, digits and '-'"),
+])
+def test_a_bad_command_line_is_one_line(tmp_path, args, message):
+    code, stderr, written = run_cli(tmp_path, *args)
+    assert code == 2 and message in stderr and stderr.count("\n") == 1 and written == []
+
+
+def test_a_csv_with_categories_becomes_a_model_that_takes_the_raw_values(tmp_path):
+    table = write_fruit_csv(tmp_path / "Fruit Basket.csv")
+    output = tmp_path / "fruit.joblib"
+    train.main(["--csv", str(table), "--target", "Fruit", "--drop", "ID", "--output", str(output)])
+    metadata = json.loads(output.with_suffix(".json").read_text())
+    assert metadata["name"] == "fruit-basket-classifier"
+    assert [(item["name"], item["label"], item["kind"]) for item in metadata["inputs"]] == [
+        ("weight_g", "Weight (g)", "number"), ("colour", "Colour", "category"), ("origin", "Origin", "category")]
+    assert metadata["classes"] == ["apple", "banana", "cherry"]
+    assert metadata["texts"]["question"] == "Which fruit is this?"
+    estimator = joblib.load(output)
+    assert list(estimator.predict(np.array([[150.0, "green", "Spain"], [8.0, "dark red", "Chile"]], dtype=object))) \
+        == ["apple", "cherry"]
+
+
+@pytest.mark.parametrize("dataset, features, classes", [
+    ("wine", 13, ["class_0", "class_1", "class_2"]),
+    ("breast_cancer", 30, ["benign", "malignant"]),
+])
+def test_bundled_datasets_keep_their_names_normalised(tmp_path, dataset, features, classes):
+    output = tmp_path / f"{dataset}.joblib"
+    train.main(["--dataset", dataset, "--output", str(output)])
+    metadata = json.loads(output.with_suffix(".json").read_text())
+    assert len(metadata["features"]) == features and metadata["classes"] == classes
+    assert metadata["name"] == f"{dataset.replace('_', '-')}-classifier"
+    labels = {item["name"]: item["label"] for item in metadata["inputs"]}
+    assert labels.get("od280_od315_of_diluted_wines", "od280/od315_of_diluted_wines") == \
+        "od280/od315_of_diluted_wines"
+    assert labels.get("mean_radius", "mean radius") == "mean radius"
+    assert all(item["unit"] is None for item in metadata["inputs"])
+
+
+def test_a_classifier_fitted_elsewhere_is_adopted_with_the_tables_metadata(tmp_path):
+    from sklearn.compose import make_column_transformer
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+    table = write_fruit_csv(tmp_path / "fruit.csv")
+    data = np.genfromtxt(table, delimiter=",", dtype=str, skip_header=1)
+    X = np.array([[float(row[1]), row[2], row[3]] for row in data], dtype=object)
+    mine = make_pipeline(make_column_transformer((OneHotEncoder(), [1, 2]), remainder="passthrough"),
+                         RandomForestClassifier(random_state=0)).fit(X, data[:, 4])
+    joblib.dump(mine, tmp_path / "mine.joblib")
+    output = tmp_path / "adopted.joblib"
+    train.main(["--csv", str(table), "--target", "Fruit", "--drop", "ID", "--fitted", str(tmp_path / "mine.joblib"),
+                "--output", str(output)])
+    metadata = json.loads(output.with_suffix(".json").read_text())
+    assert metadata["algorithm"] == "fitted elsewhere" and metadata["metrics"]["table_accuracy"] == 1.0
+    assert metadata["features"] == ["weight_g", "colour", "origin"]
+    assert (joblib.load(output).predict(X) == mine.predict(X)).all()
+
+
+def test_a_fitted_file_that_cannot_predict_the_table_is_refused(tmp_path):
+    table = write_fruit_csv(tmp_path / "fruit.csv")
+    iris_model, _ = run_train(tmp_path)  # takes four numbers, not this table's three columns
+    code, stderr, written = run_cli(tmp_path, "--csv", str(table), "--target", "Fruit", "--drop", "ID",
+                                    "--fitted", str(iris_model))
+    assert code == 1 and "cannot predict this table's rows" in stderr and stderr.count("\n") == 1 and written == []

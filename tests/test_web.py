@@ -11,8 +11,11 @@ from urllib.parse import urlencode
 
 import pytest
 
+import api
+import train
 import web
-from tests.support import PASSWORD, ROOT, auth_header
+from tests.support import (FEATURES, PASSWORD, ROOT, USERNAME, auth_header, free_port, serve_in_thread,
+                           write_fruit_csv)
 
 SETOSA = {"sepal_length": "5.1", "sepal_width": "3.5", "petal_length": "1.4", "petal_width": "0.2"}
 SECRETS = (PASSWORD, auth_header()["Authorization"].split()[1])
@@ -29,7 +32,7 @@ def test_form_has_four_labelled_number_inputs(web_client):
     page = web_client.get("/")
     form = page.forms[0]
     assert form.action == "/prediction" and form.method.upper() == "GET"
-    for name in web.FEATURES:
+    for name in FEATURES:
         field = page.html.find("input", id=name)
         assert field["type"] == "number" and field.has_attr("required") and field["step"] and field["min"]
         assert page.html.find("label", attrs={"for": name})
@@ -38,12 +41,14 @@ def test_form_has_four_labelled_number_inputs(web_client):
     assert "Typically 4.3 to 7.9 cm" in page.text
 
 
-def test_example_links_fill_the_form(web_client):
+def test_example_links_fill_the_form_with_the_models_typical_rows(web_client, model_path):
+    examples = json.loads(model_path.with_suffix(".json").read_text())["examples"]
     page = web_client.get("/")
     links = {a.text: a["href"] for a in page.html.select(".examples a")}
     assert set(links) == {"setosa", "versicolor", "virginica"}
-    filled = web_client.get(links["virginica"]).forms[0]
-    assert [filled[name].value for name in web.FEATURES] == ["6.9", "3.1", "5.4", "2.1"]
+    for species, row in examples.items():
+        filled = web_client.get(links[species]).forms[0]
+        assert [float(filled[name].value) for name in FEATURES] == [row[name] for name in FEATURES]
 
 
 def test_submitting_the_form_shows_a_real_prediction(web_client):
@@ -60,7 +65,7 @@ def test_submitting_the_form_shows_a_real_prediction(web_client):
     assert measured == ["5.1 cm", "3.5 cm", "1.4 cm", "0.2 cm"]
     assert "Model iris-classifier, version" in page.text
     back = page.html.find("a", string="Change these measurements")["href"]
-    assert [web_client.get(back).forms[0][name].value for name in web.FEATURES] == list(SETOSA.values())
+    assert [web_client.get(back).forms[0][name].value for name in FEATURES] == list(SETOSA.values())
 
 
 def test_extrapolation_warnings_are_shown(web_client):
@@ -118,7 +123,7 @@ def test_script_in_a_value_comes_back_escaped(web_client):
     assert page.html.find("script") is None
 
 
-@pytest.mark.parametrize("field", web.FEATURES)
+@pytest.mark.parametrize("field", FEATURES)
 @pytest.mark.parametrize("hostile", ['<script>alert(1)</script>', '" onfocus="alert(1)" x="', "' onmouseover='alert(1)",
                                      '</textarea><img src=x onerror=alert(1)>'])
 def test_hostile_text_in_any_field_comes_back_inert(web_client, field, hostile):
@@ -206,11 +211,12 @@ class KeptAliveApi(BaseHTTPRequestHandler):
         type(self).connections += 1
 
     def do_GET(self):
+        answer = self.description if self.path == "/api/v1.0/model" else ANSWER
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(ANSWER)))
+        self.send_header("Content-Length", str(len(answer)))
         self.end_headers()
-        self.wfile.write(ANSWER)
+        self.wfile.write(answer)
         self.close_connection = self.drop_after_answer
 
     def log_message(self, *args):
@@ -218,9 +224,11 @@ class KeptAliveApi(BaseHTTPRequestHandler):
 
 
 @pytest.fixture(params=[False, True], ids=["kept", "dropped"])
-def kept_alive_api(request):
-    """A KeptAliveApi on a loopback port; yields (URL, its handler class)."""
-    handler = type("Handler", (KeptAliveApi,), {"connections": 0, "drop_after_answer": request.param})
+def kept_alive_api(request, model_path):
+    """A KeptAliveApi on a loopback port, describing the iris model as version 1; yields (URL, its handler class)."""
+    description = {**json.loads(model_path.with_suffix(".json").read_text()), "version": "1"}
+    handler = type("Handler", (KeptAliveApi,), {"connections": 0, "drop_after_answer": request.param,
+                                                "description": json.dumps(description).encode()})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_port}", handler
@@ -234,7 +242,8 @@ def test_the_api_is_called_over_one_kept_alive_connection_that_is_replaced_when_
     client = new_web_client(url)
     for _ in range(5):
         assert client.get(f"/prediction?{query(**SETOSA)}").html.find("h1").text == "Iris setosa"
-    assert handler.connections == (5 if handler.drop_after_answer else 1)
+    # The form is learnt first (GET /api/v1.0/model), over the same connection when it is kept.
+    assert handler.connections == (6 if handler.drop_after_answer else 1)
 
 
 # --- Headers, static files, health -----------------------------------------------------------------------------
@@ -328,3 +337,47 @@ def test_the_web_app_loads_no_scientific_stack():
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+# --- The form follows the model the API serves -----------------------------------------------------------------
+
+
+def test_the_web_app_starts_before_the_api_and_learns_the_form_when_it_answers(new_web_client, api_app,
+                                                                                  monkeypatch):
+    monkeypatch.setattr(web, "FORM_RETRY_SECONDS", 0)
+    port = free_port()
+    client = new_web_client(f"http://127.0.0.1:{port}", timeout=1)  # nothing listens there yet: it starts anyway
+    page = client.get("/", status=503)
+    assert "The prediction service is unavailable" in page.text
+    assert client.get("/readyz", status=503).json["status"] == "not ready"
+    with serve_in_thread(api_app, port):
+        page = client.get("/")
+        assert page.html.find("h1").text == "Which iris is this?" and page.html.find(id="sepal_length")
+        assert client.get("/readyz").json == {"status": "ready"}
+
+
+class SwitchableApi:
+    """A WSGI app that passes every request to the API app it holds now: a new model rolled out behind one URL."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        return self.app(environ, start_response)
+
+
+def test_a_new_model_rolled_out_gets_its_own_form_at_its_first_answer(new_web_client, api_app, tmp_path):
+    fruit = tmp_path / "fruit.joblib"
+    train.main(["--csv", str(write_fruit_csv(tmp_path / "fruit.csv")), "--target", "Fruit", "--drop", "ID",
+                "--output", str(fruit)])
+    switch = SwitchableApi(api_app)
+    with serve_in_thread(switch) as url:
+        client = new_web_client(url)
+        assert client.get("/").html.find(id="sepal_length")
+        switch.app = api.create_app(api.Settings(username=USERNAME, password=PASSWORD, model_path=fruit))
+        page = client.get("/prediction?weight_g=150&colour=green&origin=Spain")
+        assert page.html.find("h1").text == "apple"
+        assert [dd.text for dd in page.html.select(".measured dd")] == ["150", "green", "Spain"]
+        form = client.get("/")
+        assert form.html.find("h1").text == "Which fruit is this?"
+        assert form.html.find("select", id="colour") and not form.html.find(id="sepal_length")

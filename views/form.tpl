@@ -1,11 +1,12 @@
-% # The form. The inputs say step="any" and min="0" so that the browser lets any positive decimal through and the
-% # API, the one place where the validation rules live, decides.
-% rebase("layout.tpl", title=title, stylesheet=stylesheet)
-  <h1>Which iris is this?</h1>
-  <p class="lead">Enter four measurements of one flower, in centimetres, and the model names its species.</p>
+% # The form, made from the model's inputs (GET /api/v1.0/model). A number input says step="any" (and the smallest
+% # value its rule allows, if any) so that the browser lets any decimal through and the API, the one place where
+% # the validation rules live, decides; a category is a <select> of its categories.
+% rebase("layout.tpl", title=title, stylesheet=stylesheet, texts=texts)
+  <h1>{{texts["question"]}}</h1>
+  <p class="lead">{{texts["lead"]}}</p>
   <p class="examples">Or start from a typical
-  % for i, (species, link) in enumerate(examples):
-    <a href="{{link}}">{{species}}</a>{{"," if i < len(examples) - 2 else (" or" if i == len(examples) - 2 else ".")}}
+  % for i, (name, link) in enumerate(examples):
+    <a href="{{link}}">{{name}}</a>{{"," if i < len(examples) - 2 else (" or" if i == len(examples) - 2 else ".")}}
   % end
   </p>
   % if general_errors:
@@ -19,19 +20,28 @@
   </div>
   % end
   <form action="/prediction" method="get" class="measurements">
-  % for name, (label, low, high) in fields:
-    <div class="field{{" invalid" if name in errors else ""}}">
-      <label for="{{name}}">{{label}} <span class="unit">(cm)</span></label>
-      % if name in errors:
-      <input id="{{name}}" name="{{name}}" type="number" inputmode="decimal" step="any" min="0" required
-             value="{{values.get(name, "")}}" aria-invalid="true" aria-describedby="{{name}}-hint {{name}}-error">
-      <p class="error" id="{{name}}-error">{{label}} {{errors[name]}}</p>
+  % for item in inputs:
+  %   name, invalid = item["name"], item["name"] in errors
+  %   described = f"{name}-hint {name}-error" if invalid else f"{name}-hint"
+  %   lowest = item.get("allowed", {}).get("minimum", item.get("allowed", {}).get("exclusiveMinimum"))
+    <div class="field{{" invalid" if invalid else ""}}">
+      <label for="{{name}}">{{item["label"]}}{{!"" if not item["unit"] else ' <span class="unit">(%s)</span>' % item["unit"]}}</label>
+      % if item["kind"] == "category":
+      <select id="{{name}}" name="{{name}}" required{{!' aria-invalid="true"' if invalid else ""}} aria-describedby="{{described}}">
+        <option value="">Choose…</option>
+        % for category in item["categories"]:
+        <option{{!" selected" if values.get(name) == category else ""}}>{{category}}</option>
+        % end
+      </select>
       % else:
-      <input id="{{name}}" name="{{name}}" type="number" inputmode="decimal" step="any" min="0" required
-             value="{{values.get(name, "")}}" aria-describedby="{{name}}-hint">
+      <input id="{{name}}" name="{{name}}" type="number" inputmode="decimal" step="any"{{!"" if lowest is None else ' min="%s"' % number_text(lowest)}} required
+             value="{{values.get(name, "")}}"{{!' aria-invalid="true"' if invalid else ""}} aria-describedby="{{described}}">
       % end
-      <p class="hint" id="{{name}}-hint">Typically {{low}} to {{high}} cm</p>
+      % if invalid:
+      <p class="error" id="{{name}}-error">{{item["label"]}} {{errors[name]}}</p>
+      % end
+      <p class="hint" id="{{name}}-hint">{{item["hint"]}}</p>
     </div>
   % end
-    <button type="submit">Predict the species</button>
+    <button type="submit">{{texts["submit"]}}</button>
   </form>

@@ -1,7 +1,7 @@
-% # The answer: the species, a bar chart of the probabilities (inline SVG, no script), and the measurements.
-% rebase("layout.tpl", title=title, stylesheet=stylesheet)
+% # The answer: the class, a bar chart of the probabilities (inline SVG, no script), and the values entered.
+% rebase("layout.tpl", title=title, stylesheet=stylesheet, texts=texts)
   <p class="eyebrow">The model says this is</p>
-  <h1 class="species">Iris {{answer["prediction"]}}</h1>
+  <h1 class="species">{{label}}</h1>
   <p class="lead">with a probability of {{percent(answer["probabilities"][answer["prediction"]])}}.</p>
   % if answer["warnings"]:
   <div class="alert" role="note">
@@ -15,9 +15,9 @@
   % end
   <h2>Probabilities</h2>
   <ul class="chart">
-  % for species, probability in answer["probabilities"].items():
-    <li class="{{"best" if species == answer["prediction"] else "other"}}">
-      <span class="label">{{species}}</span>
+  % for name, probability in answer["probabilities"].items():
+    <li class="{{"best" if name == answer["prediction"] else "other"}}">
+      <span class="label">{{name}}</span>
       <svg class="bar" viewBox="0 0 100 10" preserveAspectRatio="none" aria-hidden="true" focusable="false">
         <rect class="track" width="100" height="10"></rect>
         <rect class="fill" width="{{"%.2f" % (100 * probability)}}" height="10"></rect>
@@ -26,11 +26,12 @@
     </li>
   % end
   </ul>
-  <h2>Measurements</h2>
+  <h2>{{texts["values"]}}</h2>
   <dl class="measured">
-  % for name, (label, low, high) in fields:
-    <dt>{{label}}</dt><dd>{{"%g" % answer["features"][name]}} cm</dd>
+  % for item in inputs:
+  %   value = answer["features"].get(item["name"])
+    <dt>{{item["label"]}}</dt><dd>{{value if isinstance(value, str) else number_text(value)}}{{" " + item["unit"] if item["unit"] else ""}}</dd>
   % end
   </dl>
-  <p class="actions"><a class="button" href="{{edit_link}}">Change these measurements</a> <a href="/">Start again</a></p>
+  <p class="actions"><a class="button" href="{{edit_link}}">{{texts["change"]}}</a> <a href="/">Start again</a></p>
   <p class="meta">Model {{answer["model"]["name"]}}, version {{answer["model"]["version"]}}</p>

@@ -1,0 +1,117 @@
+"""The contract the API serves at /openapi.json: openapi.json beside this file (what holds for every model), with the
+served model's inputs put in at start-up, so that clients and fuzzers see the real rules of whatever model is loaded.
+
+    document = served_document(Path("openapi.json"), metadata)     # bytes, built once by api.create_app()
+
+From the metadata's inputs (inputs.py's rules, in JSON Schema's words) it writes: the query parameters of GET
+/api/v1.0, the Features and Row schemas of the batch, and the input tensors of /v2: one tensor of shape [N, n] for a
+model of numbers only, one tensor per feature (named by it) for a model with categories (open_inference.py).
+"""
+
+import json
+
+from inputs import Schema
+from model import MAX_ROWS
+
+NUMBER_TYPES = ["FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"]
+
+
+def value_schema(item):
+    """One input's values in JSON Schema: a number with its bounds, or a string among its categories."""
+    if item.kind == "category":
+        return {"type": "string", "enum": list(item.categories), "description": item.label}
+    return {"type": "number", **dict(item.allowed), "description": f"{item.label}{item.in_unit}"}
+
+
+def query_parameter(item):
+    return {"name": item.name, "in": "query", "required": True, "schema": value_schema(item),
+            "description": f"{item.label}{item.in_unit}: {item.rule()[len('must be '):]}"}
+
+
+def rows_schemas(schema):
+    """Features (an object by name) and Row (that, or a list in input order) of the batch."""
+    values = [value_schema(item) for item in schema.inputs]
+    features = {"type": "object", "required": list(schema.names), "additionalProperties": False,
+                "properties": dict(zip(schema.names, values))}
+    as_list = {"type": "array", "prefixItems": values, "minItems": len(values), "maxItems": len(values),
+               "description": f"The inputs in the order {', '.join(schema.names)}"}
+    return features, {"oneOf": [as_list, {"$ref": "#/components/schemas/Features"}]}
+
+
+def common_number(schema):
+    """The number rule of a tensor holding every input: theirs when they share one, else any number."""
+    rules = {item.allowed for item in schema.inputs}
+    return {"type": "number", **dict(rules.pop())} if len(rules) == 1 else {"type": "number"}
+
+
+def matrix_tensor(schema):
+    """The one tensor of a model of numbers only: shape [N, n] (or [n] for one row), data flat or a list per row."""
+    columns, number = len(schema.inputs), common_number(schema)
+    integer = {**number, "type": "integer"}
+
+    def data(item):
+        return {"oneOf": [{"type": "array", "minItems": columns, "maxItems": columns * MAX_ROWS, "items": item},
+                          {"type": "array", "minItems": 1, "maxItems": MAX_ROWS,
+                           "items": {"type": "array", "minItems": columns, "maxItems": columns, "items": item}}]}
+
+    return {
+        "type": "object", "required": ["name", "shape", "datatype", "data"], "additionalProperties": False,
+        "description": f"Shape [N, {columns}] (N at most {MAX_ROWS}) or [{columns}]: the inputs "
+                       f"{', '.join(schema.names)} in this order, data flat or one list per row, row-major; FP32, FP64, "
+                       "or an INT or UINT type (converted). Every value follows its input's rule (GET /api/v1.0/model).",
+        "properties": {
+            "name": {"type": "string"},
+            "shape": {"oneOf": [
+                {"type": "array", "prefixItems": [{"const": columns}], "minItems": 1, "maxItems": 1},
+                {"type": "array", "prefixItems": [{"type": "integer", "minimum": 1, "maximum": MAX_ROWS},
+                                                  {"const": columns}], "minItems": 2, "maxItems": 2}]},
+            "datatype": {"enum": NUMBER_TYPES},
+            "parameters": {"allOf": [{"$ref": "#/components/schemas/Parameters"},
+                                     {"not": {"required": ["binary_data_size"]}}],
+                           "description": "binary_data_size belongs to the binary extension only"},
+            "data": data(number),
+        },
+        "if": {"properties": {"datatype": {"enum": [name for name in NUMBER_TYPES if "INT" in name]}}},
+        "then": {"properties": {"data": data(integer)}},
+    }
+
+
+def feature_tensor(item):
+    """The tensor of one input of a model with categories: named by the input, shape [N] or [N, 1]."""
+    return {
+        "type": "object", "required": ["name", "shape", "datatype", "data"], "additionalProperties": False,
+        "description": f"{item.label}: one value per row",
+        "properties": {
+            "name": {"const": item.name},
+            "shape": {"type": "array", "minItems": 1, "maxItems": 2,
+                      "prefixItems": [{"type": "integer", "minimum": 1, "maximum": MAX_ROWS}, {"const": 1}]},
+            "datatype": {"enum": ["BYTES"] if item.kind == "category" else ["FP32", "FP64"]},
+            "parameters": {"allOf": [{"$ref": "#/components/schemas/Parameters"},
+                                     {"not": {"required": ["binary_data_size"]}}]},
+            "data": {"type": "array", "minItems": 1, "maxItems": MAX_ROWS, "items": value_schema(item)},
+        },
+    }
+
+
+def inputs_schema(schema):
+    """The inference request's `inputs`."""
+    if schema.numeric:
+        return {"type": "array", "minItems": 1, "maxItems": 1, "items": {"$ref": "#/components/schemas/InputTensor"},
+                "description": f"Exactly one tensor: the {len(schema.inputs)} inputs of each row"}
+    return {"type": "array", "minItems": len(schema.inputs), "maxItems": len(schema.inputs),
+            "items": {"oneOf": [feature_tensor(item) for item in schema.inputs]},
+            "description": f"One tensor per input, named by it ({', '.join(schema.names)}), each of the same N rows"}
+
+
+def served_document(path, metadata):
+    """The OpenAPI document for the model this metadata describes, as the bytes /openapi.json answers."""
+    document = json.loads(path.read_text(encoding="utf-8"))
+    schema = Schema(metadata["inputs"])
+    schemas = document["components"]["schemas"]
+    document["info"]["title"] = metadata.get("texts", {}).get("title", document["info"]["title"])
+    document["paths"]["/api/v1.0"]["get"]["parameters"] = [query_parameter(item) for item in schema.inputs]
+    schemas["Features"], schemas["Row"] = rows_schemas(schema)
+    schemas["InferenceRequest"]["properties"]["inputs"] = inputs_schema(schema)
+    if schema.numeric:
+        schemas["InputTensor"] = matrix_tensor(schema)
+    return json.dumps(document, indent=2, ensure_ascii=False).encode()

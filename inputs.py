@@ -1,0 +1,139 @@
+"""The model's inputs as train.py's metadata describes them, and the one home of the rules their values follow.
+
+    schema = Schema(metadata["inputs"])
+    schema.inputs[0].parse_text("5.1")      # a query-string value, checked: 5.1, or ValueError saying the rule
+    schema.inputs[0].parse_json(5.1)        # a JSON value (a batch row, a /v2 tensor element), checked likewise
+    schema.invalid(matrix)                  # vectorised: (n, k) booleans, true where a number breaks its rule
+
+A number is a plain finite decimal within the bounds its metadata allows (JSON Schema's exclusiveMinimum, minimum,
+maximum, exclusiveMaximum; iris: greater than 0 and at most 100 cm); a category is exactly one of its categories.
+/api/v1.0, its batch and /v2 all check through this module, so each rule is written once.
+"""
+
+import json
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+# Plain decimal notation only: float() alone would also take 'nan', 'inf', '1_0' and surrounding spaces.
+DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")  # ASCII digits only
+BOUNDS = {"exclusiveMinimum": "greater than", "minimum": "at least", "maximum": "at most",
+          "exclusiveMaximum": "less than"}
+MAX_SHOWN = 40  # characters of a refused value repeated in a message
+
+
+def shown(text):
+    """A refused string as a message repeats it: quoted, and shortened."""
+    return repr(text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + "…")
+
+
+@dataclass(frozen=True)
+class Input:
+    """One input of the model: a number or a category, with what its metadata says of it."""
+
+    name: str
+    label: str
+    kind: str  # "number" or "category"
+    unit: str = None
+    allowed: tuple = ()  # ((JSON Schema keyword, bound), ...) of a number
+    training_range: tuple = None  # (min, max) of a number in the training split
+    categories: tuple = ()
+
+    @classmethod
+    def from_metadata(cls, entry):
+        training = entry.get("training_range")
+        return cls(entry["name"], entry.get("label", entry["name"]), entry["kind"], entry.get("unit"),
+                   tuple((key, float(value)) for key, value in entry.get("allowed", {}).items() if key in BOUNDS),
+                   (training["min"], training["max"]) if training else None, tuple(entry.get("categories", ())))
+
+    @property
+    def in_unit(self):
+        return f" {self.unit}" if self.unit else ""
+
+    def rule(self):
+        """What a value must be, as the end of a sentence that begins with the input's name."""
+        if self.kind == "category":
+            return f"must be one of {', '.join(self.categories)}"
+        if not self.allowed:
+            return "must be a finite number"
+        return "must be " + " and ".join(f"{BOUNDS[key]} {bound:g}" for key, bound in self.allowed) + self.in_unit
+
+    def follows_rule(self, value):
+        return math.isfinite(value) and all(
+            {"exclusiveMinimum": value > bound, "minimum": value >= bound, "maximum": value <= bound,
+             "exclusiveMaximum": value < bound}[key] for key, bound in self.allowed)
+
+    def check_number(self, value):
+        """A float that follows the rule; ValueError otherwise."""
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        if not self.follows_rule(value):
+            raise ValueError(f"{self.rule()}, got {value:g}")
+        return value
+
+    def parse_text(self, text):
+        """A query-string or form value, as the model takes it."""
+        if self.kind == "category":
+            if text not in self.categories:
+                raise ValueError(f"{self.rule()}, got {shown(text)}")
+            return text
+        if not DECIMAL.fullmatch(text):
+            raise ValueError(f"must be a decimal number{' in ' + self.unit if self.unit else ''}, got {shown(text)}")
+        return self.check_number(float(text))
+
+    def parse_json(self, value):
+        """A JSON value, as the model takes it: a number (not true or false) or one of the categories' strings."""
+        if self.kind == "category":
+            if not isinstance(value, str) or value not in self.categories:
+                raise ValueError(f"{self.rule()}, got {json.dumps(value)[:MAX_SHOWN]}")
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"must be a number, got {json.dumps(value)[:MAX_SHOWN]}")
+        try:
+            return self.check_number(float(value))
+        except OverflowError:  # an integer too large for a float
+            raise ValueError("must be a finite number") from None
+
+
+def json_kind(value):
+    """What a JSON value is, in words: "an object", "null", ..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return {str: "a string", list: "an array", dict: "an object"}.get(type(value), "a number")
+
+
+class Schema:
+    """All the inputs, in the model's order, with the vectorised form of their rules."""
+
+    def __init__(self, entries):
+        self.inputs = tuple(Input.from_metadata(entry) for entry in entries)
+        self.names = tuple(item.name for item in self.inputs)
+        self.by_name = {item.name: item for item in self.inputs}
+        self.numeric = all(item.kind == "number" for item in self.inputs)
+        self.number_columns = [i for i, item in enumerate(self.inputs) if item.kind == "number"]
+        numbers = [self.inputs[i] for i in self.number_columns]
+        self.bounds = {key: np.array([dict(item.allowed).get(key, math.nan) for item in numbers]) for key in BOUNDS}
+        self.low = np.array([item.training_range[0] for item in numbers])
+        self.high = np.array([item.training_range[1] for item in numbers])
+
+    def invalid(self, numbers):
+        """(n, numeric inputs) booleans: true where a number is not finite or breaks its bounds (nan: no bound)."""
+        bad = ~np.isfinite(numbers)
+        with np.errstate(invalid="ignore"):
+            bad |= numbers <= self.bounds["exclusiveMinimum"]
+            bad |= numbers < self.bounds["minimum"]
+            bad |= numbers > self.bounds["maximum"]
+            bad |= numbers >= self.bounds["exclusiveMaximum"]
+        return bad
+
+    def matrix(self, rows):
+        """Checked rows (lists in input order) as the estimator takes them: floats, or objects beside categories."""
+        return np.array(rows, dtype=float if self.numeric else object).reshape(len(rows), len(self.inputs))
+
+    def numbers_of(self, matrix):
+        """The numeric columns of a matrix, as floats."""
+        return matrix if self.numeric else matrix[:, self.number_columns].astype(float)

@@ -1,0 +1,150 @@
+"""The tables train.py learns from, as columns of numbers or categories: a CSV file of the user's own, or a bundled
+dataset that train.py hands over as arrays.
+
+    table = read_csv(Path("my.csv"), target="y", drop=("id",))
+    table.columns[0].name, table.columns[0].kind      # "age", "number"
+    table.matrix()                                      # (rows, columns): floats, or objects where a category is
+
+A column whose every value is a number becomes a numeric feature; any other becomes a categorical one. Column names
+are normalised (lower case, each run of characters other than a-z and 0-9 one "_", trimmed); the name as written is
+kept as the label. Everything that cannot make a model is refused with TableError, one line that names the column.
+"""
+
+import csv
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from inputs import DECIMAL  # a cell is a number if the API would take it as one
+
+MAX_CLASSES = 50  # a target with more distinct values is a quantity (a price), not classes
+MIN_ROWS_PER_CLASS = 10  # enough for a stratified held-out split and 5-fold cross-validation
+NOT_NAME = re.compile(r"[^a-z0-9]+")
+
+
+class TableError(Exception):
+    """A table that cannot make a model; the message is one line that says why."""
+
+
+@dataclass
+class Column:
+    """One feature: its normalised name, its label as written, its kind and its values."""
+
+    name: str
+    label: str
+    kind: str  # "number" or "category"
+    values: list
+    unit: str = None
+    allowed: dict = field(default_factory=dict)  # JSON Schema bounds of a number: exclusiveMinimum, maximum, ...
+
+    @property
+    def categories(self):
+        """The distinct values of a categorical column, sorted (the order of the form's choices)."""
+        return sorted(set(self.values)) if self.kind == "category" else []
+
+
+@dataclass
+class Table:
+    """The features and the target of a table, and what the service shows of the model trained on it."""
+
+    name: str
+    columns: list
+    target: np.ndarray  # class names, as strings
+    source: str  # where the rows came from, in words
+    target_label: str = "class"  # what a class is, in words: the target column's name as written
+    class_labels: dict = field(default_factory=dict)  # class -> display label, where one is nicer than the name
+    texts: dict = field(default_factory=dict)  # the page's words (title, question, lead, submit)
+
+    def matrix(self):
+        """The rows as the model takes them: a float array, or an object array where a column holds categories."""
+        if all(column.kind == "number" for column in self.columns):
+            return np.array([column.values for column in self.columns], dtype=float).T
+        matrix = np.empty((len(self.target), len(self.columns)), dtype=object)
+        for index, column in enumerate(self.columns):
+            matrix[:, index] = column.values
+        return matrix
+
+
+def normalise(name):
+    """A column name as a feature name: 'od280/od315_of_diluted_wines' -> 'od280_od315_of_diluted_wines'."""
+    return NOT_NAME.sub("_", name.lower()).strip("_")
+
+
+def check_names(labels):
+    """The normalised names of these column labels; TableError when two become one or one becomes nothing."""
+    names = {}
+    for label in labels:
+        name = normalise(label)
+        if not name:
+            raise TableError(f"column {label!r} has no letter or digit to make a feature name of")
+        if name in names:
+            raise TableError(f"columns {names[name]!r} and {label!r} both become the feature name {name!r}: "
+                             "rename one")
+        names[name] = label
+    return list(names)
+
+
+def check_target(name, values):
+    """The target's values as class names; TableError when they cannot be classes."""
+    counts = Counter(values)
+    if len(counts) < 2:
+        raise TableError(f"target {name!r} has {len(counts)} distinct value; a classifier needs at least 2")
+    if len(counts) > MAX_CLASSES or len(counts) > len(values) / 2:
+        raise TableError(f"target {name!r} has {len(counts)} distinct values in {len(values)} rows: too many to be "
+                         f"classes (at most {MAX_CLASSES}); is it a quantity rather than a class?")
+    rare = min(counts, key=counts.get)
+    if counts[rare] < MIN_ROWS_PER_CLASS:
+        raise TableError(f"class {rare!r} of target {name!r} has {counts[rare]} rows; each class needs at least "
+                         f"{MIN_ROWS_PER_CLASS}")
+    return np.array(values, dtype=str)
+
+
+def typed_column(name, label, cells):
+    """A column of numbers if every cell is a plain finite decimal, else of categories."""
+    if all(DECIMAL.fullmatch(cell) and math.isfinite(float(cell)) for cell in cells):
+        return Column(name, label, "number", [float(cell) for cell in cells])
+    return Column(name, label, "category", list(cells))
+
+
+def read_rows(path):
+    """The header and the rows of a CSV file in UTF-8; TableError when it is not one."""
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            rows = [[cell.strip() for cell in row] for row in csv.reader(handle) if row]
+    except UnicodeDecodeError as err:
+        raise TableError(f"{path} is not UTF-8 text (byte {err.start} cannot be read)") from None
+    except csv.Error as err:
+        raise TableError(f"{path} is not a CSV table: {err}") from None
+    except OSError as err:
+        raise TableError(f"cannot read {path}: {err.strerror}") from None
+    if len(rows) < 2 or len(rows[0]) < 2:
+        raise TableError(f"{path} is not a table: it needs a header row and data rows of at least two columns")
+    header = rows[0]
+    for number, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise TableError(f"{path} is not a table: line {number} has {len(row)} cells, the header {len(header)}")
+    return header, rows[1:]
+
+
+def read_csv(path, target, drop=(), name=None):
+    """A Table from a CSV file: the target column as classes, every other column not dropped as a feature."""
+    header, rows = read_rows(path)
+    names = check_names(header)
+    by_name = dict(zip(header, range(len(header))))
+    for column in (target, *drop):
+        if column not in by_name:
+            raise TableError(f"{column!r} is not a column of {path}; its columns are {', '.join(header)}")
+    for index, label in enumerate(header):
+        empty = next((number for number, row in enumerate(rows, start=2) if not row[index]), None)
+        if empty is not None and label not in drop:
+            raise TableError(f"column {label!r} has an empty value on line {empty}: fill it or --drop the column")
+    columns = [typed_column(names[index], label, [row[index] for row in rows])
+               for index, label in enumerate(header) if label != target and label not in drop]
+    if not columns:
+        raise TableError(f"{path} has no feature column left beside the target {target!r}")
+    stem = normalise(name or path.stem).replace("_", "-")
+    return Table(name=stem, columns=columns, target=check_target(target, [row[by_name[target]] for row in rows]),
+                 source=f"{path.name} ({len(rows)} rows)", target_label=target)
