@@ -24,8 +24,9 @@ $(VENV)/installed: requirements.txt requirements-web.txt requirements-test.txt
 test: $(VENV)/installed
 	$(VENV)/bin/python -m pytest
 
-train: $(VENV)/installed  # make train MODEL=random_forest DATASET=wine for another algorithm or table
-	$(VENV)/bin/python train.py $(if $(MODEL),--model $(MODEL)) $(if $(DATASET),--dataset $(DATASET))
+train: $(VENV)/installed  # make train MODEL=random_forest DATASET=wine, or CSV=my.csv TARGET=y for your own table
+	$(VENV)/bin/python train.py $(if $(MODEL),--model $(MODEL)) $(if $(DATASET),--dataset $(DATASET)) \
+	    $(if $(CSV),--csv $(CSV) --target $(TARGET))
 
 api: $(VENV)/installed
 	$(VENV)/bin/python api.py

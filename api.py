@@ -210,6 +210,9 @@ class Metrics:
             buckets=LATENCY_BUCKETS, registry=registry))
         self.predictions = service.cached_labels(Counter(
             "iris_api_predictions", "Predictions made, by predicted class", ["class"], registry=registry))
+        self.explanations = service.cached_labels(Counter(
+            "iris_api_explanations", "Predictions explained (contributions, and neighbours on /api/v1.0/explain), by "
+            "predicted class", ["class"], registry=registry))
         self.out_of_range = service.cached_labels(Counter(
             "iris_api_inputs_out_of_range", "Input values outside the range seen in training, by feature: the drift "
             "signal", ["feature"], registry=registry))
@@ -225,14 +228,18 @@ class Metrics:
         self.requests(endpoint, service.method_of(environ), status).inc()
         self.latency(endpoint).observe(seconds)
 
-    def count_predictions(self, model, predictions):
-        """Predictions by class and out-of-range measurements by feature, from any endpoint."""
+    def count_predictions(self, model, predictions, counter=None):
+        """Predictions (or, with counter=self.explanations, explanations) by class, and out-of-range numbers by
+        feature, from any endpoint."""
+        counter = counter or self.predictions
         if len(predictions.best) == 1:  # the usual request needs no tally
-            self.predictions(model.classes[predictions.best[0]]).inc()
+            counter(model.classes[predictions.best[0]]).inc()
         else:
             for index, count in enumerate(np.bincount(predictions.best, minlength=len(model.classes)).tolist()):
                 if count:
-                    self.predictions(model.classes[index]).inc(count)
+                    counter(model.classes[index]).inc(count)
+        if counter is self.explanations:
+            return
         if predictions.outside.any():
             for feature, count in zip(model.schema.names, predictions.outside.sum(axis=0).tolist()):
                 if count:
@@ -240,6 +247,12 @@ class Metrics:
 
 
 # --- The routes ------------------------------------------------------------------------------------------------
+
+
+def describe(metadata):
+    """GET /api/v1.0/model: the metadata, less the rows kept for the self-test and the neighbours."""
+    explanation = {key: value for key, value in metadata["explanation"].items() if key not in ("rows", "row_classes")}
+    return {**{key: value for key, value in metadata.items() if key != "reference"}, "explanation": explanation}
 
 
 @dataclass(frozen=True)
@@ -252,14 +265,29 @@ class Api:
     description: dict  # GET /api/v1.0/model: the metadata, less the reference rows kept for the self-test
 
 
-def predict_one(api):
+def answer_query(api):
+    """(rows, predictions, answer) for the one row of the query string."""
     features = parse_query(api.model.schema, bottle.request.environ.get("QUERY_STRING", ""))
     rows = api.model.schema.matrix([list(features.values())])
     predictions = predict_all(api.model, rows)
     api.metrics.count_predictions(api.model, predictions)
     answer = answers(api.model, rows, predictions)[0]
-    return {"prediction": answer["prediction"], "probabilities": answer["probabilities"],
-            "features": features, "warnings": answer["warnings"], "model": api.model.reference}
+    return rows, predictions, {"prediction": answer["prediction"], "probabilities": answer["probabilities"],
+                               "features": features, "warnings": answer["warnings"], "model": api.model.reference}
+
+
+def predict_one(api):
+    return answer_query(api)[2]
+
+
+def explain_one(api):
+    """/api/v1.0's answer, and why: each feature's contribution and the nearest training rows (explain.py)."""
+    rows, predictions, answer = answer_query(api)
+    model = api.model
+    contributions = model.explainer.contributions(model.predict_proba, rows, predictions.best)[0]
+    api.metrics.count_predictions(model, predictions, api.metrics.explanations)
+    return {**answer, "contributions": dict(zip(model.schema.names, contributions.tolist())),
+            "neighbours": model.explainer.neighbours(rows[0])}
 
 
 def predict_batch(api):
@@ -332,6 +360,7 @@ ROUTES = (
     ("GET", "/api/v1.0", predict_one, True),
     ("GET", "/api/v1.0/", predict_one, True),
     ("POST", "/api/v1.0/predict", predict_batch, True),
+    ("GET", "/api/v1.0/explain", explain_one, True),
     ("GET", "/api/v1.0/model", describe_model, True),
     ("GET", "/metrics", metrics_page, True),
     ("GET", "/healthz", healthz, False),
@@ -358,8 +387,7 @@ def create_app(settings):
     self_test(model)
     logger.info("model %s version %s (%s) loaded from %s; predictions computed by %s", model.metadata["name"],
                 model.metadata["version"], model.metadata["algorithm"], settings.model_path, model.engine)
-    api = Api(model, Metrics(model), contract.served_document(OPENAPI_PATH, model.metadata),
-              {key: value for key, value in model.metadata.items() if key != "reference"})
+    api = Api(model, Metrics(model), contract.served_document(OPENAPI_PATH, model.metadata), describe(model.metadata))
     is_authorised = service.credentials_checker(settings.username, settings.password, logger)
     app = bottle.Bottle()
     # Crashes go to service.handle_requests, which logs them once with their traceback and answers in kind.

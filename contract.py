@@ -109,7 +109,8 @@ def served_document(path, metadata):
     schema = Schema(metadata["inputs"])
     schemas = document["components"]["schemas"]
     document["info"]["title"] = metadata.get("texts", {}).get("title", document["info"]["title"])
-    document["paths"]["/api/v1.0"]["get"]["parameters"] = [query_parameter(item) for item in schema.inputs]
+    for path in ("/api/v1.0", "/api/v1.0/explain"):
+        document["paths"][path]["get"]["parameters"] = [query_parameter(item) for item in schema.inputs]
     schemas["Features"], schemas["Row"] = rows_schemas(schema)
     schemas["InferenceRequest"]["properties"]["inputs"] = inputs_schema(schema)
     if schema.numeric:

@@ -27,6 +27,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
+from explain import Explainer
 from inputs import Schema
 from service import RequestError, StartupError
 
@@ -35,7 +36,7 @@ PROBABILITY_DIGITS = 6
 FAST_PATH_TOLERANCE = 1e-9
 SELF_TEST_TOLERANCE = 1e-6  # another machine's floating point may differ in the last digits, never by this much
 REQUIRED_METADATA = ("name", "version", "algorithm", "features", "inputs", "classes", "class_labels", "reference",
-                     "versions", "sha256")
+                     "explanation", "versions", "sha256")
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class Model:
     classes: tuple
     predict_proba: object  # rows -> probabilities, see choose_predictor()
     engine: str  # "numpy" (the fast path) or "scikit-learn"
+    explainer: Explainer  # contributions and neighbours (explain.py)
 
     @property
     def reference(self):
@@ -117,7 +119,7 @@ def load_model(model_path):
                            f"{', '.join(map(str, metadata['classes']))}: retrain it with 'python train.py'")
     predict_proba, engine = choose_predictor(estimator, schema, reference_rows(schema, metadata))
     return Model(estimator=estimator, metadata=metadata, schema=schema, classes=classes,
-                 predict_proba=predict_proba, engine=engine)
+                 predict_proba=predict_proba, engine=engine, explainer=Explainer(schema, metadata["explanation"]))
 
 
 def reference_rows(schema, metadata):

@@ -31,7 +31,8 @@ from tensors import INPUT_NAME, MAX_REPORTED, bad, check_parameters, expect, rea
 
 SERVER_METADATA = {"name": "iris-api", "version": "1.0", "extensions": ["binary_tensor_data"]}
 PLATFORM = "sklearn_joblib"
-OUTPUTS = ("predict", "predict_proba", "out_of_range")
+OUTPUTS = ("predict", "predict_proba", "out_of_range", "contributions")
+DEFAULT_OUTPUTS = OUTPUTS[:3]  # contributions (explain.py) cost n + 1 predictions a row: sent only when asked for
 REQUEST_FIELDS = {"id", "parameters", "inputs", "outputs", "model_name", "model_version"}
 JSON_TYPE, BINARY_TYPE = "application/json", "application/octet-stream"
 HEADER_LENGTH = "HTTP_INFERENCE_HEADER_CONTENT_LENGTH"
@@ -101,7 +102,9 @@ def model_metadata(api, name, version=None):
                     {"name": "predict_proba", "datatype": "FP64", "shape": [-1, len(model.classes)],
                      "parameters": {"classes": classes}},
                     {"name": "out_of_range", "datatype": "BOOL", "shape": [-1, len(model.schema.inputs)],
-                     "parameters": {"features": features}}],
+                     "parameters": {"features": features}},
+                    {"name": "contributions", "datatype": "FP64", "shape": [-1, len(model.schema.inputs)],
+                     "parameters": {"features": features, "sent": "when asked for"}}],
     }
 
 
@@ -146,7 +149,7 @@ def requested_outputs(header):
     """[(output name, as binary data?)] in the order asked, every output when none is named."""
     default_binary = header.get("parameters", {}).get("binary_data_output", False)
     if "outputs" not in header:
-        return [(name, default_binary) for name in OUTPUTS]
+        return [(name, default_binary) for name in DEFAULT_OUTPUTS]
     outputs = expect("outputs", header["outputs"], list)
     if len(outputs) > len(OUTPUTS):
         raise bad("outputs", f"names at most {len(OUTPUTS)} outputs, got {len(outputs)}")
@@ -173,7 +176,7 @@ def length_prefixed(classes):
     return [struct.pack("<I", len(text)) + text for text in (label.encode() for label in classes)]
 
 
-def output_data(model, name, predictions, binary):
+def output_data(model, name, predictions, contributions, binary):
     """(datatype, shape, data) of one output: data as bytes when binary, else as a flat list for JSON."""
     if name == "predict":
         indices = predictions.best.tolist()
@@ -182,16 +185,18 @@ def output_data(model, name, predictions, binary):
         return "BYTES", [len(indices)], [model.classes[i] for i in indices]
     if name == "predict_proba":
         values, datatype, dtype = predictions.probabilities, "FP64", "<f8"
+    elif name == "contributions":
+        values, datatype, dtype = contributions, "FP64", "<f8"
     else:
         values, datatype, dtype = predictions.outside, "BOOL", np.uint8  # a BOOL element is one byte
     return datatype, list(values.shape), values.astype(dtype).tobytes() if binary else values.ravel().tolist()
 
 
-def respond(model, header, predictions, requested):
+def respond(model, header, predictions, contributions, requested):
     """The inference response: JSON, or its JSON header followed by the outputs asked for as binary data."""
     outputs, chunks = [], []
     for name, binary in requested:
-        datatype, shape, data = output_data(model, name, predictions, binary)
+        datatype, shape, data = output_data(model, name, predictions, contributions, binary)
         tensor = {"name": name, "datatype": datatype, "shape": shape}
         if binary:
             chunks.append(data)
@@ -218,4 +223,8 @@ def infer(api, name, version=None):
     requested = requested_outputs(header)
     predictions = predict_all(model, rows)
     api.metrics.count_predictions(model, predictions)
-    return respond(model, header, predictions, requested)
+    contributions = None
+    if any(output == "contributions" for output, _ in requested):
+        contributions = model.explainer.contributions(model.predict_proba, rows, predictions.best)
+        api.metrics.count_predictions(model, predictions, api.metrics.explanations)
+    return respond(model, header, predictions, contributions, requested)

@@ -55,6 +55,7 @@ REFERENCE_ROWS = 50  # rows kept with their probabilities, for the API's self-te
 # A number with no bounds of its own may lie this many powers of ten beyond the largest magnitude seen in training.
 # "Any finite number" let 1e308 through, and a linear model's arithmetic overflowed into NaN probabilities.
 HEADROOM_DECADES = 6
+MAX_EXPLANATION_ROWS = 5_000  # training rows kept for the explanations' neighbours; above that, a stratified sample
 
 # Scaling sits in a pipeline wherever the algorithm is sensitive to feature scale; trees are not.
 ALGORITHMS = {
@@ -241,6 +242,34 @@ def typical_rows(table, X):
     return examples
 
 
+def explanation_facts(table, X, seed, keep_rows):
+    """What an explanation needs (explain.py): each feature's baseline (a number's median, a category's most frequent
+    value, ties to the first in category order), the numbers' means and deviations (ddof 0), and the training rows
+    for the neighbours, at most MAX_EXPLANATION_ROWS of them (a stratified sample above that), unless keep_rows is
+    false (a table that must not ship inside an image)."""
+    baselines, means, deviations = {}, {}, {}
+    for index, column in enumerate(table.columns):
+        values = X[:, index]
+        if column.kind == "number":
+            numbers = values.astype(float)
+            baselines[column.name] = float(np.median(numbers))
+            means[column.name], deviations[column.name] = float(numbers.mean()), float(numbers.std())
+        else:
+            baselines[column.name] = max(column.categories, key=list(values).count)
+    facts = {"baselines": baselines, "means": means, "deviations": deviations, "table_rows": int(len(X)),
+             "neighbours": keep_rows}
+    if keep_rows:
+        chosen = np.arange(len(X))
+        if len(X) > MAX_EXPLANATION_ROWS:
+            chosen, _ = train_test_split(chosen, train_size=MAX_EXPLANATION_ROWS, stratify=table.target,
+                                         random_state=seed)
+            chosen.sort()
+        facts.update(sampled=bool(len(chosen) < len(X)),
+                     rows=[list(json_row(table, row).values()) for row in X[chosen]],
+                     row_classes=[str(name) for name in table.target[chosen]])
+    return facts
+
+
 def reference_sample(table, X, estimator):
     """Evenly spaced rows of the table with the probabilities the trained model gives them."""
     rows = X[np.linspace(0, len(X) - 1, min(len(X), REFERENCE_ROWS)).astype(int)]
@@ -265,6 +294,7 @@ def build_metadata(table, estimator, X_train, facts, sha256):
         "class_labels": {name: table.class_labels.get(name, name) for name in classes},
         "examples": typical_rows(table, X),
         "reference": reference_sample(table, X, estimator),
+        "explanation": explanation_facts(table, X, facts["seed"], facts["keep_rows"]),
         "texts": page_texts(table),
         "metrics": facts["metrics"],
         "training": {**facts["training"], "dataset": table.source,
@@ -327,6 +357,7 @@ def train(args):
     table = read_table(args)
     estimator, X_train, facts = fit(args, table)
     facts["name"] = args.name or ("iris-classifier" if table.name == "iris" else f"{table.name}-classifier")
+    facts["seed"], facts["keep_rows"] = args.seed, not args.no_rows
     output = args.output or MODEL_FOLDER / f"{table.name}.joblib"
     write_atomically(output, lambda handle: joblib.dump(estimator, handle))
     sha256 = file_sha256(output)
@@ -400,6 +431,9 @@ def parse_args(argv=None):
     parser.add_argument("--output", type=Path,
                         help="where to write the joblib artifact; the metadata goes beside it as .json "
                              "(default: model/<dataset or file name>.joblib next to this script)")
+    parser.add_argument("--no-rows", action="store_true",
+                        help="keep no training rows in the metadata (a table that must not ship inside an image): "
+                             "explanations then have contributions and no neighbours")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
                         help=f"random seed for the split, cross-validation and the model (default: {DEFAULT_SEED})")
     parser.add_argument("--test-size", type=test_size_fraction, default=DEFAULT_TEST_SIZE,

@@ -292,8 +292,9 @@ def counted_call(settings, opener, authorization, metrics, path):
 
 
 def ask_api(site, values):
-    """The API's (status, body) for these form values."""
-    return counted_call(site.settings, site.opener, site.authorization, site.metrics, f"/api/v1.0?{urlencode(values)}")
+    """The API's (status, body) for these form values: the prediction with its explanation."""
+    return counted_call(site.settings, site.opener, site.authorization, site.metrics,
+                        f"/api/v1.0/explain?{urlencode(values)}")
 
 
 def result_page(site, answer):

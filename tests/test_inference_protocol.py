@@ -57,7 +57,7 @@ def test_health_metadata_and_readiness(triton_client, version):
     assert metadata["inputs"] == [{"name": "input-0", "datatype": "FP32", "shape": [-1, 4],
                                    "parameters": {"features": ",".join(FEATURES)}}]
     outputs = {output["name"]: output for output in metadata["outputs"]}
-    assert list(outputs) == ["predict", "predict_proba", "out_of_range"]
+    assert list(outputs) == ["predict", "predict_proba", "out_of_range", "contributions"]
     assert outputs["predict_proba"]["parameters"]["classes"] == ",".join(CLASSES)
     assert triton_client.get_model_metadata(MODEL, model_version=version)["name"] == MODEL
 
@@ -190,7 +190,7 @@ def with_tensor(**changes):
     (b'{"inputs": [{"name": "x", "shape": [4], "datatype": "FP64", "data": [1e999, 3.5, 1.4, 0.2]}]}', "got inf"),
     (with_tensor(extra=1), "inputs[0].extra is not a field of a tensor"),
     (with_tensor(parameters={"binary_data_size": 32}), "inputs[0].data must be absent when the tensor's bytes follow"),
-    ({"inputs": [SETOSA_TENSOR], "outputs": [{"name": "probability"}]}, "outputs[0].name must be one of predict, predict_proba, out_of_range, got \"probability\""),
+    ({"inputs": [SETOSA_TENSOR], "outputs": [{"name": "probability"}]}, "outputs[0].name must be one of predict, predict_proba, out_of_range, contributions, got \"probability\""),
     ({"inputs": [SETOSA_TENSOR], "outputs": {"name": "predict"}}, "outputs must be an array, got an object"),
     ({"inputs": [SETOSA_TENSOR], "parameters": {"binary_data_output": "yes"}},
      "parameters.binary_data_output must be true or false"),

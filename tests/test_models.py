@@ -5,6 +5,7 @@ served OpenAPI document (fuzzed) and the web page."""
 import csv
 import json
 
+import joblib
 import numpy as np
 import pytest
 import tritonclient.http as triton
@@ -13,6 +14,7 @@ from sklearn.datasets import load_iris, load_wine
 from tritonclient.http.auth import BasicAuth
 
 import api
+import train
 import web
 from tests.support import FRUIT_FEATURES, PASSWORD, USERNAME, api_server, serve_in_thread
 from tests.test_fuzz import AUTHORIZATION, run_schemathesis
@@ -260,3 +262,127 @@ def test_beyond_the_bounds_train_py_sets_a_number_is_refused_not_answered_with_n
     assert alcohol["allowed"] == {"minimum": -1e8, "maximum": 1e8}  # up to 14.83 in training: 2 digits + 6
     error = client.get("/api/v1.0", params={**typical(metadata), "alcohol": "1e300"}, status=400).json["errors"]
     assert error == [{"field": "alcohol", "message": "must be at least -1e+08 and at most 1e+08, got 1e+300"}]
+
+
+# --- Explanations, recomputed independently ----------------------------------------------------------------------
+
+
+def baselines_of(rows, metadata):
+    """Each feature's baseline, from the table: NumPy's median of a number, the most frequent category (ties: the
+    first in category order)."""
+    baselines = {}
+    for item in metadata["inputs"]:
+        values = [row[item["name"]] for row in rows]
+        if item["kind"] == "number":
+            baselines[item["name"]] = float(np.median(values))
+        else:
+            counts = {category: values.count(category) for category in item["categories"]}
+            baselines[item["name"]] = max(item["categories"], key=counts.get)
+    return baselines
+
+
+def distance(metadata, rows, x, t):
+    total = 0.0
+    for item in metadata["inputs"]:
+        name = item["name"]
+        if item["kind"] == "category":
+            total += x[name] != t[name]
+            continue
+        deviation = float(np.std([row[name] for row in rows]))
+        if deviation > 0:
+            total += ((x[name] - t[name]) / deviation) ** 2
+    return total ** 0.5
+
+
+def as_matrix(metadata, rows):
+    kinds = [item["kind"] for item in metadata["inputs"]]
+    return np.array([[row[name] for name in metadata["features"]] for row in rows],
+                    dtype=float if "category" not in kinds else object)
+
+
+def test_explanations_are_what_anyone_recomputes_from_the_table(served, model_files):
+    name, metadata, client = served
+    rows, classes = table_rows(name, model_files)
+    estimator = joblib.load(model_files[name])
+    baselines = baselines_of(rows, metadata)
+    for x in rows[::17]:
+        answer = client.get("/api/v1.0/explain", params=x).json
+        assert list(answer["contributions"]) == metadata["features"]
+        k = metadata["classes"].index(answer["prediction"])
+        variants = [x] + [{**x, name: baselines[name]} for name in metadata["features"]]
+        probabilities = estimator.predict_proba(as_matrix(metadata, variants))[:, k]
+        for index, feature in enumerate(metadata["features"]):
+            assert answer["contributions"][feature] == pytest.approx(probabilities[0] - probabilities[index + 1],
+                                                                     abs=1e-6)
+        distances = [distance(metadata, rows, x, t) for t in rows]
+        nearest = sorted(range(len(rows)), key=lambda i: distances[i])[:3]  # sorted() is stable: table order
+        assert [n["features"] for n in answer["neighbours"]] == [rows[i] for i in nearest]
+        assert [n["class"] for n in answer["neighbours"]] == [classes[i] for i in nearest]
+        assert [n["distance"] for n in answer["neighbours"]] == pytest.approx([distances[i] for i in nearest],
+                                                                              abs=1e-4)
+        without = {key: value for key, value in answer.items() if key not in ("contributions", "neighbours")}
+        assert without == client.get("/api/v1.0", params=x).json
+
+
+def test_v2_sends_contributions_only_when_asked_json_or_binary(served, model_files):
+    name, metadata, client = served
+    rows, _ = table_rows(name, model_files)
+    request = v2_request(metadata, rows[:5])
+    path = f"/v2/models/{metadata['name']}/infer"
+    assert [o["name"] for o in client.post_json(path, request).json["outputs"]] == ["predict", "predict_proba",
+                                                                                   "out_of_range"]
+    asked = client.post_json(path, {**request, "outputs": [{"name": "contributions"}]}).json["outputs"][0]
+    assert asked["datatype"] == "FP64" and asked["shape"] == [5, len(metadata["features"])]
+    for row, values in zip(rows[:5], np.array(asked["data"]).reshape(5, -1)):
+        expected = client.get("/api/v1.0/explain", params=row).json["contributions"]
+        assert values.tolist() == list(expected.values())
+    binary = client.post_json(path, {**request, "outputs": [{"name": "contributions",
+                                                             "parameters": {"binary_data": True}}]})
+    length = int(binary.headers["Inference-Header-Content-Length"])
+    assert np.frombuffer(binary.body[length:], dtype="<f8").tolist() == asked["data"]
+
+
+def test_a_constant_column_contributes_nothing_and_is_left_out_of_the_distance(tmp_path):
+    lines = ["size,colour,constant,kind"] + [f"{i},{'red' if i % 3 else 'blue'},7,{'ab'[i % 2]}" for i in range(40)]
+    (tmp_path / "constant.csv").write_text("\n".join(lines) + "\n")
+    train.main(["--csv", str(tmp_path / "constant.csv"), "--target", "kind", "--output", str(tmp_path / "c.joblib")])
+    _, metadata, client = api_of({"c": tmp_path / "c.joblib"}, "c")
+    answer = client.get("/api/v1.0/explain", params={"size": "4", "colour": "red", "constant": "7"}).json
+    assert answer["contributions"]["constant"] == 0
+    assert answer["neighbours"][0] == {"features": {"size": 4.0, "colour": "red", "constant": 7.0}, "class": "a",
+                                       "distance": 0.0}
+    answer = client.get("/api/v1.0/explain", params={"size": "4", "colour": "red", "constant": "1000"}).json
+    assert answer["neighbours"][0]["distance"] == 0.0  # a column with no spread cannot tell rows apart
+
+
+def test_without_rows_explanations_have_contributions_and_no_neighbours(tmp_path):
+    train.main(["--no-rows", "--output", str(tmp_path / "iris.joblib")])
+    _, metadata, client = api_of({"iris": tmp_path / "iris.joblib"}, "iris")
+    assert metadata["explanation"]["neighbours"] is False and "rows" not in metadata["explanation"]
+    answer = client.get("/api/v1.0/explain", params=typical(metadata)).json
+    assert answer["neighbours"] == [] and len(answer["contributions"]) == 4
+    assert client.get("/api/v1.0/model").json["explanation"]["neighbours"] is False
+
+
+def test_explanations_are_counted_like_predictions(model_files):
+    _, metadata, client = api_of(model_files, "iris")
+    client.get("/api/v1.0/explain", params=metadata["examples"]["setosa"])
+    client.post_json("/v2/models/iris-classifier/infer", {**v2_request(metadata, [metadata["examples"]["virginica"]]),
+                                                          "outputs": [{"name": "contributions"}]})
+    metrics = client.get("/metrics").text
+    assert 'iris_api_explanations_total{class="setosa"} 1.0' in metrics
+    assert 'iris_api_explanations_total{class="virginica"} 1.0' in metrics
+    assert 'iris_api_requests_total{endpoint="/api/v1.0/explain",method="GET",status="200"} 1.0' in metrics
+
+
+def test_the_result_page_shows_why_and_the_most_similar_rows(site):
+    metadata, client = site
+    species, row = next(iter(metadata["examples"].items()))
+    page = client.get("/prediction", params=row)
+    why = page.html.select(".why li")
+    assert len(why) == len(metadata["features"])
+    points = [float(li.select_one(".value").text.split()[0]) for li in why]
+    assert points == sorted(points, key=abs, reverse=True)  # largest first
+    assert all(("toward" in li["class"]) == (p >= 0) for li, p in zip(why, points))
+    neighbours = page.html.select(".neighbours tbody tr")
+    assert len(neighbours) == 3 and neighbours[0].find("td").text == species

@@ -140,7 +140,7 @@ def test_the_web_app_passes_its_request_id_to_the_api(web_client, caplog):
     response = web_client.get(f"/prediction?{query(SETOSA)}", headers={"X-Request-ID": "click-42"})
     assert response.headers["X-Request-ID"] == "click-42"
     lines = [(record.name, record.getMessage()) for record in caplog.records if record.request_id == "click-42"]
-    assert ("api", next(m for n, m in lines if n == "api" and m.startswith("GET /api/v1.0 200"))) in lines
+    assert ("api", next(m for n, m in lines if n == "api" and m.startswith("GET /api/v1.0/explain 200"))) in lines
     assert any(name == "web" and message.startswith("GET /prediction 200") for name, message in lines)
 
 

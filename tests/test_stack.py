@@ -3,37 +3,48 @@
 Skips where Docker is missing (fails instead when CI is set). Always runs `docker compose down -v` at the end.
 """
 
+import json
 import re
 import shutil
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
 import tritonclient.http as triton
 from tritonclient.http.auth import BasicAuth
 
-from tests.support import FLOWERS, ROOT, free_port, query, readme_curl, require
+import train
+from tests.support import FLOWERS, ROOT, free_port, query, readme_curl, require, write_fruit_csv
 
 SETOSA_QUERY = query(FLOWERS["setosa"])
 UP_TIMEOUT = 900  # a first build on a fresh machine downloads scikit-learn and friends
 
 
 class Stack:
-    """One compose project with its own name and host ports."""
+    """One compose project with its own name and host ports; env and files as a user would give them."""
 
-    def __init__(self):
+    def __init__(self, env=None, files=()):
         self.project = f"iris-test-{uuid.uuid4().hex[:8]}"
         self.api_port, self.web_port = free_port(), free_port()
         self.env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "API_PORT": str(self.api_port),
-                    "WEB_PORT": str(self.web_port)}
+                    "WEB_PORT": str(self.web_port), **(env or {})}
+        self.files = [argument for file in files for argument in ("-f", file)]
 
     def compose(self, *args, check=True, timeout=120):
-        return subprocess.run(["docker", "compose", "-p", self.project, *args], cwd=ROOT, env=self.env,
+        return subprocess.run(["docker", "compose", "-p", self.project, *self.files, *args], cwd=ROOT, env=self.env,
                               capture_output=True, text=True, check=check, timeout=timeout)
+
+    def api(self, path):
+        request = urllib.request.Request(f"http://127.0.0.1:{self.api_port}{path}",
+                                         headers={"Authorization": "Basic bXlfdXNlcm5hbWU6bXlfcGFzc3dvcmQ="})
+        with urllib.request.urlopen(request, timeout=10) as response:  # the compose file's demo credentials
+            return json.load(response)
 
     def container(self, service):
         return self.compose("ps", "-a", "-q", service).stdout.strip()
@@ -52,9 +63,9 @@ class Stack:
                 return err.code, err.read().decode()
 
 
-@pytest.fixture(scope="module")
-def stack(docker_engine):
-    stack = Stack()
+@contextmanager
+def running(stack):
+    """The stack up and healthy, and down again afterwards whatever happens."""
     try:
         up = stack.compose("up", "--build", "-d", "--wait", check=False, timeout=UP_TIMEOUT)
         if up.returncode != 0:
@@ -65,6 +76,12 @@ def stack(docker_engine):
         stack.compose("down", "-v", check=False, timeout=300)
         # Untag this run's images; docker_engine removes the build cache the session added, at its end.
         subprocess.run(["docker", "image", "rm", f"{stack.project}-api", f"{stack.project}-web"], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def stack(docker_engine):
+    with running(Stack()) as stack:
+        yield stack
 
 
 def test_readme_curl_answers_a_species(stack):
@@ -146,3 +163,33 @@ def test_report_image_sizes(stack, capsys):
     with capsys.disabled():
         print(f"\nimage sizes: api {sizes['api']:.0f} MB, web {sizes['web']:.0f} MB")
     assert sizes["web"] < sizes["api"]
+
+
+# --- Other models in the same images ---------------------------------------------------------------------------
+
+
+def test_a_bundled_dataset_is_served_by_a_build_argument(docker_engine):
+    """DATASET=wine docker compose up --build: the API image trains wine, the web page follows."""
+    with running(Stack({"DATASET": "wine"})) as wine:
+        description = wine.api("/api/v1.0/model")
+        assert description["name"] == "wine-classifier" and len(description["features"]) == 13
+        example = description["examples"]["class_1"]
+        status, page = wine.web("/?" + urllib.parse.urlencode(example))
+        assert status == 200 and "Wine classifier" in page and 'name="od280_od315_of_diluted_wines"' in page
+        status, page = wine.web("/prediction?" + urllib.parse.urlencode(example))
+        assert status == 200 and '<h1 class="species">class_1</h1>' in page
+
+
+def test_a_model_of_your_own_is_served_from_a_read_only_mount(docker_engine, tmp_path):
+    """The README's three commands: train on a CSV, start the stack with deploy/own-model.yml, ask the page."""
+    train.main(["--csv", str(write_fruit_csv(tmp_path / "fruit.csv")), "--target", "Fruit", "--drop", "ID",
+                "--output", str(tmp_path / "fruit.joblib")])
+    tmp_path.chmod(0o755)  # the API runs as UID 10001 and reads the mounted folder
+    own = Stack({"MODEL_DIR": str(tmp_path), "MODEL_FILE": "fruit.joblib"}, files=("docker-compose.yml",
+                                                                                     "deploy/own-model.yml"))
+    with running(own):
+        assert own.api("/api/v1.0/model")["name"] == "fruit-classifier"
+        status, page = own.web("/prediction?weight_g=8&colour=dark+red&origin=Chile")
+        assert status == 200 and '<h1 class="species">cherry</h1>' in page
+        touch = own.compose("exec", "-T", "api", "touch", "/models/written", check=False)
+        assert touch.returncode != 0 and "Read-only file system" in touch.stderr

@@ -26,6 +26,46 @@
     </li>
   % end
   </ul>
+  % if answer.get("contributions"):
+  <h2>Why</h2>
+  <p>How far each value moved the probability of {{label}}, in percentage points, compared with the training data's
+  typical value: + toward this answer, − away from it. Largest first.</p>
+  <ul class="why">
+  % for item in sorted(inputs, key=lambda item: -abs(answer["contributions"].get(item["name"], 0))):
+  %   value, points = answer["features"].get(item["name"]), 100 * answer["contributions"].get(item["name"], 0)
+    <li class="{{"toward" if points >= 0 else "away"}}">
+      <span class="label">{{item["label"]}} {{value if isinstance(value, str) else number_text(value)}}{{" " + item["unit"] if item["unit"] else ""}}</span>
+      <svg class="bar" viewBox="0 0 100 10" preserveAspectRatio="none" aria-hidden="true" focusable="false">
+        <rect class="track" width="100" height="10"></rect>
+        <rect class="fill" width="{{"%.2f" % min(100, abs(points))}}" height="10"></rect>
+      </svg>
+      <span class="value">{{"%+.1f" % points}} points</span>
+    </li>
+  % end
+  </ul>
+  % end
+  % if answer.get("neighbours"):
+  <h2>Most similar in the training data</h2>
+  <div class="table-scroll">
+  <table class="neighbours">
+    <thead><tr><th scope="col">Class</th>
+    % for item in inputs:
+      <th scope="col">{{item["label"]}}</th>
+    % end
+      <th scope="col">Distance</th></tr></thead>
+    <tbody>
+    % for neighbour in answer["neighbours"]:
+      <tr><td>{{neighbour["class"]}}</td>
+      % for item in inputs:
+      %   value = neighbour["features"].get(item["name"])
+        <td>{{value if isinstance(value, str) else number_text(value)}}</td>
+      % end
+        <td>{{"%g" % neighbour["distance"]}}</td></tr>
+    % end
+    </tbody>
+  </table>
+  </div>
+  % end
   <h2>{{texts["values"]}}</h2>
   <dl class="measured">
   % for item in inputs:

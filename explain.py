@@ -1,0 +1,66 @@
+"""Why the model gave an answer: what each feature contributed, and the most similar rows it learned from.
+
+    explainer = Explainer(schema, metadata["explanation"])      # once, at start-up (None rows: no neighbours)
+    contributions = explainer.contributions(model, rows)        # (N, inputs), in feature order
+    neighbours = explainer.neighbours(rows[0])                  # the NEIGHBOURS nearest training rows
+
+Exactly, so that anyone can recompute it (train.py keeps what it needs in the metadata):
+- the contribution of feature f to row x, whose predicted class is k, is p(k | x) - p(k | x with f replaced by its
+  baseline), the baseline being the training table's median of a number and most frequent value of a category;
+  rounded to CONTRIBUTION_DIGITS. Positive: this value pushed the answer toward k. One vectorised call predicts
+  x and its n variants (n + 1 rows per row).
+- the distance from x to a training row t is sqrt(sum over numbers ((x_f - t_f) / s_f)^2 + sum over categories
+  [x_f != t_f]), s_f the table's standard deviation of f (ddof 0); a number with s_f = 0 cannot tell rows apart
+  and is left out. The nearest come first, ties in table order; rounded to DISTANCE_DIGITS.
+"""
+
+import numpy as np
+
+CONTRIBUTION_DIGITS = 6
+DISTANCE_DIGITS = 4
+NEIGHBOURS = 3
+
+
+class Explainer:
+    """The baselines and training rows of one model, arranged once for vectorised explanations."""
+
+    def __init__(self, schema, facts):
+        self.schema = schema
+        self.baselines = [facts["baselines"][name] for name in schema.names]
+        deviations = np.array([facts["deviations"][schema.names[i]] for i in schema.number_columns])
+        self.distance_numbers = [column for column, s in zip(schema.number_columns, deviations) if s > 0]
+        self.deviations = deviations[deviations > 0]
+        self.categories = [i for i, item in enumerate(schema.inputs) if item.kind == "category"]
+        rows = facts.get("rows") if facts.get("neighbours") else None
+        self.rows = schema.matrix(rows) if rows else None
+        self.row_classes = facts.get("row_classes", [])
+        if self.rows is not None:
+            self.row_numbers = self.rows[:, self.distance_numbers].astype(float)
+            self.row_categories = self.rows[:, self.categories]
+
+    def variants(self, rows):
+        """Each row followed by its n copies with one feature replaced by its baseline: (N * (n + 1), inputs)."""
+        count, width = rows.shape
+        stacked = np.repeat(rows, width + 1, axis=0).reshape(count, width + 1, width)
+        for feature in range(width):
+            stacked[:, feature + 1, feature] = self.baselines[feature]
+        return stacked.reshape(count * (width + 1), width)
+
+    def contributions(self, predict_proba, rows, best):
+        """(N, inputs): p(k | x) - p(k | x with f at its baseline), k each row's predicted class (best)."""
+        count, width = rows.shape
+        probabilities = predict_proba(self.variants(rows)).reshape(count, width + 1, -1)
+        chosen = probabilities[np.arange(count), :, best]  # (N, n + 1): p(k | x), then p(k | each variant)
+        return np.round(chosen[:, :1] - chosen[:, 1:], CONTRIBUTION_DIGITS)
+
+    def neighbours(self, row):
+        """The NEIGHBOURS training rows nearest to one row, as the API answers them; [] without training rows."""
+        if self.rows is None:
+            return []
+        numbers = np.asarray(row[self.distance_numbers], dtype=float)
+        squares = (((self.row_numbers - numbers) / self.deviations) ** 2).sum(axis=1)
+        squares += (self.row_categories != row[self.categories]).sum(axis=1)
+        nearest = np.argsort(squares, kind="stable")[:NEIGHBOURS]  # stable: ties keep the table's order
+        names = self.schema.names
+        return [{"features": dict(zip(names, self.rows[i].tolist())), "class": self.row_classes[i],
+                 "distance": round(float(np.sqrt(squares[i])), DISTANCE_DIGITS)} for i in nearest.tolist()]
