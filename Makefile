@@ -14,7 +14,7 @@ TLS_SECRET ?= $(abspath $(STACK_FILES))/tls.pem
 # The address other swarm nodes reach this one at: the source address of this machine's default route.
 ADVERTISE_ADDR ?= $(shell ip route get 1.1.1.1 2>/dev/null | sed -n 's/.* src \([0-9.]*\).*/\1/p')
 
-.PHONY: test train api web screenshots bench load images stack stack-down clean
+.PHONY: test train api web screenshots bench bench-batching load images stack stack-down clean
 
 $(VENV)/installed: requirements.txt requirements-web.txt requirements-test.txt
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,9 @@ screenshots: $(VENV)/installed  # the README's pictures, taken in headless Chrom
 
 bench: $(VENV)/installed  # the performance tables of the README (needs wrk and a trained model: make train)
 	$(VENV)/bin/python -m tools.bench
+
+bench-batching: $(VENV)/installed  # the adaptive batching table: a random forest here and in MLServer (needs wrk)
+	$(VENV)/bin/python -m tools.bench_batching
 
 load: $(VENV)/installed  # 100,000 mixed requests, every answer checked (needs a trained model: make train)
 	$(VENV)/bin/python -m tools.load

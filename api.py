@@ -10,6 +10,8 @@ Environment, read once at start-up:
     API_PASSWORD       password that clients must send (this or API_PASSWORD_FILE is required)
     API_PASSWORD_FILE  file holding the password, e.g. a Docker secret under /run/secrets
     MODEL_PATH         joblib artifact written by train.py (default: model/iris.joblib beside this file)
+    BATCHING           auto, on or off: combine concurrent predictions into one model call (default: auto,
+                       which batches every model but the NumPy fast path; see batching.py)
     HOST, PORT         where `python api.py` listens (default: 127.0.0.1 and 8000)
     LOG_LEVEL          DEBUG, INFO, WARNING or ERROR (default: INFO)
     LOG_FORMAT         text or json (default: text)
@@ -23,6 +25,7 @@ the rules its inputs follow inputs.py's; the plumbing shared with web.py (settin
 metrics exposition, start-up) is service.py's.
 """
 
+import dataclasses
 import functools
 import json
 import logging
@@ -40,6 +43,7 @@ import contract
 import devserver
 import open_inference
 import service
+from batching import Batcher
 from model import MAX_ROWS, answers, load_model, predict_all, self_test
 from service import MAX_BODY_BYTES, RequestError, StartupError, field_error, invalid, parse_json, shorten
 
@@ -55,6 +59,8 @@ OPENAPI_PATH = HERE / "openapi.json"
 DEFAULT_PORT = 8000
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 JSON_TYPE = "application/json"
+BATCHING_CHOICES = ("auto", "on", "off")
+BATCH_ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 1024, 10_000)
 PROBLEM_TYPE = "application/problem+json"
 
 logger = logging.getLogger(__name__)
@@ -66,12 +72,30 @@ class Settings(service.Settings):
 
     port: int = DEFAULT_PORT
     model_path: Path = DEFAULT_MODEL_PATH
+    batching: str = "auto"
 
 
 def read_settings(environ):
     """Validated settings from environment variables; StartupError names the first bad one."""
     common = service.read_common_settings(environ, DEFAULT_PORT, "the API does not start without credentials")
-    return Settings(model_path=Path(environ.get("MODEL_PATH") or DEFAULT_MODEL_PATH), **common)
+    batching = (environ.get("BATCHING") or "auto").lower()
+    if batching not in BATCHING_CHOICES:
+        raise StartupError(f"BATCHING must be one of {', '.join(BATCHING_CHOICES)}, got {batching!r}")
+    return Settings(model_path=Path(environ.get("MODEL_PATH") or DEFAULT_MODEL_PATH), batching=batching, **common)
+
+
+def with_batching(model, setting, metrics):
+    """The model, its predictions combined across concurrent requests (batching.py) where that pays: BATCHING=auto
+    batches every model but the linear fast path, whose direct call of a few µs measured faster than any queue (a
+    forest's 0.2 ms call measured 30 % faster batched at 16 connections)."""
+    wanted = setting == "on" or (setting == "auto" and model.engine != "numpy")
+    logger.info("adaptive batching %s (BATCHING=%s, predictions by %s)", "on" if wanted else "off", setting,
+                model.engine)
+    if not wanted:
+        return model
+    batched = Batcher(model.predict_proba, metrics.batch_rows.observe, metrics.batch_wait.observe,
+                      metrics.batch_refused.inc)
+    return dataclasses.replace(model, predict_proba=batched)
 
 
 # --- Answers and input -----------------------------------------------------------------------------------------
@@ -216,6 +240,12 @@ class Metrics:
         self.out_of_range = service.cached_labels(Counter(
             "iris_api_inputs_out_of_range", "Input values outside the range seen in training, by feature: the drift "
             "signal", ["feature"], registry=registry))
+        self.batch_rows = Histogram("iris_api_batch_rows", "Rows in each model call (adaptive batching)",
+                                    buckets=BATCH_ROWS_BUCKETS, registry=registry)
+        self.batch_wait = Histogram("iris_api_batch_wait_seconds", "Time a request waited for its model call "
+                                    "(adaptive batching)", buckets=LATENCY_BUCKETS, registry=registry)
+        self.batch_refused = Counter("iris_api_batch_refused", "Requests refused with a 503 because too many were "
+                                     "waiting for the model", registry=registry)
         Gauge("iris_model_info", "The model being served (the value is always 1)", ["name", "version", "algorithm"],
               registry=registry, multiprocess_mode="max").labels(
             model.metadata["name"], model.metadata["version"], model.metadata["algorithm"]).set(1)
@@ -387,7 +417,9 @@ def create_app(settings):
     self_test(model)
     logger.info("model %s version %s (%s) loaded from %s; predictions computed by %s", model.metadata["name"],
                 model.metadata["version"], model.metadata["algorithm"], settings.model_path, model.engine)
-    api = Api(model, Metrics(model), contract.served_document(OPENAPI_PATH, model.metadata), describe(model.metadata))
+    metrics = Metrics(model)
+    model = with_batching(model, settings.batching, metrics)
+    api = Api(model, metrics, contract.served_document(OPENAPI_PATH, model.metadata), describe(model.metadata))
     is_authorised = service.credentials_checker(settings.username, settings.password, logger)
     app = bottle.Bottle()
     # Crashes go to service.handle_requests, which logs them once with their traceback and answers in kind.

@@ -7,10 +7,11 @@ A joblib file is a pickle, and unpickling runs code. load_model() reads the meta
 artifact first, and unpickles only when the artifact's sha256 matches it and the installed scikit-learn is the one
 that trained it (scikit-learn's model persistence guide). The path comes from configuration, never from a client.
 
-The NumPy fast path (linear_predictor) is an optional, verified speed-up that a reader may delete: for a scaler and
-logistic regression of numeric inputs (the default model) it computes scikit-learn's predict_proba in a few µs
-instead of about 400 µs, and it is used only when it matches scikit-learn within 1e-9 on the reference rows that
-train.py kept in the metadata. Every other model goes through scikit-learn.
+The NumPy fast paths are optional, verified speed-ups that a reader may delete: for a scaler and logistic regression
+of numeric inputs (the default model, linear_predictor) scikit-learn's predict_proba in a few µs instead of about
+400 µs, and for a random forest of them (forest_predictor) in 0.2 ms instead of 3 ms. Each is used only when it
+matches scikit-learn within 1e-9 on the reference rows that train.py kept in the metadata. Every other model goes
+through scikit-learn.
 """
 
 import hashlib
@@ -23,6 +24,7 @@ from pathlib import Path
 import joblib
 import numpy as np
 import sklearn
+from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
@@ -50,7 +52,7 @@ class Model:
     schema: Schema  # the inputs and their rules
     classes: tuple
     predict_proba: object  # rows -> probabilities, see choose_predictor()
-    engine: str  # "numpy" (the fast path) or "scikit-learn"
+    engine: str  # "numpy" (the linear fast path), "numpy forest" (the forest's) or "scikit-learn"
     explainer: Explainer  # contributions and neighbours (explain.py)
 
     @property
@@ -165,11 +167,33 @@ def linear_predictor(estimator):
     return predict_proba
 
 
+def forest_predictor(estimator):
+    """The optional fast path of a random forest: each tree's own predict, averaged, as scikit-learn averages them.
+
+    scikit-learn dispatches every tree through joblib and its checks, about 30 µs a tree whatever the rows: 3 ms
+    for 100 trees, against 0.2 ms for the same trees called directly. None for any other estimator.
+    """
+    if type(estimator) is not RandomForestClassifier:
+        return None
+    trees, classes = [tree.tree_ for tree in estimator.estimators_], len(estimator.classes_)
+
+    def predict_proba(rows):
+        X = np.ascontiguousarray(rows, dtype=np.float32)  # what scikit-learn's trees take, as it converts them
+        total = np.zeros((len(X), classes))
+        for tree in trees:
+            total += tree.predict(X)[:, :classes]
+        total /= len(trees)
+        return total
+
+    return predict_proba
+
+
 def choose_predictor(estimator, schema, rows):
     """The fast path where there is one and it matches scikit-learn within 1e-9 on the reference rows, else
     scikit-learn."""
     reference = sklearn_predictor(estimator)
-    fast = linear_predictor(estimator) if schema.numeric else None
+    linear, forest = (linear_predictor(estimator), forest_predictor(estimator)) if schema.numeric else (None, None)
+    fast, engine = (linear, "numpy") if linear else (forest, "numpy forest")
     if fast is None:
         return reference, "scikit-learn"
     gap = float(np.abs(fast(rows) - reference(rows)).max())
@@ -177,7 +201,7 @@ def choose_predictor(estimator, schema, rows):
         logger.warning("the NumPy fast path differs from scikit-learn by %g on the reference rows; serving through "
                        "scikit-learn instead", gap)
         return reference, "scikit-learn"
-    return fast, "numpy"
+    return fast, engine
 
 
 def out_of_range(model, rows):

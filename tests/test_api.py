@@ -464,10 +464,11 @@ def test_api_with_a_bad_model_refuses_to_start_with_one_line(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def forest_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("forest") / "iris.joblib"
+def knn_path(tmp_path_factory):
+    """A k-nearest-neighbours model: no fast path covers it."""
+    path = tmp_path_factory.mktemp("knn") / "iris.joblib"
     import train
-    train.main(["--model", "random_forest", "--output", str(path)])
+    train.main(["--model", "knn", "--output", str(path)])
     return path
 
 
@@ -479,12 +480,12 @@ def test_default_linear_model_uses_the_numpy_fast_path_and_matches_scikit_learn(
     assert np.abs(loaded.predict_proba(rows) - loaded.estimator.predict_proba(rows)).max() <= 1e-9
 
 
-def test_other_estimators_go_through_scikit_learn_unchanged(forest_path):
-    loaded = model.load_model(forest_path)
+def test_other_estimators_go_through_scikit_learn_unchanged(knn_path):
+    loaded = model.load_model(knn_path)
     assert loaded.engine == "scikit-learn"
     rows = load_iris().data
     assert (loaded.predict_proba(rows) == loaded.estimator.predict_proba(rows)).all()
-    api_client = webtest.TestApp(api.create_app(settings_with(forest_path)))
+    api_client = webtest.TestApp(api.create_app(settings_with(knn_path)))
     api_client.authorization = ("Basic", (USERNAME, PASSWORD))
     assert api_client.get("/readyz").json["engine"] == "scikit-learn"
     assert api_client.get(f"/api/v1.0?{query(**VIRGINICA)}").json["prediction"] == "virginica"

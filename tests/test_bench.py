@@ -30,3 +30,15 @@ def test_bench_runs_and_prints_its_table(model_path):
     assert len(measured) >= 10
     for line in measured:
         assert line.rstrip(" |").endswith("| 0"), f"failed requests in: {line}"  # the 'failed' column
+
+
+def test_the_batching_bench_runs_and_prints_its_targets():
+    require(shutil.which("wrk"), "wrk is not installed (apt-get install wrk)")
+    result = subprocess.run([sys.executable, "-m", "tools.bench_batching", "--duration", "1", "--rounds", "1",
+                             "--no-mlserver"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for case in ("this API, BATCHING=auto, 16 connections", "this API, BATCHING=off, 1 connection",
+                 "forest, 1 connection: at least the unbatched rate"):
+        assert f"| {case} |" in result.stdout, result.stdout
+    measured = [line for line in result.stdout.splitlines() if line.startswith("| this API")]
+    assert len(measured) == 5 and all(line.rstrip(" |").endswith("| 0") for line in measured)

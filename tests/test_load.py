@@ -3,10 +3,23 @@
 import subprocess
 import sys
 
+import pytest
+
+import train
 from tests.support import ROOT
 
 
-def test_load_script_meets_its_targets_on_a_short_run(model_path):
+@pytest.fixture(scope="module")
+def forest_path(tmp_path_factory):
+    """A random forest: served with adaptive batching (BATCHING=auto), so concurrent requests share model calls."""
+    path = tmp_path_factory.mktemp("forest") / "forest.joblib"
+    train.main(["--model", "random_forest", "--output", str(path)])
+    return path
+
+
+@pytest.mark.parametrize("artifact", ["model_path", "forest_path"])
+def test_load_script_meets_its_targets_on_a_short_run(request, artifact):
+    model_path = request.getfixturevalue(artifact)
     result = subprocess.run([sys.executable, "-m", "tools.load", "--requests", "3000", "--model-path", str(model_path)],
                             cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
