@@ -26,13 +26,13 @@ metrics exposition, start-up) is service.py's.
 """
 
 import dataclasses
-import functools
+import getpass
 import json
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote_to_bytes
 
 import bottle
 import numpy as np
@@ -44,15 +44,14 @@ import devserver
 import open_inference
 import service
 from batching import Batcher
-from model import MAX_ROWS, answers, load_model, predict_all, self_test
-from service import MAX_BODY_BYTES, RequestError, StartupError, field_error, invalid, parse_json, shorten
+from users import Users, UsersFileError, hash_password, trusted_networks
+from model import answers, load_model, predict_all, self_test
+from parsing import parse_instances, parse_query
+from service import RequestError, StartupError, parse_json
 
-# Query parameters beyond the model's own inputs that a request may carry and still be answered (with a 400 naming
-# them); more is refused before any is read.
-EXTRA_QUERY_FIELDS = 12
 MAX_REPORTED_ERRORS = 20
 DEMO_PASSWORD = "my_password"
-CHALLENGE = {"WWW-Authenticate": 'Basic realm="iris-api", charset="UTF-8"'}
+DEFAULT_FAILURES_PER_MINUTE = 10
 HERE = Path(__file__).resolve().parent
 DEFAULT_MODEL_PATH = HERE / "model" / "iris.joblib"
 OPENAPI_PATH = HERE / "openapi.json"
@@ -73,15 +72,50 @@ class Settings(service.Settings):
     port: int = DEFAULT_PORT
     model_path: Path = DEFAULT_MODEL_PATH
     batching: str = "auto"
+    users_file: Path = None  # API_USERS_FILE: name:hash lines (users.py); else API_USERNAME + API_PASSWORD
+    failures_per_minute: int = DEFAULT_FAILURES_PER_MINUTE
+    trusted_proxies: tuple = ()
 
 
 def read_settings(environ):
     """Validated settings from environment variables; StartupError names the first bad one."""
-    common = service.read_common_settings(environ, DEFAULT_PORT, "the API does not start without credentials")
+    users_file = environ.get("API_USERS_FILE")
+    common = service.read_common_settings(environ, DEFAULT_PORT, "the API does not start without credentials (or "
+                                          "API_USERS_FILE)", credentials_required=not users_file)
+    if users_file and common["username"]:
+        raise StartupError("set API_USERS_FILE or API_USERNAME and API_PASSWORD, not both")
     batching = (environ.get("BATCHING") or "auto").lower()
     if batching not in BATCHING_CHOICES:
         raise StartupError(f"BATCHING must be one of {', '.join(BATCHING_CHOICES)}, got {batching!r}")
-    return Settings(model_path=Path(environ.get("MODEL_PATH") or DEFAULT_MODEL_PATH), batching=batching, **common)
+    failures = environ.get("LOGIN_FAILURES_PER_MINUTE") or str(DEFAULT_FAILURES_PER_MINUTE)
+    if not failures.isdigit() or int(failures) < 1:
+        raise StartupError(f"LOGIN_FAILURES_PER_MINUTE must be a whole number of at least 1, got {failures!r}")
+    try:
+        proxies = trusted_networks(environ.get("TRUSTED_PROXIES"))
+    except ValueError as err:
+        raise StartupError(str(err)) from None
+    return Settings(model_path=Path(environ.get("MODEL_PATH") or DEFAULT_MODEL_PATH), batching=batching,
+                    users_file=Path(users_file) if users_file else None, failures_per_minute=int(failures),
+                    trusted_proxies=proxies, **common)
+
+
+def load_users(settings, metrics):
+    """The users the API knows (users.py), counted by name in the metrics."""
+    hooks = {"per_minute": settings.failures_per_minute, "proxies": settings.trusted_proxies,
+             "on_login": lambda user: metrics.user_requests(user).inc(),
+             "on_failure": lambda user: metrics.failed_logins(user).inc()}
+    try:
+        if settings.users_file:
+            users = Users(logger, path=settings.users_file, **hooks)
+        else:
+            users = Users(logger, users={settings.username: hash_password(settings.password)}, **hooks)
+    except UsersFileError as err:
+        raise StartupError(str(err)) from None
+    users.follow()
+    logger.info("%d API users, %s; at most %d failed logins a minute per address", len(users.users),
+                f"from {settings.users_file}, followed" if settings.users_file else "from API_USERNAME",
+                settings.failures_per_minute)
+    return users
 
 
 def with_batching(model, setting, metrics):
@@ -115,109 +149,6 @@ def problem(error):
                                headers={"Content-Type": PROBLEM_TYPE, **error.headers})
 
 
-def unquote_utf8(raw):
-    """A percent-encoded query component (bytes) as text; UnicodeDecodeError when it is not UTF-8."""
-    if b"%" in raw or b"+" in raw:
-        raw = unquote_to_bytes(raw.replace(b"+", b" "))
-    return raw.decode("utf-8")
-
-
-def query_pairs(query_string, limit):
-    """(name, value) pairs of a raw WSGI query string, or a 400 when there are too many or they are not UTF-8."""
-    # WSGI hands the query over as latin-1; the bytes a client sent must be UTF-8.
-    parts = [part for part in query_string.encode("latin-1").split(b"&") if part]
-    if len(parts) > limit:
-        raise invalid([field_error("query", f"has more than {limit} parameters")])
-    try:
-        return [(unquote_utf8(key), unquote_utf8(value)) for key, _, value in (p.partition(b"=") for p in parts)]
-    except UnicodeDecodeError:
-        raise invalid([field_error("query", "is not valid UTF-8")]) from None
-
-
-def parse_query(schema, query_string):
-    """The model's inputs from a raw WSGI query string, by name, or a 400 naming every problem."""
-    given = {}
-    for key, value in query_pairs(query_string, len(schema.inputs) + EXTRA_QUERY_FIELDS):
-        given.setdefault(key, []).append(value)
-    errors = [field_error(shorten(key), f"is not a parameter of this endpoint; the parameters are "
-                                        f"{', '.join(schema.names)}") for key in given if key not in schema.by_name]
-    features = {}
-    for item in schema.inputs:
-        values = given.get(item.name, [])
-        if len(values) != 1:
-            errors.append(field_error(item.name, "is required" if not values else
-                                      f"was given {len(values)} times; give it once"))
-            continue
-        try:
-            features[item.name] = item.parse_text(values[0])
-        except ValueError as err:
-            errors.append(field_error(item.name, str(err)))
-    if errors:
-        raise invalid(errors)
-    return features
-
-
-def parse_row(schema, index, row):
-    """One batch row, a list of values in input order or an object by name, checked; or its errors."""
-    where, names, count = f"instances[{index}]", schema.names, len(schema.inputs)
-    what = "numbers" if schema.numeric else "values"
-    if isinstance(row, dict):
-        if set(row) != set(names):
-            return None, [field_error(where, f"must have exactly the keys {', '.join(names)}")]
-        values, fields = [row[name] for name in names], [f"{where}.{name}" for name in names]
-    elif isinstance(row, list):
-        if len(row) != count:
-            return None, [field_error(where, f"must have {count} {what} ({', '.join(names)}), got {len(row)}")]
-        values, fields = row, [f"{where}[{i}]" for i in range(count)]
-    else:
-        return None, [field_error(where, f"must be a list of {count} {what} or an object with the names "
-                                         f"{', '.join(names)}")]
-    checked, errors = [], []
-    for item, field, value in zip(schema.inputs, fields, values):
-        try:
-            checked.append(item.parse_json(value))
-        except ValueError as err:
-            errors.append(field_error(field, str(err)))
-    return (None if errors else checked), errors
-
-
-def parse_instances(schema, document):
-    """The batch body as an (n, inputs) array, or a 400 naming every bad row, or a 413 when it is too long."""
-    if not isinstance(document, dict) or list(document) != ["instances"]:
-        raise invalid([field_error("body", "must be a JSON object with exactly one key, 'instances'")])
-    rows = document["instances"]
-    if not isinstance(rows, list) or not rows:
-        raise invalid([field_error("instances", "must be a non-empty list of rows")])
-    if len(rows) > MAX_ROWS:
-        raise RequestError(413, f"A batch holds at most {MAX_ROWS} instances, got {len(rows)}; split it.")
-    matrix = plain_matrix(schema, rows) if schema.numeric else None
-    if matrix is not None:
-        return matrix
-    checked, errors = [], []
-    for index, row in enumerate(rows):
-        values, row_errors = parse_row(schema, index, row)
-        checked.append(values)
-        errors.extend(row_errors)
-    if errors:
-        raise invalid(errors)
-    return schema.matrix(checked)
-
-
-def plain_matrix(schema, rows):
-    """The common case of a numeric model in one vectorised pass: every row a list of valid numbers. None otherwise,
-    and parse_row() then names each problem."""
-    if not all(type(row) is list and len(row) == len(schema.inputs) for row in rows):
-        return None
-    # np.array would quietly turn true into 1.0 and "1" into 1.0: only JSON numbers may pass.
-    if not all(type(value) is float or type(value) is int for row in rows for value in row):
-        return None
-    try:
-        matrix = np.array(rows, dtype=float)
-    except OverflowError:  # an integer too large for a float
-        return None
-    return None if schema.invalid(matrix).any() else matrix
-
-
 # --- Metrics ---------------------------------------------------------------------------------------------------
 
 
@@ -240,6 +171,12 @@ class Metrics:
         self.out_of_range = service.cached_labels(Counter(
             "iris_api_inputs_out_of_range", "Input values outside the range seen in training, by feature: the drift "
             "signal", ["feature"], registry=registry))
+        self.user_requests = service.cached_labels(Counter(
+            "iris_api_user_requests", "Authenticated requests, by user (names from the users file only)", ["user"],
+            registry=registry))
+        self.failed_logins = service.cached_labels(Counter(
+            "iris_api_failed_logins", "Refused credentials, by user name (names not in the users file: unknown)",
+            ["user"], registry=registry))
         self.batch_rows = Histogram("iris_api_batch_rows", "Rows in each model call (adaptive batching)",
                                     buckets=BATCH_ROWS_BUCKETS, registry=registry)
         self.batch_wait = Histogram("iris_api_batch_wait_seconds", "Time a request waited for its model call "
@@ -420,15 +357,14 @@ def create_app(settings):
     metrics = Metrics(model)
     model = with_batching(model, settings.batching, metrics)
     api = Api(model, metrics, contract.served_document(OPENAPI_PATH, model.metadata), describe(model.metadata))
-    is_authorised = service.credentials_checker(settings.username, settings.password, logger)
+    authenticate = load_users(settings, metrics).authenticate
     app = bottle.Bottle()
     # Crashes go to service.handle_requests, which logs them once with their traceback and answers in kind.
     app.catchall = False
     app.default_error_handler = error_page
     for method, path, route, needs_credentials in ROUTES:
         render = open_inference.error_response if is_open_inference(path) else problem
-        guard = is_authorised if needs_credentials else None
-        app.route(path, method, service.answering(route, api, guard, CHALLENGE, render))
+        app.route(path, method, service.answering(route, api, authenticate if needs_credentials else None, render))
     return service.handle_requests(app, logger, crash_document, api.metrics.count_request,
                                    access_log=settings.access_log)
 
@@ -438,5 +374,17 @@ def app_from_env():
     return service.start("api", logger, read_settings, create_app)[1]
 
 
+def print_password_hash(stdin=sys.stdin):
+    """python api.py --hash-password: a line of the users file's hash for a password typed without echo (or, from a
+    script, the first line of standard input)."""
+    password = getpass.getpass("Password: ") if stdin.isatty() else stdin.readline().rstrip("\r\n")
+    if not password:
+        sys.exit("api.py: an empty password cannot be hashed")
+    print(hash_password(password))
+
+
 if __name__ == "__main__":
-    devserver.run_development_server("api", logger, read_settings, create_app)
+    if sys.argv[1:] == ["--hash-password"]:
+        print_password_hash()
+    else:
+        devserver.run_development_server("api", logger, read_settings, create_app)

@@ -83,10 +83,10 @@ def read_password(environ):
     return password
 
 
-def read_common_settings(environ, default_port, why_credentials):
+def read_common_settings(environ, default_port, why_credentials, credentials_required=True):
     """Credentials, HOST, PORT, LOG_LEVEL and LOG_FORMAT, checked; StartupError names the first bad one."""
     username, password = environ.get("API_USERNAME"), read_password(environ)
-    if not username or not password:
+    if credentials_required and (not username or not password):
         raise StartupError(f"API_USERNAME and API_PASSWORD (or API_PASSWORD_FILE) must be set: {why_credentials}")
     # An empty value counts as unset: compose files and Makefiles pass empty strings for variables nobody set.
     port = environ.get("PORT") or str(default_port)
@@ -101,7 +101,7 @@ def read_common_settings(environ, default_port, why_credentials):
     access_log = (environ.get("ACCESS_LOG") or DEFAULT_ACCESS_LOG).lower()
     if access_log not in ACCESS_LOGS:
         raise StartupError(f"ACCESS_LOG must be one of {', '.join(ACCESS_LOGS)}, got {access_log!r}")
-    return {"username": username, "password": password, "host": environ.get("HOST") or DEFAULT_HOST,
+    return {"username": username or "", "password": password or "", "host": environ.get("HOST") or DEFAULT_HOST,
             "port": int(port), "log_level": level, "log_format": log_format, "access_log": access_log}
 
 
@@ -200,14 +200,14 @@ def body_too_large():
     return RequestError(413, f"The body is larger than {MAX_BODY_BYTES} bytes; split the batch.")
 
 
-def answering(route, context, is_authorised, challenge, render):
-    """A Bottle callback: route(context, ...), after the credentials check when is_authorised is given (401 with the
-    challenge headers), and each RequestError answered by render(error)."""
+def answering(route, context, authenticate, render):
+    """A Bottle callback: route(context, ...), after authenticate(environ) when it is given (which raises a
+    RequestError, 401 or 429, for credentials it refuses), and each RequestError answered by render(error)."""
     @functools.wraps(route)
     def callback(*args, **kwargs):
         try:
-            if is_authorised and not is_authorised(bottle.request.environ.get("HTTP_AUTHORIZATION", "")):
-                raise RequestError(401, "Send valid credentials with HTTP basic authentication.", headers=challenge)
+            if authenticate:
+                authenticate(bottle.request.environ)
             return route(context, *args, **kwargs)
         except RequestError as error:
             # Answered, not raised again: re-raising one exception object would chain every traceback onto it and

@@ -11,7 +11,7 @@ import webtest
 import api
 import train
 import web
-from tests.support import (API_SERVERS, PASSWORD, USERNAME, api_server, docker_available, free_port,
+from tests.support import (API_SERVERS, PASSWORD, TESTS_FAILURES_PER_MINUTE, USERNAME, api_server, docker_available, free_port,
                            remove_untagged_images, require, serve_in_thread, untagged_images,
                            write_fruit_csv)
 
@@ -53,8 +53,10 @@ def docker_engine():
 
 @pytest.fixture(scope="session")
 def api_app(model_path):
-    """The API as a WSGI app, with the test credentials, logging a line for every request (ACCESS_LOG=all)."""
-    return api.create_app(api.Settings(username=USERNAME, password=PASSWORD, model_path=model_path, access_log="all"))
+    """The API as a WSGI app, with the test credentials, logging a line for every request (ACCESS_LOG=all). Its tests
+    send wrong passwords by the hundred from one address: the limit on failed logins (test_users.py) is lifted."""
+    return api.create_app(api.Settings(username=USERNAME, password=PASSWORD, model_path=model_path, access_log="all",
+                                       failures_per_minute=TESTS_FAILURES_PER_MINUTE))
 
 
 @pytest.fixture

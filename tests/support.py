@@ -28,6 +28,7 @@ import service
 ROOT = Path(__file__).resolve().parent.parent
 USERNAME = "tester"
 PASSWORD = "s3cret-test-password"
+TESTS_FAILURES_PER_MINUTE = 100_000
 FEATURES = ("sepal_length", "sepal_width", "petal_length", "petal_width")
 # Typical flowers of each species, and one far outside anything the model saw.
 FLOWERS = {
@@ -199,10 +200,13 @@ API_SERVERS = ("serve.py", "api.py")
 
 
 def api_server(model_path, server="serve.py", **env):
-    """The API served as its image serves it (or, with server="api.py", as `python api.py` does), ready to answer."""
+    """The API served as its image serves it (or, with server="api.py", as `python api.py` does), ready to answer.
+    The tests send wrong passwords by the hundred from 127.0.0.1: the limit on failed logins is lifted unless env
+    sets it (test_users.py tests it)."""
     command = (lambda port: [sys.executable, "api.py"]) if server == "api.py" else None
-    server = Server("api", {"API_USERNAME": USERNAME, "API_PASSWORD": PASSWORD,
-                            "MODEL_PATH": str(model_path), "LOG_LEVEL": "WARNING", **env}, command)
+    server = Server("api", {"API_USERNAME": USERNAME, "API_PASSWORD": PASSWORD, "MODEL_PATH": str(model_path),
+                            "LOG_LEVEL": "WARNING", "LOGIN_FAILURES_PER_MINUTE": str(TESTS_FAILURES_PER_MINUTE),
+                            **env}, command)
     wait_ready(server.url + "/readyz")
     return server
 

@@ -17,6 +17,8 @@ from sklearn.datasets import load_iris
 
 import api
 import model
+import service
+import users
 from tests.support import FEATURES, PASSWORD, USERNAME, auth_header
 
 README_QUERY = "sepal_length=1&sepal_width=1&petal_length=1&petal_width=1"
@@ -112,6 +114,18 @@ def basic(raw):
     return "Basic " + base64.b64encode(raw).decode()
 
 
+@pytest.fixture(scope="module", params=["API_USERNAME", "API_USERS_FILE"])
+def credentials_app(request, api_app, model_path, tmp_path_factory):
+    """The API knowing the test user from API_USERNAME + API_PASSWORD, or from a users file with another user."""
+    if request.param == "API_USERNAME":
+        return api_app
+    users_file = tmp_path_factory.mktemp("users") / "users"
+    users_file.write_text(f"# the tests' users\n{USERNAME}:{users.hash_password(PASSWORD)}\n\n"
+                          f"partner:{users.hash_password('another secret')}\n")
+    return api.create_app(api.Settings(username="", password="", users_file=users_file, model_path=model_path,
+                                       failures_per_minute=10_000))
+
+
 @pytest.mark.parametrize("authorization", [
     None,
     basic(f"{USERNAME}:wrong".encode()),
@@ -126,18 +140,20 @@ def basic(raw):
     f"Bearer {base64.b64encode(f'{USERNAME}:{PASSWORD}'.encode()).decode()}",
     "Basic",
 ])
-def test_anything_but_the_right_credentials_gives_401(anonymous_api_client, authorization):
+def test_anything_but_the_right_credentials_gives_401(credentials_app, authorization):
+    client = webtest.TestApp(credentials_app)
     headers = {"Authorization": authorization} if authorization else {}
     for url in (f"/api/v1.0?{README_QUERY}", "/api/v1.0/model"):
-        response = anonymous_api_client.get(url, headers=headers, status=401)
+        response = client.get(url, headers=headers, status=401)
         assert response.headers["WWW-Authenticate"].startswith('Basic realm="iris-api"')
         assert errors_of(response) == {}
-    response = anonymous_api_client.post("/api/v1.0/predict", "{}", headers={**headers, "Content-Type": "application/json"},
-                              status=401)
+    response = client.post("/api/v1.0/predict", "{}", headers={**headers, "Content-Type": "application/json"},
+                           status=401)
     assert response.content_type == "application/problem+json"
 
 
-def test_right_credentials_work_on_every_protected_endpoint(anonymous_api_client):
+def test_right_credentials_work_on_every_protected_endpoint(credentials_app):
+    anonymous_api_client = webtest.TestApp(credentials_app)
     headers = auth_header()
     anonymous_api_client.get(f"/api/v1.0?{README_QUERY}", headers=headers, status=200)
     anonymous_api_client.get("/api/v1.0/model", headers=headers, status=200)
@@ -173,9 +189,9 @@ def test_batch_row_equals_the_single_answer(api_client):
 
 
 def test_largest_batch_is_answered(api_client):
-    rows = [list(SETOSA.values())] * api.MAX_ROWS
+    rows = [list(SETOSA.values())] * model.MAX_ROWS
     body = api_client.post_json("/api/v1.0/predict", {"instances": rows}).json
-    assert len(body["predictions"]) == api.MAX_ROWS
+    assert len(body["predictions"]) == model.MAX_ROWS
 
 
 @pytest.mark.parametrize("body, field, message", [
@@ -213,13 +229,13 @@ def test_every_bad_row_is_named(api_client):
 
 
 def test_too_many_rows_gives_413(api_client):
-    response = api_client.post_json("/api/v1.0/predict", {"instances": [[1, 1, 1, 1]] * (api.MAX_ROWS + 1)}, status=413)
+    response = api_client.post_json("/api/v1.0/predict", {"instances": [[1, 1, 1, 1]] * (model.MAX_ROWS + 1)}, status=413)
     assert "at most 10000 instances" in response.json["detail"]
 
 
 def test_too_large_body_gives_413_before_it_is_read(api_client):
     body = b'{"instances": [' + b"[1, 1, 1, 1], " * 100_000 + b"[1, 1, 1, 1]]}"
-    assert len(body) > api.MAX_BODY_BYTES
+    assert len(body) > service.MAX_BODY_BYTES
     response = api_client.post("/api/v1.0/predict", body, content_type="application/json", status=413)
     assert response.content_type == "application/problem+json"
     assert "larger than 1048576 bytes" in response.json["detail"]
@@ -288,10 +304,10 @@ def test_openapi_document_matches_the_code(anonymous_api_client):
     row_as_list = schemas["Row"]["oneOf"][0]
     assert row_as_list["minItems"] == row_as_list["maxItems"] == len(FEATURES)
     batch = documented["/api/v1.0/predict", "post"]
-    assert f"{api.MAX_ROWS} " in batch["summary"]
-    assert f"{api.MAX_ROWS} rows or {api.MAX_BODY_BYTES} bytes" in batch["responses"]["413"]["description"]
-    assert set(batch["responses"]) == {"200", "400", "401", "413", "415"}
-    assert set(documented["/api/v1.0", "get"]["responses"]) == {"200", "400", "401"}
+    assert f"{model.MAX_ROWS} " in batch["summary"]
+    assert f"{model.MAX_ROWS} rows or {service.MAX_BODY_BYTES} bytes" in batch["responses"]["413"]["description"]
+    assert set(batch["responses"]) == {"200", "400", "401", "413", "415", "429"}
+    assert set(documented["/api/v1.0", "get"]["responses"]) == {"200", "400", "401", "429"}
 
 
 def test_unknown_path_gives_problem_404(api_client):

@@ -7,7 +7,6 @@ import os
 import re
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlencode
 

@@ -1,0 +1,120 @@
+"""Reading /api/v1.0's input: the query string of GET /api/v1.0 and the body of its batch, into the rows the model
+takes, checked by inputs.py's rules, with a 400 that names every bad field at once (a 413 past MAX_ROWS).
+
+    features = parse_query(schema, environ["QUERY_STRING"])     # {name: value}, in the model's order
+    rows = parse_instances(schema, json_document)                # an (n, inputs) array
+"""
+
+from urllib.parse import unquote_to_bytes
+
+import numpy as np
+
+from model import MAX_ROWS
+from service import RequestError, field_error, invalid, shorten
+
+# Query parameters beyond the model's own inputs that a request may carry and still be answered (with a 400 naming
+# them); more is refused before any is read.
+EXTRA_QUERY_FIELDS = 12
+
+
+def unquote_utf8(raw):
+    """A percent-encoded query component (bytes) as text; UnicodeDecodeError when it is not UTF-8."""
+    if b"%" in raw or b"+" in raw:
+        raw = unquote_to_bytes(raw.replace(b"+", b" "))
+    return raw.decode("utf-8")
+
+
+def query_pairs(query_string, limit):
+    """(name, value) pairs of a raw WSGI query string, or a 400 when there are too many or they are not UTF-8."""
+    # WSGI hands the query over as latin-1; the bytes a client sent must be UTF-8.
+    parts = [part for part in query_string.encode("latin-1").split(b"&") if part]
+    if len(parts) > limit:
+        raise invalid([field_error("query", f"has more than {limit} parameters")])
+    try:
+        return [(unquote_utf8(key), unquote_utf8(value)) for key, _, value in (p.partition(b"=") for p in parts)]
+    except UnicodeDecodeError:
+        raise invalid([field_error("query", "is not valid UTF-8")]) from None
+
+
+def parse_query(schema, query_string):
+    """The model's inputs from a raw WSGI query string, by name, or a 400 naming every problem."""
+    given = {}
+    for key, value in query_pairs(query_string, len(schema.inputs) + EXTRA_QUERY_FIELDS):
+        given.setdefault(key, []).append(value)
+    errors = [field_error(shorten(key), f"is not a parameter of this endpoint; the parameters are "
+                                        f"{', '.join(schema.names)}") for key in given if key not in schema.by_name]
+    features = {}
+    for item in schema.inputs:
+        values = given.get(item.name, [])
+        if len(values) != 1:
+            errors.append(field_error(item.name, "is required" if not values else
+                                      f"was given {len(values)} times; give it once"))
+            continue
+        try:
+            features[item.name] = item.parse_text(values[0])
+        except ValueError as err:
+            errors.append(field_error(item.name, str(err)))
+    if errors:
+        raise invalid(errors)
+    return features
+
+
+def parse_row(schema, index, row):
+    """One batch row, a list of values in input order or an object by name, checked; or its errors."""
+    where, names, count = f"instances[{index}]", schema.names, len(schema.inputs)
+    what = "numbers" if schema.numeric else "values"
+    if isinstance(row, dict):
+        if set(row) != set(names):
+            return None, [field_error(where, f"must have exactly the keys {', '.join(names)}")]
+        values, fields = [row[name] for name in names], [f"{where}.{name}" for name in names]
+    elif isinstance(row, list):
+        if len(row) != count:
+            return None, [field_error(where, f"must have {count} {what} ({', '.join(names)}), got {len(row)}")]
+        values, fields = row, [f"{where}[{i}]" for i in range(count)]
+    else:
+        return None, [field_error(where, f"must be a list of {count} {what} or an object with the names "
+                                         f"{', '.join(names)}")]
+    checked, errors = [], []
+    for item, field, value in zip(schema.inputs, fields, values):
+        try:
+            checked.append(item.parse_json(value))
+        except ValueError as err:
+            errors.append(field_error(field, str(err)))
+    return (None if errors else checked), errors
+
+
+def parse_instances(schema, document):
+    """The batch body as an (n, inputs) array, or a 400 naming every bad row, or a 413 when it is too long."""
+    if not isinstance(document, dict) or list(document) != ["instances"]:
+        raise invalid([field_error("body", "must be a JSON object with exactly one key, 'instances'")])
+    rows = document["instances"]
+    if not isinstance(rows, list) or not rows:
+        raise invalid([field_error("instances", "must be a non-empty list of rows")])
+    if len(rows) > MAX_ROWS:
+        raise RequestError(413, f"A batch holds at most {MAX_ROWS} instances, got {len(rows)}; split it.")
+    matrix = plain_matrix(schema, rows) if schema.numeric else None
+    if matrix is not None:
+        return matrix
+    checked, errors = [], []
+    for index, row in enumerate(rows):
+        values, row_errors = parse_row(schema, index, row)
+        checked.append(values)
+        errors.extend(row_errors)
+    if errors:
+        raise invalid(errors)
+    return schema.matrix(checked)
+
+
+def plain_matrix(schema, rows):
+    """The common case of a numeric model in one vectorised pass: every row a list of valid numbers. None otherwise,
+    and parse_row() then names each problem."""
+    if not all(type(row) is list and len(row) == len(schema.inputs) for row in rows):
+        return None
+    # np.array would quietly turn true into 1.0 and "1" into 1.0: only JSON numbers may pass.
+    if not all(type(value) is float or type(value) is int for row in rows for value in row):
+        return None
+    try:
+        matrix = np.array(rows, dtype=float)
+    except OverflowError:  # an integer too large for a float
+        return None
+    return None if schema.invalid(matrix).any() else matrix
