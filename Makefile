@@ -11,6 +11,7 @@ TAG ?= latest
 STACK_FILES := .stack/$(STACK)
 API_PASSWORD_SECRET ?= $(abspath $(STACK_FILES))/api_password
 TLS_SECRET ?= $(abspath $(STACK_FILES))/tls.pem
+API_USERS_SECRET ?= $(abspath $(STACK_FILES))/api_users
 # The address other swarm nodes reach this one at: the source address of this machine's default route.
 ADVERTISE_ADDR ?= $(shell ip route get 1.1.1.1 2>/dev/null | sed -n 's/.* src \([0-9.]*\).*/\1/p')
 
@@ -21,7 +22,15 @@ $(VENV)/installed: requirements.txt requirements-web.txt requirements-test.txt
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-test.txt
 	touch $@
 
-test: $(VENV)/installed
+# checkov, the infrastructure-as-code scanner (tests/test_checkov.py), in an environment of its own: its hundred
+# dependencies would otherwise pin the tests' own.
+CHECKOV_VERSION := 3.3.30
+.venv-checkov/installed:
+	$(PYTHON) -m venv .venv-checkov
+	.venv-checkov/bin/python -m pip install --quiet --disable-pip-version-check checkov==$(CHECKOV_VERSION)
+	touch $@
+
+test: $(VENV)/installed .venv-checkov/installed
 	$(VENV)/bin/python -m pytest
 
 train: $(VENV)/installed  # make train MODEL=random_forest DATASET=wine, or CSV=my.csv TARGET=y for your own table
@@ -55,20 +64,24 @@ images:  # iris-api, iris-web and iris-lb, tagged TAG; make images DATASET=wine 
 $(abspath $(STACK_FILES))/api_password:  # API_PASSWORD, or the demo password; never in the repository (.gitignore)
 	@mkdir -p $(@D) && umask 077 && printf '%s\n' "$${API_PASSWORD:-my_password}" > $@
 
+$(abspath $(STACK_FILES))/api_users: | $(API_PASSWORD_SECRET)  # the API's users file, if missing: the web replicas' user
+	@mkdir -p $(@D) && umask 077 && docker run --rm -i iris-api:$(TAG) python api.py --hash-password \
+	    < $(API_PASSWORD_SECRET) | sed "s/^/$${API_USERNAME:-my_username}:/" > $@
+
 $(abspath $(STACK_FILES))/tls.pem:  # a self-signed certificate for localhost, for trying HTTPS out
 	@mkdir -p $(@D) && umask 077
 	openssl req -x509 -newkey rsa:2048 -nodes -days 365 -subj /CN=localhost \
 	    -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout $(@D)/tls.key -out $(@D)/tls.crt 2>/dev/null
 	cat $(@D)/tls.crt $(@D)/tls.key > $@
 
-stack: images $(API_PASSWORD_SECRET) $(TLS_SECRET)  # deploy, and return once every service is healthy
+stack: images $(API_PASSWORD_SECRET) $(API_USERS_SECRET) $(TLS_SECRET)  # deploy; return once all are healthy
 	[ "$$(docker info --format '{{.Swarm.LocalNodeState}}')" = active ] || \
 	    docker swarm init --advertise-addr $(ADVERTISE_ADDR)
-	TAG=$(TAG) API_PASSWORD_SECRET=$(API_PASSWORD_SECRET) TLS_SECRET=$(TLS_SECRET) \
+	TAG=$(TAG) API_PASSWORD_SECRET=$(API_PASSWORD_SECRET) API_USERS_SECRET=$(API_USERS_SECRET) TLS_SECRET=$(TLS_SECRET) \
 	    docker stack deploy --resolve-image never --detach=false -c docker-stack.yml $(STACK)
 
 stack-down:
 	docker stack rm $(STACK)
 
 clean:
-	rm -rf $(VENV) .pytest_cache __pycache__ */__pycache__
+	rm -rf $(VENV) .venv-checkov .pytest_cache __pycache__ */__pycache__

@@ -5,22 +5,12 @@ Run it locally (Bottle's development server):
 In production (what the container runs):
     API_USERNAME=my_username API_PASSWORD=my_password python serve.py api
 
-Environment, read once at start-up:
-    API_USERNAME       user name that clients must send (required)
-    API_PASSWORD       password that clients must send (this or API_PASSWORD_FILE is required)
-    API_PASSWORD_FILE  file holding the password, e.g. a Docker secret under /run/secrets
-    MODEL_PATH         joblib artifact written by train.py (default: model/iris.joblib beside this file)
-    BATCHING           auto, on or off: combine concurrent predictions into one model call (default: auto,
-                       which batches every model but the NumPy fast path; see batching.py)
-    HOST, PORT         where `python api.py` listens (default: 127.0.0.1 and 8000)
-    LOG_LEVEL          DEBUG, INFO, WARNING or ERROR (default: INFO)
-    LOG_FORMAT         text or json (default: text)
-    ACCESS_LOG         errors, all or off: which requests get a log line (default: errors)
+The environment variables it reads, once at start-up, are in docs/configuration.md (the one table of them).
 
 Endpoints: GET /api/v1.0 (one prediction from the query string: the model's inputs by name), POST
 /api/v1.0/predict (a batch), GET /api/v1.0/model (metadata), GET /metrics (Prometheus), GET /healthz, GET /readyz
 and GET /openapi.json (the contract: openapi.json beside this file with the model's inputs put in, contract.py),
-and the Open Inference Protocol under /v2 (open_inference.py); see README.md. The model itself is model.py's job,
+and the Open Inference Protocol under /v2 (open_inference.py); see docs/api.md. The model itself is model.py's job,
 the rules its inputs follow inputs.py's; the plumbing shared with web.py (settings, credentials, requests, logs,
 metrics exposition, start-up) is service.py's.
 """
@@ -108,7 +98,7 @@ def load_users(settings, metrics):
         if settings.users_file:
             users = Users(logger, path=settings.users_file, **hooks)
         else:
-            users = Users(logger, users={settings.username: hash_password(settings.password)}, **hooks)
+            users = Users(logger, users={settings.username: (hash_password(settings.password),)}, **hooks)
     except UsersFileError as err:
         raise StartupError(str(err)) from None
     users.follow()

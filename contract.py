@@ -112,6 +112,7 @@ def served_document(path, metadata):
     for path in ("/api/v1.0", "/api/v1.0/explain"):
         document["paths"][path]["get"]["parameters"] = [query_parameter(item) for item in schema.inputs]
     schemas["Features"], schemas["Row"] = rows_schemas(schema)
+    schemas["Answer"]["properties"]["warnings"]["maxItems"] = sum(item.kind == "number" for item in schema.inputs)
     schemas["InferenceRequest"]["properties"]["inputs"] = inputs_schema(schema)
     if schema.numeric:
         schemas["InputTensor"] = matrix_tensor(schema)

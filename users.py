@@ -4,7 +4,8 @@ failed logins limited per client address.
     users = Users.from_settings(settings, log)   # API_USERS_FILE, or API_USERNAME + API_PASSWORD as a one-user set
     user = users.authenticate(environ)           # the user name, or RequestError 401 (wrong) / 429 (too many tries)
 
-The users file has one `name:hash` line per client; blank lines and lines starting with # are skipped. A hash is
+The users file has one `name:hash` line per client (two while its password is rotated: the old one and the new one
+are both good until the old line is removed); blank lines and lines starting with # are skipped. A hash is
 `scrypt$N$r$p$salt$digest` (salt and digest in unpadded URL-safe base64): hashlib.scrypt with N=2**14, r=8, p=1
 and a 16-byte random salt, about 50 ms and 16 MiB to compute, which is what makes a stolen file slow to guess from.
 `python api.py --hash-password` prints one. Since every request would otherwise pay those 50 ms, a verified
@@ -83,7 +84,8 @@ def check_hash(encoded):
 
 
 def parse_users(text, source):
-    """{name: hash} from the text of a users file; UsersFileError naming the first bad line."""
+    """{name: (hash, ...)} from the text of a users file; UsersFileError naming the first bad line. A name may have
+    several lines, each a password it may use: while a password is rotated, the old one and the new one."""
     users = {}
     for number, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
@@ -93,12 +95,10 @@ def parse_users(text, source):
         try:
             if not colon or not name or any(c.isspace() for c in name):
                 raise ValueError("a line is name:hash, the name without spaces")
-            if name in users:
-                raise ValueError(f"user {name!r} is given twice")
             check_hash(encoded)
         except ValueError as err:
             raise UsersFileError(f"{source} line {number}: {err}") from None
-        users[name] = encoded
+        users[name] = users.get(name, ()) + (encoded,)
     if not users:
         raise UsersFileError(f"{source} holds no user")
     return users
@@ -243,7 +243,7 @@ class Users:
         name, password = given
         users = self.users
         # An unknown name is compared with a hash that matches nothing: it costs what a known one costs.
-        if verify_password(password, users.get(name) or dummy_hash()) and name in users:
+        if any([verify_password(password, encoded) for encoded in users.get(name) or (dummy_hash(),)]) and name in users:
             return name
         self.limiter.fail(address, now)
         self.on_failure(name if name in users else UNKNOWN_USER)

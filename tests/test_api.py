@@ -296,7 +296,7 @@ def test_openapi_document_matches_the_code(anonymous_api_client):
                   for method, operation in item.items()}
     assert set(documented) == set(routes)
     for key, operation in documented.items():
-        assert ("security" in operation) == ("401" in operation["responses"]) == routes[key], key
+        assert bool(operation["security"]) == ("401" in operation["responses"]) == routes[key], key
     assert [p["name"] for p in documented["/api/v1.0", "get"]["parameters"]] == list(FEATURES)
     assert schemas["Features"]["required"] == list(FEATURES) == list(schemas["Features"]["properties"])
     for parameter in documented["/api/v1.0", "get"]["parameters"]:

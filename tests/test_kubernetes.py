@@ -176,23 +176,33 @@ def test_a_pod_stops_within_its_grace_period(deployments, name):
     assert pod["terminationGracePeriodSeconds"] > serve.GRACEFUL_TIMEOUT + pause
 
 
-def test_credentials_come_from_the_secret_as_a_file(deployments):
+def test_credentials_come_from_the_secret_as_files_never_as_variables(deployments):
+    """The API reads its users file, the web pods their password, each from the Secret mounted as a file."""
     secret = load(KUSTOMIZATION / "secret.example.yaml")[0]
-    for deployment in deployments.values():
-        pod = deployment["spec"]["template"]["spec"]
+    for name, variable in (("iris-api", "API_USERS_FILE"), ("iris-web", "API_PASSWORD_FILE")):
+        pod = deployments[name]["spec"]["template"]["spec"]
         container = pod["containers"][0]
         env = {item["name"]: item for item in container["env"]}
-        assert "API_PASSWORD" not in env
+        assert not any("valueFrom" in item for item in env.values()) and "API_PASSWORD" not in env
         volume = next(v for v in pod["volumes"] if "secret" in v)
         assert volume["secret"]["secretName"] == secret["metadata"]["name"]
         mount = next(m for m in container["volumeMounts"] if m["name"] == volume["name"])
-        assert env["API_PASSWORD_FILE"]["value"] == f"{mount['mountPath']}/{volume['secret']['items'][0]['path']}"
+        assert mount["readOnly"] is True
+        assert env[variable]["value"] == f"{mount['mountPath']}/{volume['secret']['items'][0]['path']}"
         assert volume["secret"]["items"][0]["key"] in secret["stringData"]
-        assert env["API_USERNAME"]["valueFrom"]["secretKeyRef"]["key"] in secret["stringData"]
+    web_user = {item["name"]: item for item in deployments["iris-web"]["spec"]["template"]["spec"]["containers"][0]
+                ["env"]}["API_USERNAME"]["value"]
+    assert secret["stringData"]["users"].startswith(f"{web_user}:scrypt$")  # the web pods are one of the users
 
 
-def test_every_environment_variable_is_one_the_readme_documents(deployments):
-    readme = (ROOT / "README.md").read_text()
+def test_images_are_named_by_an_explicit_tag(deployments):
+    for deployment in deployments.values():
+        image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+        assert ":" in image and not image.endswith(":latest"), image
+
+
+def test_every_environment_variable_is_one_the_configuration_table_documents(deployments):
+    readme = (ROOT / "docs" / "configuration.md").read_text()
     documented = set(re.findall(r"^\| `([A-Z_]+)`", readme, re.M))
     named = {item["name"] for deployment in deployments.values()
              for container in containers_of(deployment) for item in container["env"]}

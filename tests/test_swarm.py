@@ -19,12 +19,14 @@ import uuid
 
 import pytest
 
+import users
 from tests.support import FLOWERS, ROOT, auth_header, free_port, query, readme_curl, require, wait_ready
 
 LOGIN_WINDOW = 3  # seconds; the stack's default is 60
 LOGIN_FAILURES = 10
 SETOSA_QUERY = query(FLOWERS["setosa"])
 DEMO = auth_header("my_username", "my_password")
+PARTNER_OLD, PARTNER_NEW = "partner's old secret", "partner's new secret"
 
 
 def docker(*args, check=True, timeout=300):
@@ -57,6 +59,15 @@ class Stack:
                     "LOGIN_WINDOW": str(LOGIN_WINDOW), "LOGIN_FAILURES": str(LOGIN_FAILURES),
                     **{name: str(port) for name, port in self.ports.items()}}
         self.images = [f"iris-{name}:{self.tag}" for name in ("api", "web", "lb")]
+        self.secrets = []  # secrets a test made by hand (a rotated users file), removed with the stack
+
+    def write_users(self):
+        """The API's users file before make stack (which writes it only when it is missing): the web replicas' user,
+        as make stack would write it, and a partner whose password test_a_password_is_rotated... rotates."""
+        folder = ROOT / ".stack" / self.name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "api_users").write_text(f"my_username:{users.hash_password('my_password')}\n"
+                                          f"partner:{users.hash_password(PARTNER_OLD)}\n")
 
     def make(self, target, timeout=900):
         return subprocess.run(["make", target], cwd=ROOT, env=self.env, capture_output=True, text=True,
@@ -89,6 +100,8 @@ class Stack:
         while (docker("ps", "-aq", "--filter", label).stdout.strip()
                or docker("network", "ls", "-q", "--filter", label).stdout.strip()) and time.monotonic() < deadline:
             time.sleep(1)
+        for secret in self.secrets:
+            docker("secret", "rm", secret, check=False)
         for image in self.images:
             docker("image", "rm", image, check=False)
         shutil.rmtree(ROOT / ".stack" / self.name, ignore_errors=True)
@@ -100,6 +113,7 @@ class Stack:
 def stack(swarm):
     stack = Stack()
     try:
+        stack.write_users()
         made = stack.make("stack")
         if made.returncode != 0:
             logs = docker("stack", "ps", "--no-trunc", stack.name, check=False).stdout[-3000:]
@@ -123,8 +137,8 @@ def get(url, headers=None, context=None, timeout=10):
 class Load:
     """Steady load on the front door from a few kept-alive clients: every answer and every failure counted."""
 
-    def __init__(self, port, clients=4):
-        self.port, self.stop, self.lock = port, threading.Event(), threading.Lock()
+    def __init__(self, port, clients=4, headers=DEMO):
+        self.port, self.stop, self.lock, self.headers = port, threading.Event(), threading.Lock(), headers
         self.answers, self.failures, self.versions = 0, [], []
         self.threads = [threading.Thread(target=self.client, daemon=True) for _ in range(clients)]
 
@@ -133,7 +147,7 @@ class Load:
         while not self.stop.is_set():
             try:
                 connection = connection or http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-                connection.request("GET", f"/api/v1.0?{SETOSA_QUERY}", headers=DEMO)
+                connection.request("GET", f"/api/v1.0?{SETOSA_QUERY}", headers=self.headers)
                 response = connection.getresponse()
                 body = response.read()
                 outcome = json.loads(body)["model"]["version"] if response.status == 200 else f"{response.status}"
@@ -193,6 +207,33 @@ def test_https_with_the_stacks_certificate(stack):
     assert status == 200 and json.loads(body)["prediction"] == "setosa"
     status, _, page = get(stack.url("WEB_TLS_PORT", f"/prediction?{SETOSA_QUERY}"), context=context)
     assert status == 200 and "Iris setosa" in page
+
+
+def handshake(port, *options):
+    """Whether openssl s_client completes a TLS handshake with the front door on this loopback port."""
+    result = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", "localhost",
+                             *options], input="", capture_output=True, text=True, timeout=30)
+    return result.returncode == 0 and "Cipher is (NONE)" not in result.stdout
+
+
+@pytest.mark.parametrize("port_name", ["API_TLS_PORT", "WEB_TLS_PORT"])
+def test_tls_follows_mozillas_intermediate_profile_and_sends_hsts(stack, port_name):
+    require(shutil.which("openssl"), "openssl is not installed")
+    port = stack.ports[port_name]
+    assert handshake(port, "-tls1_3")
+    assert handshake(port, "-tls1_2", "-cipher", "ECDHE-RSA-AES128-GCM-SHA256")
+    assert handshake(port, "-tls1_2", "-cipher", "ECDHE-RSA-CHACHA20-POLY1305")
+    for cbc in ("ECDHE-RSA-AES128-SHA", "ECDHE-RSA-AES256-SHA384", "AES128-SHA", "AES256-SHA256"):  # LUCKY13's kind
+        assert not handshake(port, "-tls1_2", "-cipher", cbc), cbc
+    for old in ("-tls1", "-tls1_1"):
+        assert not handshake(port, old, "-cipher", "ALL:@SECLEVEL=0"), old
+    context = ssl.create_default_context(cafile=str(ROOT / ".stack" / stack.name / "tls.crt"))
+    path = f"/api/v1.0?{SETOSA_QUERY}" if port_name == "API_TLS_PORT" else "/"
+    for headers in (DEMO, {}):  # on answers and refusals alike
+        _, response_headers, _ = get(stack.url(port_name, path), headers, context)
+        assert response_headers["Strict-Transport-Security"] == "max-age=63072000"
+    _, plain_headers, _ = get(stack.url(port_name.replace("_TLS", ""), path), DEMO)
+    assert "Strict-Transport-Security" not in plain_headers  # HSTS means nothing over plain HTTP
 
 
 def test_requests_spread_over_every_api_replica(stack):
@@ -302,3 +343,53 @@ def test_password_guessing_is_stopped_then_forgotten(stack):
     assert " 429 " in docker("service", "logs", f"{stack.name}_lb").stdout  # and HAProxy logged the refusals
     time.sleep(LOGIN_WINDOW + 1)
     assert get(stack.url("API_PORT", "/api/v1.0/model"), DEMO)[0] == 200
+
+
+# --- Credentials ---------------------------------------------------------------------------------------------------
+
+
+def roll_out_users(stack, text, version):
+    """A new version of the API's users file as a secret of its own, rolled out with docker service update."""
+    name = f"{stack.name}_api_users_v{version}"
+    subprocess.run(["docker", "secret", "create", name, "-"], input=text, text=True, capture_output=True, check=True)
+    stack.secrets.append(name)
+    current = service(stack, "api", "{{range .Spec.TaskTemplate.ContainerSpec.Secrets}}{{.SecretName}}{{end}}")
+    docker("service", "update", "--detach=false", "--secret-rm", current, "--secret-add",
+           f"source={name},target=api_users", f"{stack.name}_api", timeout=600)
+
+
+def test_a_password_is_rotated_with_a_new_secret_without_a_failed_request(stack, capsys):
+    """The rotation a team runs: the new password beside the old (a rollout), the client switches, the old one
+    goes (another rollout). Under load, from that client, the whole time."""
+    web_user = (ROOT / ".stack" / stack.name / "api_users").read_text().splitlines()[0]
+    old, new = users.hash_password(PARTNER_OLD), users.hash_password(PARTNER_NEW)
+    assert get(stack.url("API_PORT", f"/api/v1.0?{SETOSA_QUERY}"), auth_header("partner", PARTNER_OLD))[0] == 200
+    started = time.monotonic()
+    with Load(stack.ports["API_PORT"], headers=auth_header("partner", PARTNER_OLD)) as load:
+        roll_out_users(stack, f"{web_user}\npartner:{old}\npartner:{new}\n", 1)
+        load.headers = auth_header("partner", PARTNER_NEW)  # the client switches to its new password
+        time.sleep(2)
+        roll_out_users(stack, f"{web_user}\npartner:{new}\n", 2)
+    with capsys.disabled():
+        print(f"\npassword rotated in {time.monotonic() - started:.0f} s under load: {load.answers} answers, "
+              f"{len(load.failures)} failed")
+    assert load.failures == [] and load.answers > 100
+    url = stack.url("API_PORT", f"/api/v1.0?{SETOSA_QUERY}")
+    assert get(url, auth_header("partner", PARTNER_OLD))[0] == 401
+    assert get(url, auth_header("partner", PARTNER_NEW))[0] == 200
+    assert get(stack.url("WEB_PORT", f"/prediction?{SETOSA_QUERY}"))[0] == 200  # the web replicas' user kept
+
+
+def test_make_stack_writes_the_users_file_from_the_password(stack, tmp_path):
+    """make stack's recipe (the fixture wrote this stack's file itself): the password hashed by the API image."""
+    (tmp_path / "password").write_text("a new stack's password\n")
+    other = f"{stack.name}-users"
+    target = ROOT / ".stack" / other / "api_users"
+    try:
+        made = subprocess.run(["make", str(target)], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                              env={**stack.env, "STACK": other, "API_PASSWORD_SECRET": str(tmp_path / "password")})
+        assert made.returncode == 0, made.stderr
+        name, _, encoded = target.read_text().strip().partition(":")
+        assert name == "my_username" and users.verify_password("a new stack's password", encoded)
+    finally:
+        shutil.rmtree(target.parent, ignore_errors=True)
