@@ -3,13 +3,10 @@
     python serve.py api      # what Dockerfile.api runs: api.app_from_env() on port 8000
     python serve.py web      # what Dockerfile.web runs: web.app_from_env() on port 5000
 
-Environment, read once at start-up (each app reads its own too: see api.py and web.py):
-    HOST, PORT     where to listen (default: 127.0.0.1, and 8000 for the API, 5000 for the web app)
-    WORKERS        worker processes (default: 2, one per core of a small machine)
-    THREADS        Python threads per worker that run requests (default: 8)
+The environment variables it reads, once at start-up, are in docs/configuration.md (the one table of them).
 
 Why granian: its Rust layer (hyper) reads and parses every request's headers, so a client that sends them one byte a
-second costs a few KB and no Python thread, and it measured faster than gunicorn with gevent (README, Performance).
+second costs a few KB and no Python thread, and it measured faster than gunicorn with gevent (docs/performance.md).
 A request's body, though, is read by the Python thread that answers it: a client that sends its body slowly holds
 one thread until it is done, so WORKERS x THREADS such clients at once stall the service. THREADS is 8 rather than
 one per core for that reason (and, in the web app, for the calls to the API it waits on); in production, a proxy

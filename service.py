@@ -28,7 +28,7 @@ DEFAULT_HOST = "127.0.0.1"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("text", "json")
 # Which requests get a line of their own: all, those answered with an error status (4xx, 5xx), or none. Failed logins
-# and crashes are logged whatever this says. See README, "Logs" for what each costs.
+# and crashes are logged whatever this says. See docs/watching.md for what each costs.
 ACCESS_LOGS = ("all", "errors", "off")
 DEFAULT_ACCESS_LOG = "errors"
 TEXT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"

@@ -19,30 +19,27 @@ that cannot make a model (tables.py says why) is refused in one line, and nothin
 import argparse
 import hashlib
 import json
-import math
 import os
-import platform
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import joblib
 import numpy as np
-import sklearn
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import ColumnTransformer
 from sklearn.datasets import load_breast_cancer, load_iris, load_wine
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, classification_report, confusion_matrix
+from sklearn.metrics import accuracy_score
 from sklearn.model_selection import StratifiedKFold, cross_val_score, train_test_split
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.svm import SVC
 
+from metadata import build_metadata, report_classes
 from tables import Column, Table, TableError, check_names, normalise, read_csv
 
 MODEL_FOLDER = Path(__file__).resolve().parent / "model"
@@ -51,11 +48,6 @@ DEFAULT_MODEL = "logistic_regression"
 DEFAULT_SEED = 42
 DEFAULT_TEST_SIZE = 0.25
 CV_FOLDS = 5
-REFERENCE_ROWS = 50  # rows kept with their probabilities, for the API's self-test and its check of the fast path
-# A number with no bounds of its own may lie this many powers of ten beyond the largest magnitude seen in training.
-# "Any finite number" let 1e308 through, and a linear model's arithmetic overflowed into NaN probabilities.
-HEADROOM_DECADES = 6
-MAX_EXPLANATION_ROWS = 5_000  # training rows kept for the explanations' neighbours; above that, a stratified sample
 
 # Scaling sits in a pipeline wherever the algorithm is sensitive to feature scale; trees are not.
 ALGORITHMS = {
@@ -107,28 +99,6 @@ def load_bundled(name):
                  texts={"source": f"scikit-learn's {name.replace('_', ' ')} data"})
 
 
-def page_texts(table):
-    """The words of the page for this table: its own where it has them, else made from its names."""
-    what = table.target_label.lower()
-    return {"title": f"{table.name.replace('-', ' ').capitalize()} classifier", "question": f"Which {what} is this?",
-            "lead": f"Enter the {len(table.columns)} values of one row and the model names its {what}.",
-            "submit": f"Predict the {what}", "source": table.source, "values": "Values",
-            "change": "Change these values", **table.texts}
-
-
-def report_classes(y_true, predicted):
-    """Per-class precision, recall and F1, and the confusion matrix, of these predictions."""
-    classes = sorted(set(y_true) | set(predicted))
-    return {
-        "per_class": {
-            name: {key: round(float(value), 4) for key, value in scores.items()}
-            for name, scores in classification_report(y_true, predicted, output_dict=True, zero_division=0).items()
-            if name in classes
-        },
-        "confusion_matrix": {"labels": classes, "matrix": confusion_matrix(y_true, predicted, labels=classes).tolist()},
-    }
-
-
 def evaluate(estimator, X_train, X_test, y_train, y_test, seed):
     """Fit on the training split and measure on the held-out split and by cross-validation."""
     folds = StratifiedKFold(n_splits=CV_FOLDS, shuffle=True, random_state=seed)
@@ -142,21 +112,6 @@ def evaluate(estimator, X_train, X_test, y_train, y_test, seed):
         "cv_accuracy_std": round(float(cv_scores.std()), 4),
         **report_classes(y_test, predicted),
     }
-
-
-def describe(estimator):
-    """A short name such as 'Pipeline(StandardScaler, LogisticRegression)'."""
-    steps = getattr(estimator, "steps", None)
-    if steps is None:
-        return type(estimator).__name__
-    return f"{type(estimator).__name__}({', '.join(type(step).__name__ for _, step in steps)})"
-
-
-def simple_params(estimator):
-    """The estimator's parameters that JSON can hold (nested estimators are described by their step names)."""
-    params = estimator.get_params(deep=True)
-    return {key: value for key, value in sorted(params.items())
-            if value is None or isinstance(value, (bool, int, float, str))}
 
 
 def file_sha256(path):
@@ -197,116 +152,6 @@ def build_estimator(table, algorithm, seed):
     encode = ColumnTransformer([("numbers", StandardScaler(), numbers),
                                 ("categories", OneHotEncoder(handle_unknown="ignore", sparse_output=False), categories)])
     return make_pipeline(encode, estimator)
-
-
-def describe_input(column, values):
-    """One input as the metadata describes it; values are the training split's, for a number's range."""
-    entry = {"name": column.name, "label": column.label, "kind": column.kind, "unit": column.unit}
-    if column.kind == "category":
-        return {**entry, "categories": column.categories}
-    numbers = np.asarray(values, dtype=float)
-    allowed = dict(column.allowed) or headroom(numbers)
-    return {**entry, "allowed": allowed, "training_range": {"min": float(numbers.min()), "max": float(numbers.max())}}
-
-
-def headroom(numbers):
-    """Bounds for a number that has none of its own: ± a power of ten, HEADROOM_DECADES above the training data's
-    largest magnitude (proline up to 1680: ± 1e10). Wide enough for any real value, narrow enough for the model's
-    arithmetic to stay finite."""
-    bound = 10.0 ** (math.ceil(math.log10(max(1.0, float(np.abs(numbers).max())))) + HEADROOM_DECADES)
-    return {"minimum": -bound, "maximum": bound}
-
-
-def json_row(table, row):
-    """A row of the table as JSON values, by feature name: floats for numbers, strings for categories."""
-    return {column.name: (float(value) if column.kind == "number" else str(value))
-            for column, value in zip(table.columns, row)}
-
-
-def typical_rows(table, X):
-    """For each class, the row of that class nearest to the class's median (numbers, in standard deviations) and
-    most frequent values (categories): the form's example links."""
-    examples = {}
-    for name in sorted(set(table.target)):
-        rows = X[table.target == name]
-        distance = np.zeros(len(rows))
-        for index, column in enumerate(table.columns):
-            values = rows[:, index]
-            if column.kind == "number":
-                values = values.astype(float)
-                distance += ((values - np.median(values)) / (values.std() or 1.0)) ** 2
-            else:
-                common = max(sorted(set(values)), key=list(values).count)
-                distance += values != common
-        examples[name] = json_row(table, rows[int(np.argmin(distance))])
-    return examples
-
-
-def explanation_facts(table, X, seed, keep_rows):
-    """What an explanation needs (explain.py): each feature's baseline (a number's median, a category's most frequent
-    value, ties to the first in category order), the numbers' means and deviations (ddof 0), and the training rows
-    for the neighbours, at most MAX_EXPLANATION_ROWS of them (a stratified sample above that), unless keep_rows is
-    false (a table that must not ship inside an image)."""
-    baselines, means, deviations = {}, {}, {}
-    for index, column in enumerate(table.columns):
-        values = X[:, index]
-        if column.kind == "number":
-            numbers = values.astype(float)
-            baselines[column.name] = float(np.median(numbers))
-            means[column.name], deviations[column.name] = float(numbers.mean()), float(numbers.std())
-        else:
-            baselines[column.name] = max(column.categories, key=list(values).count)
-    facts = {"baselines": baselines, "means": means, "deviations": deviations, "table_rows": int(len(X)),
-             "neighbours": keep_rows}
-    if keep_rows:
-        chosen = np.arange(len(X))
-        if len(X) > MAX_EXPLANATION_ROWS:
-            chosen, _ = train_test_split(chosen, train_size=MAX_EXPLANATION_ROWS, stratify=table.target,
-                                         random_state=seed)
-            chosen.sort()
-        facts.update(sampled=bool(len(chosen) < len(X)),
-                     rows=[list(json_row(table, row).values()) for row in X[chosen]],
-                     row_classes=[str(name) for name in table.target[chosen]])
-    return facts
-
-
-def reference_sample(table, X, estimator):
-    """Evenly spaced rows of the table with the probabilities the trained model gives them."""
-    rows = X[np.linspace(0, len(X) - 1, min(len(X), REFERENCE_ROWS)).astype(int)]
-    return {"rows": [list(json_row(table, row).values()) for row in rows],
-            "probabilities": estimator.predict_proba(rows).tolist()}
-
-
-def build_metadata(table, estimator, X_train, facts, sha256):
-    """Everything a person or the API needs to know about the artifact, readable without unpickling it."""
-    classes = [str(name) for name in estimator.classes_]
-    X = table.matrix()
-    return {
-        "name": facts["name"],
-        # The version is derived from the artifact's bytes, so it changes exactly when the artifact does.
-        "version": sha256[:12],
-        "algorithm": facts["algorithm"],
-        "estimator": describe(estimator),
-        "parameters": simple_params(estimator),
-        "features": [column.name for column in table.columns],
-        "inputs": [describe_input(column, X_train[:, i]) for i, column in enumerate(table.columns)],
-        "classes": classes,
-        "class_labels": {name: table.class_labels.get(name, name) for name in classes},
-        "examples": typical_rows(table, X),
-        "reference": reference_sample(table, X, estimator),
-        "explanation": explanation_facts(table, X, facts["seed"], facts["keep_rows"]),
-        "texts": page_texts(table),
-        "metrics": facts["metrics"],
-        "training": {**facts["training"], "dataset": table.source,
-                     "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds")},
-        "versions": {
-            "python": platform.python_version(),
-            "scikit-learn": sklearn.__version__,
-            "joblib": joblib.__version__,
-            "numpy": np.__version__,
-        },
-        "sha256": sha256,
-    }
 
 
 def read_table(args):

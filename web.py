@@ -5,16 +5,7 @@ Run it locally beside the API (Bottle's development server):
 In production (what the container runs):
     API_USERNAME=my_username API_PASSWORD=my_password python serve.py web
 
-Environment, read once at start-up:
-    API_URL            base URL of the API (default: http://localhost:8000)
-    API_USERNAME       user name for the API (required)
-    API_PASSWORD       password for the API (this or API_PASSWORD_FILE is required)
-    API_PASSWORD_FILE  file holding the password, e.g. a Docker secret under /run/secrets
-    API_TIMEOUT        seconds to wait for the API before showing "unavailable" (default: 5)
-    HOST, PORT         where `python web.py` listens (default: 127.0.0.1 and 5000)
-    LOG_LEVEL          DEBUG, INFO, WARNING or ERROR (default: INFO)
-    LOG_FORMAT         text or json (default: text)
-    ACCESS_LOG         errors, all or off: which requests get a log line (default: errors)
+The environment variables it reads, once at start-up, are in docs/configuration.md (the one table of them).
 
 The form is learnt from the API's GET /api/v1.0/model (the model's inputs, classes, examples and words): when the app
 starts, again every FORM_REFRESH_SECONDS, and at once when an answer comes from another model version. Until the API

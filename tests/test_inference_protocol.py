@@ -378,9 +378,9 @@ def test_v2_requests_and_predictions_are_counted(model_path):
     assert 'iris_api_inputs_out_of_range_total{feature="sepal_length"} 1.0' in metrics
 
 
-def test_the_readmes_tritonclient_example_runs_as_written(protocol_api, capsys):
-    """The README's Python example, word for word but for the address and the credentials, under both servers."""
-    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+def test_the_docs_tritonclient_example_runs_as_written(protocol_api, capsys):
+    """docs/api.md's Python example, word for word but for the address and the credentials, under both servers."""
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "api.md").read_text(), re.S)
     example = next(block for block in blocks if "tritonclient" in block)
     assert 'url="localhost:8000"' in example and 'BasicAuth("my_username", "my_password")' in example
     example = example.replace('url="localhost:8000"', f'url="127.0.0.1:{protocol_api.port}"').replace(

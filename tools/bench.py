@@ -170,13 +170,15 @@ def mlserver_executable(install):
     return executable if executable.exists() else None
 
 
-def start_mlserver(executable, model_path, folder):
-    """MLServer serving the same artifact with its default scikit-learn runtime, as `mlserver start` does."""
-    models = Path(folder) / "mlserver"
-    (models / "iris").mkdir(parents=True)
-    shutil.copy(model_path, models / "iris" / "model.joblib")
-    (models / "iris" / "model-settings.json").write_text(json.dumps(
-        {"name": "iris", "implementation": "mlserver_sklearn.SKLearnModel", "parameters": {"uri": "./model.joblib"}}))
+def start_mlserver(executable, model_path, folder, name="iris", settings=None):
+    """MLServer serving the same artifact with its default scikit-learn runtime, as `mlserver start` does, under this
+    model name, with these model settings besides (its adaptive batching, say)."""
+    models = Path(folder) / f"mlserver-{name}"
+    (models / name).mkdir(parents=True)
+    shutil.copy(model_path, models / name / "model.joblib")
+    (models / name / "model-settings.json").write_text(json.dumps(
+        {"name": name, "implementation": "mlserver_sklearn.SKLearnModel", "parameters": {"uri": "./model.joblib"},
+         **(settings or {})}))
 
     def command(port):
         (models / "settings.json").write_text(json.dumps({"host": "127.0.0.1", "http_port": port,

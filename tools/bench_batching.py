@@ -18,7 +18,7 @@ from pathlib import Path
 
 import train
 from tests.support import FLOWERS, PASSWORD, USERNAME, Server, query, wait_ready
-from tools.bench import (MLSERVER_HOME, free_port, measure, mlserver_executable, post_script, print_table, stop,
+from tools.bench import (MLSERVER_HOME, measure, mlserver_executable, post_script, print_table, start_mlserver, stop,
                          wrk)
 
 SETOSA = query(FLOWERS["setosa"])
@@ -35,25 +35,6 @@ def start_api(model_path, batching):
     return server
 
 
-def start_mlserver(executable, model_path, folder, batching):
-    """MLServer's default scikit-learn runtime on the forest, with or without its adaptive batching."""
-    models = Path(folder) / f"mlserver-{'batched' if batching else 'default'}"
-    (models / "forest").mkdir(parents=True)
-    (models / "forest" / "model.joblib").write_bytes(Path(model_path).read_bytes())
-    settings = {"name": "forest", "implementation": "mlserver_sklearn.SKLearnModel",
-                "parameters": {"uri": "./model.joblib"}, **(MLSERVER_BATCHING if batching else {})}
-    (models / "forest" / "model-settings.json").write_text(json.dumps(settings))
-
-    def command(port):
-        (models / "settings.json").write_text(json.dumps({"host": "127.0.0.1", "http_port": port,
-                                                          "grpc_port": free_port(), "metrics_port": free_port()}))
-        return [str(executable), "start", str(models)]
-
-    server = Server(None, command=command)
-    wait_ready(server.url + "/v2/health/ready", timeout=120)
-    return server
-
-
 def v2_script(folder, name="input-0"):
     body = {"inputs": [{"name": name, "shape": [1, 4], "datatype": "FP64", "data": list(FLOWERS["setosa"])}]}
     return post_script(json.dumps(body), folder)
@@ -66,8 +47,9 @@ def cases_for(servers, folder, duration):
         for connections in CONNECTIONS:
             label = f"{name}, {connections} connection{'s' * (connections > 1)}"
             if name.startswith("MLServer"):
-                cases[label] = (lambda url=server.url, c=connections: wrk(f"{url}/v2/models/forest/infer", c,
-                                                                          duration, script, auth=False))
+                model = "batched" if "batching" in name else "forest"
+                cases[label] = (lambda url=server.url, c=connections, m=model: wrk(f"{url}/v2/models/{m}/infer", c,
+                                                                                   duration, script, auth=False))
             else:
                 cases[label] = lambda url=server.url, c=connections: wrk(f"{url}/api/v1.0?{SETOSA}", c, duration)
     api = servers["this API, BATCHING=auto"]
@@ -107,8 +89,9 @@ def main(argv=None):
             servers = {f"this API, BATCHING={setting}": start_api(model_path, setting) for setting in ("auto", "off")}
             executable = mlserver_executable(install=True) if args.mlserver else None
             if executable:
-                servers["MLServer, default"] = start_mlserver(executable, model_path, folder, batching=False)
-                servers["MLServer, adaptive batching"] = start_mlserver(executable, model_path, folder, batching=True)
+                servers["MLServer, default"] = start_mlserver(executable, model_path, folder, "forest")
+                servers["MLServer, adaptive batching"] = start_mlserver(executable, model_path, folder, "batched",
+                                                                        MLSERVER_BATCHING)
             stack.extend(servers.values())
             medians = measure(cases_for(servers, folder, args.duration), args.rounds)
         finally:
