@@ -229,8 +229,9 @@ def test_tls_follows_mozillas_intermediate_profile_and_sends_hsts(stack, port_na
         assert not handshake(port, old, "-cipher", "ALL:@SECLEVEL=0"), old
     context = ssl.create_default_context(cafile=str(ROOT / ".stack" / stack.name / "tls.crt"))
     path = f"/api/v1.0?{SETOSA_QUERY}" if port_name == "API_TLS_PORT" else "/"
-    for headers in (DEMO, {}):  # on answers and refusals alike
-        _, response_headers, _ = get(stack.url(port_name, path), headers, context)
+    # On answers and errors alike (a 404, not a 401: the front door counts every 401 as a guess).
+    for url, headers in ((stack.url(port_name, path), DEMO), (stack.url(port_name, "/nothing-here"), {})):
+        _, response_headers, _ = get(url, headers, context)
         assert response_headers["Strict-Transport-Security"] == "max-age=63072000"
     _, plain_headers, _ = get(stack.url(port_name.replace("_TLS", ""), path), DEMO)
     assert "Strict-Transport-Security" not in plain_headers  # HSTS means nothing over plain HTTP
@@ -363,7 +364,11 @@ def test_a_password_is_rotated_with_a_new_secret_without_a_failed_request(stack,
     goes (another rollout). Under load, from that client, the whole time."""
     web_user = (ROOT / ".stack" / stack.name / "api_users").read_text().splitlines()[0]
     old, new = users.hash_password(PARTNER_OLD), users.hash_password(PARTNER_NEW)
-    assert get(stack.url("API_PORT", f"/api/v1.0?{SETOSA_QUERY}"), auth_header("partner", PARTNER_OLD))[0] == 200
+    url = stack.url("API_PORT", f"/api/v1.0?{SETOSA_QUERY}")
+    # The localhost clients of a one-node swarm share one address at the front door: let an earlier test's guesses
+    # be forgotten first.
+    wait_for(lambda: get(url, auth_header("partner", PARTNER_OLD))[0] != 429, LOGIN_WINDOW + 5, "still limited")
+    assert get(url, auth_header("partner", PARTNER_OLD))[0] == 200
     started = time.monotonic()
     with Load(stack.ports["API_PORT"], headers=auth_header("partner", PARTNER_OLD)) as load:
         roll_out_users(stack, f"{web_user}\npartner:{old}\npartner:{new}\n", 1)
@@ -374,7 +379,6 @@ def test_a_password_is_rotated_with_a_new_secret_without_a_failed_request(stack,
         print(f"\npassword rotated in {time.monotonic() - started:.0f} s under load: {load.answers} answers, "
               f"{len(load.failures)} failed")
     assert load.failures == [] and load.answers > 100
-    url = stack.url("API_PORT", f"/api/v1.0?{SETOSA_QUERY}")
     assert get(url, auth_header("partner", PARTNER_OLD))[0] == 401
     assert get(url, auth_header("partner", PARTNER_NEW))[0] == 200
     assert get(stack.url("WEB_PORT", f"/prediction?{SETOSA_QUERY}"))[0] == 200  # the web replicas' user kept
