@@ -42,6 +42,7 @@ RELOAD_SECONDS = 1.0  # how often the users file is checked for a change, at mos
 WINDOW_SECONDS = 60
 MAX_ADDRESSES = 10_000  # client addresses whose failed logins are counted; the oldest is forgotten first
 UNKNOWN_USER = "unknown"  # the metrics' label for every name not in the users file
+USER_KEY = "iris.user"  # where authenticate() leaves the user's name in the WSGI environ, for the metrics
 CHALLENGE = {"WWW-Authenticate": 'Basic realm="iris-api", charset="UTF-8"'}
 
 
@@ -162,11 +163,10 @@ def client_address(environ, proxies):
 class Users:
     """The users the API knows, from a file it follows or from one name and password."""
 
-    def __init__(self, log, path=None, users=None, per_minute=10, proxies=(), on_login=None, on_failure=None):
+    def __init__(self, log, path=None, users=None, per_minute=10, proxies=(), on_failure=None):
         self.log, self.path, self.proxies = log, path, proxies
         self.limiter = FailureLimiter(per_minute)
-        self.on_login = on_login or (lambda user: None)  # metrics hooks: a name from the set, or UNKNOWN_USER
-        self.on_failure = on_failure or (lambda user: None)
+        self.on_failure = on_failure or (lambda user: None)  # a metrics hook: a name from the set, or UNKNOWN_USER
         self.key = secrets.token_bytes(32)  # for the remembered headers' HMAC; never leaves this process
         self.lock = threading.Lock()
         self.remembered = collections.OrderedDict()  # HMAC of a verified header -> (user, expiry)
@@ -213,10 +213,9 @@ class Users:
             self.reload()
         header = environ.get("HTTP_AUTHORIZATION", "")
         key = hmac.digest(self.key, header.encode("latin-1", "replace"), "sha256")
-        with self.lock:
-            entry = self.remembered.get(key)
+        entry = self.remembered.get(key)  # one dict read needs no lock: a held lock would stall the other threads
         if entry is not None and entry[1] > now:
-            self.on_login(entry[0])
+            environ[USER_KEY] = entry[0]
             return entry[0]
         address = client_address(environ, self.proxies)
         wait = self.limiter.retry_after(address, now)
@@ -228,7 +227,7 @@ class Users:
             self.remembered[key] = (user, now + CACHE_SECONDS)
             while len(self.remembered) > CACHE_ENTRIES:
                 self.remembered.popitem(last=False)
-        self.on_login(user)
+        environ[USER_KEY] = user
         return user
 
     def verify(self, header, address, now):

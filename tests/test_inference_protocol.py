@@ -371,8 +371,8 @@ def test_v2_requests_and_predictions_are_counted(model_path):
     client.post(INFER, json.dumps(with_tensor(shape=[3, 4], data=rows)), content_type="application/json")
     client.post(INFER, "{", content_type="application/json", status=400)
     metrics = client.get("/metrics").text
-    assert 'iris_api_requests_total{endpoint="/v2/models/<name>/infer",method="POST",status="200"} 1.0' in metrics
-    assert 'iris_api_requests_total{endpoint="/v2/models/<name>/infer",method="POST",status="400"} 1.0' in metrics
+    assert 'iris_api_requests_total{endpoint="/v2/models/<name>/infer",method="POST",status="200",user="tester"} 1.0' in metrics
+    assert 'iris_api_requests_total{endpoint="/v2/models/<name>/infer",method="POST",status="400",user="tester"} 1.0' in metrics
     assert 'iris_api_predictions_total{class="setosa"} 2.0' in metrics
     assert 'iris_api_predictions_total{class="virginica"} 1.0' in metrics
     assert 'iris_api_inputs_out_of_range_total{feature="sepal_length"} 1.0' in metrics

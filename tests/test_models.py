@@ -372,7 +372,7 @@ def test_explanations_are_counted_like_predictions(model_files):
     metrics = client.get("/metrics").text
     assert 'iris_api_explanations_total{class="setosa"} 1.0' in metrics
     assert 'iris_api_explanations_total{class="virginica"} 1.0' in metrics
-    assert 'iris_api_requests_total{endpoint="/api/v1.0/explain",method="GET",status="200"} 1.0' in metrics
+    assert 'iris_api_requests_total{endpoint="/api/v1.0/explain",method="GET",status="200",user="tester"} 1.0' in metrics
 
 
 def test_the_result_page_shows_why_and_the_most_similar_rows(site):

@@ -72,12 +72,13 @@ def test_api_counters_are_exact_across_server_workers(model_path):
         server.stop()
 
     requests = "iris_api_requests_total"
-    assert value(parsed, requests, endpoint="/api/v1.0", method="GET", status="200") == 100
-    assert value(parsed, requests, endpoint="/api/v1.0", method="GET", status="400") == 30
-    assert value(parsed, requests, endpoint="/api/v1.0", method="GET", status="401") == 20
-    assert value(parsed, requests, endpoint="/api/v1.0/predict", method="POST", status="200") == 10
-    assert value(parsed, requests, endpoint="unmatched", method="GET", status="404") == 5
-    assert value(parsed, requests, endpoint="/readyz", method="GET", status="200") == 1
+    user, none = USERNAME, "none"  # a request that was not authenticated has no user
+    assert value(parsed, requests, endpoint="/api/v1.0", method="GET", status="200", user=user) == 100
+    assert value(parsed, requests, endpoint="/api/v1.0", method="GET", status="400", user=user) == 30
+    assert value(parsed, requests, endpoint="/api/v1.0", method="GET", status="401", user=none) == 20
+    assert value(parsed, requests, endpoint="/api/v1.0/predict", method="POST", status="200", user=user) == 10
+    assert value(parsed, requests, endpoint="unmatched", method="GET", status="404", user=none) == 5
+    assert value(parsed, requests, endpoint="/readyz", method="GET", status="200", user=none) == 1
     assert sum(v for (name, _), v in parsed.items() if name == requests) == 166
     assert value(parsed, "iris_api_request_duration_seconds_count", endpoint="/api/v1.0") == 150
     assert value(parsed, "iris_api_request_duration_seconds_bucket", endpoint="/api/v1.0", le="+Inf") == 150
@@ -106,7 +107,7 @@ def test_in_process_metrics_count_this_app(model_path):
     client.get(f"/api/v1.0?{query(SETOSA)}")
     parsed = samples(client.get("/metrics").text)
     assert value(parsed, "iris_api_predictions_total", **{"class": "setosa"}) == 1
-    assert value(parsed, "iris_api_requests_total", endpoint="/api/v1.0", method="GET", status="200") == 1
+    assert value(parsed, "iris_api_requests_total", endpoint="/api/v1.0", method="GET", status="200", user=USERNAME) == 1
 
 
 # --- Request IDs and logs --------------------------------------------------------------------------------------
