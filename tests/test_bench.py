@@ -12,6 +12,7 @@ from tests.support import ROOT, require
 CASES = ("hello world, gunicorn sync, 16 connections", "hello world, granian, 16 connections",
          "GET /api/v1.0, gunicorn gevent, 16 connections", "GET /api/v1.0, 16 connections",
          "GET /api/v1.0, 1 connection", "GET /api/v1.0/explain, 16 connections",
+         "GET /api/v1.0 with API_USERS_FILE, 16 connections",
          "POST /api/v1.0/predict, 10000 rows, 2 connections",
          "web GET /prediction, 16 connections", "API process cold start (serve.py start to first 200 from /readyz)")
 

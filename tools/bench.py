@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+import users
 from tests.support import (FLOWERS, PASSWORD, ROOT, USERNAME, Server, auth_header, free_port, query,
                            remove_untagged_images, untagged_images, wait_ready)
 
@@ -42,6 +43,7 @@ ACCESS_LOGS = ("all", "off")
 CEILING = "hello world, gunicorn sync, 16 connections"
 WEB = "web GET /prediction, 16 connections"
 EXPLAIN = "GET /api/v1.0/explain, 16 connections"
+USERS_FILE = "GET /api/v1.0 with API_USERS_FILE, 16 connections"
 V2_ONE = "POST /v2/models/iris-classifier/infer, 1 row, JSON, 16 connections"
 V2_BINARY = "POST /v2/models/iris-classifier/infer, 10000 rows, binary, 2 connections"
 MLSERVER_CASE = "MLServer, POST /v2/models/iris/infer, 1 row, 16 connections"
@@ -113,7 +115,9 @@ def start_servers(model_path, folder, stack):
                    "LOG_LEVEL": "INFO"}
     # gunicorn runs the API as the images did: its metrics summed over the workers through files.
     (metrics := Path(folder) / "metrics").mkdir()
-    commands = {"api": ("api", credentials, None),
+    (users_file := Path(folder) / "users").write_text(f"{USERNAME}:{users.hash_password(PASSWORD)}\n")
+    from_file = {**credentials, "API_USERNAME": "", "API_PASSWORD": "", "API_USERS_FILE": str(users_file)}
+    commands = {"api": ("api", credentials, None), "api users file": ("api", from_file, None),
                 "hello granian": ("tools.hello", {}, None),
                 "hello sync": (None, {}, gunicorn("tools.hello:hello_app()", "sync")),
                 "hello gevent": (None, {}, gunicorn("tools.hello:hello_app()", "gevent")),
@@ -142,6 +146,7 @@ def loopback_cases(servers, duration, folder):
     cases["GET /api/v1.0, 16 connections"] = lambda: wrk(f"{api}/api/v1.0?{SETOSA}", 16, duration)
     cases["GET /api/v1.0, 1 connection"] = lambda: wrk(f"{api}/api/v1.0?{SETOSA}", 1, duration)
     cases[EXPLAIN] = lambda: wrk(f"{api}/api/v1.0/explain?{SETOSA}", 16, duration)
+    cases[USERS_FILE] = lambda: wrk(f"{servers['api users file'].url}/api/v1.0?{SETOSA}", 16, duration)
     for rows in BATCH_ROWS:
         script = post_script(batch(rows), folder)
         cases[f"POST /api/v1.0/predict, {rows} rows, 2 connections"] = (
@@ -327,6 +332,7 @@ def target_rows(medians, figures):
     rows = [("web /prediction ≥ 60 % of the API's rate (16 connections)", rps[WEB] / api, 0.60, "{:.0%}"),
             ("/v2 infer, 1 row, ≥ 90 % of /api/v1.0's rate", rps[V2_ONE] / api, 0.90, "{:.0%}"),
             ("/api/v1.0/explain ≥ 50 % of /api/v1.0's rate (16 connections)", rps[EXPLAIN] / api, 0.50, "{:.0%}"),
+            ("a users file ≥ 95 % of API_USERNAME's rate (16 connections)", rps[USERS_FILE] / api, 0.95, "{:.0%}"),
             ("/v2 infer, 10,000 binary rows ≥ 2,000,000 rows/s", rps[V2_BINARY] * 10_000, 2e6, "{:,.0f} rows/s"),
             ("API process cold start < 1.5 s", figures["api cold start"], -1.5, "{:.2f} s")]
     container = rps.get(CONTAINER_16)
