@@ -43,7 +43,7 @@ def page_texts(table):
     what = table.target_label.lower()
     return {"title": f"{table.name.replace('-', ' ').capitalize()} classifier", "question": f"Which {what} is this?",
             "lead": f"Enter the {len(table.columns)} values of one row and the model names its {what}.",
-            "submit": f"Predict the {what}", "source": table.source, "values": "Values",
+            "submit": f"Predict the {what}", "source": table.source,
             "change": "Change these values", **table.texts}
 
 

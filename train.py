@@ -72,7 +72,7 @@ IRIS = {
     "class_labels": {"setosa": "Iris setosa", "versicolor": "Iris versicolor", "virginica": "Iris virginica"},
     "texts": {"title": "Iris classifier", "question": "Which iris is this?",
               "lead": "Enter four measurements of one flower, in centimetres, and the model names its species.",
-              "submit": "Predict the species", "source": "Fisher's iris data", "values": "Measurements",
+              "submit": "Predict the species", "source": "Fisher's iris data",
               "change": "Change these measurements"},
     "source": "scikit-learn load_iris (Fisher, 1936), 150 samples",
 }

@@ -88,9 +88,9 @@ def read_settings(environ):
 # --- The form, learnt from the API ------------------------------------------------------------------------------
 
 
-def number_text(value):
-    """A number as the page writes it: 5.1, not 5.1000000000000001 or 5.0e+00."""
-    return f"{value:g}"
+def value_text(value):
+    """A value as the page writes it: a category as it is, a number as 5.1, not 5.1000000000000001 or 5.0e+00."""
+    return value if isinstance(value, str) else f"{value:g}"
 
 
 @dataclass(frozen=True)
@@ -106,8 +106,7 @@ class Form:
         """A Form from GET /api/v1.0/model; ValueError (or KeyError, TypeError) when it is not one."""
         inputs = [{**entry, "hint": hint(entry)} for entry in description["inputs"]]
         names = tuple(entry["name"] for entry in inputs)
-        examples = [(name, query_link("/", [(key, value if isinstance(value, str) else number_text(value))
-                                            for key, value in row.items()]))
+        examples = [(name, query_link("/", [(key, value_text(value)) for key, value in row.items()]))
                     for name, row in description["examples"].items()]
         return cls(str(description["version"]), names,
                    {"inputs": inputs, "examples": examples, "texts": description["texts"],
@@ -120,7 +119,7 @@ def hint(entry):
         return f"One of {len(entry['categories'])}"
     unit = f" {entry['unit']}" if entry.get("unit") else ""
     low, high = entry["training_range"]["min"], entry["training_range"]["max"]
-    return f"Typically {number_text(low)} to {number_text(high)}{unit}"
+    return f"Typically {value_text(low)} to {value_text(high)}{unit}"
 
 
 class FormSource:
@@ -292,8 +291,7 @@ def result_page(site, answer):
     """The answer; a new model version that gave it is learnt first, so the page names its own inputs."""
     site.forms.notice(answer["model"]["version"])
     form = site.forms.form
-    edit_link = query_link("/", [(name, value if isinstance(value, str) else number_text(value))
-                                 for name, value in answer["features"].items()])
+    edit_link = query_link("/", [(name, value_text(value)) for name, value in answer["features"].items()])
     label = form.context["class_labels"].get(answer["prediction"], answer["prediction"])
     return render(site, form, "result", label, answer=answer, label=label, edit_link=edit_link)
 
@@ -408,7 +406,7 @@ def create_app(settings):
         templates={name: bottle.SimpleTemplate(name=f"{name}.tpl", lookup=[str(VIEWS)])
                    for name in ("form", "result", "failure")},
         common={"stylesheet": f"/static/style.css?v={stylesheet_hash}", "percent": percent,
-                "number_text": number_text},
+                "value_text": value_text},
         forms=FormSource(functools.partial(counted_call, settings, opener, authorization, metrics, "/api/v1.0/model")),
     )
     site.forms.current()  # learnt now if the API answers; the pages say it is unavailable until it does

@@ -1,5 +1,6 @@
 """The web page, through WebTest, against the REAL API served on a loopback port (and a few broken ones)."""
 
+import contextlib
 import json
 import logging
 import subprocess
@@ -61,8 +62,9 @@ def test_submitting_the_form_shows_a_real_prediction(web_client):
     bars = page.html.select(".chart svg rect.fill")
     assert len(bars) == 3 and max(float(bar["width"]) for bar in bars) > 90
     assert [li.select_one(".label").text for li in page.html.select(".chart li")] == ["setosa", "versicolor", "virginica"]
-    measured = [dd.text for dd in page.html.select(".measured dd")]
-    assert measured == ["5.1 cm", "3.5 cm", "1.4 cm", "0.2 cm"]
+    # Why lists each value entered, once, beside how far it moved the answer
+    entered = {li.select_one(".label").text for li in page.html.select(".why li")}
+    assert entered == {"Sepal length 5.1 cm", "Sepal width 3.5 cm", "Petal length 1.4 cm", "Petal width 0.2 cm"}
     assert "Model iris-classifier, version" in page.text
     back = page.html.find("a", string="Change these measurements")["href"]
     assert [web_client.get(back).forms[0][name].value for name in FEATURES] == list(SETOSA.values())
@@ -196,7 +198,8 @@ def test_no_credential_in_any_page(new_web_client, live_api, closed_port_url, st
 
 ANSWER = json.dumps({"prediction": "setosa", "probabilities": {"setosa": 0.9, "versicolor": 0.1, "virginica": 0.0},
                      "features": {name: float(value) for name, value in SETOSA.items()}, "warnings": [],
-                     "model": {"name": "stand-in", "version": "1"}}).encode()
+                     "model": {"name": "stand-in", "version": "1"},
+                     "contributions": {name: 0.1 for name in SETOSA}, "neighbours": []}).encode()
 
 
 class KeptAliveApi(BaseHTTPRequestHandler):
@@ -223,17 +226,24 @@ class KeptAliveApi(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(params=[False, True], ids=["kept", "dropped"])
-def kept_alive_api(request, model_path):
-    """A KeptAliveApi on a loopback port, describing the iris model as version 1; yields (URL, its handler class)."""
-    description = {**json.loads(model_path.with_suffix(".json").read_text()), "version": "1"}
-    handler = type("Handler", (KeptAliveApi,), {"connections": 0, "drop_after_answer": request.param,
-                                                "description": json.dumps(description).encode()})
+@contextlib.contextmanager
+def stand_in_api(description, drop_after_answer=False):
+    """A KeptAliveApi on a loopback port, describing its model so, as version 1; yields (URL, its handler class)."""
+    handler = type("Handler", (KeptAliveApi,), {"connections": 0, "drop_after_answer": drop_after_answer,
+                                                "description": json.dumps({**description, "version": "1"}).encode()})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}", handler
-    server.shutdown()
-    server.server_close()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", handler
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(params=[False, True], ids=["kept", "dropped"])
+def kept_alive_api(request, model_path):
+    with stand_in_api(json.loads(model_path.with_suffix(".json").read_text()), request.param) as api:
+        yield api
 
 
 def test_the_api_is_called_over_one_kept_alive_connection_that_is_replaced_when_dropped(new_web_client,
@@ -244,6 +254,21 @@ def test_the_api_is_called_over_one_kept_alive_connection_that_is_replaced_when_
         assert client.get(f"/prediction?{query(**SETOSA)}").html.find("h1").text == "Iris setosa"
     # The form is learnt first (GET /api/v1.0/model), over the same connection when it is kept.
     assert handler.connections == (6 if handler.drop_after_answer else 1)
+
+
+def test_the_models_own_words_are_shown_as_text_never_as_markup(new_web_client, model_path):
+    """The pages are made of what the API describes: a label, unit or class label holding markup is escaped."""
+    description = json.loads(model_path.with_suffix(".json").read_text())
+    description["inputs"][0] |= {"label": "Sepal <i>length</i>", "unit": "<i>cm</i>"}
+    description["class_labels"]["setosa"] = "<i>Iris</i> setosa"
+    with stand_in_api(description) as (url, _):
+        client = new_web_client(url)
+        form, result = client.get("/"), client.get(f"/prediction?{query(**SETOSA)}")
+    assert form.html.find("label", attrs={"for": "sepal_length"}).text.split() == ["Sepal", "<i>length</i>",
+                                                                                    "(<i>cm</i>)"]
+    assert result.html.find("h1").text == "<i>Iris</i> setosa"
+    assert "Sepal <i>length</i> 5.1 <i>cm</i>" in result.html.select_one(".why").text
+    assert form.html.find("i") is None and result.html.find("i") is None
 
 
 # --- Headers, static files, health -----------------------------------------------------------------------------
@@ -377,7 +402,8 @@ def test_a_new_model_rolled_out_gets_its_own_form_at_its_first_answer(new_web_cl
         switch.app = api.create_app(api.Settings(username=USERNAME, password=PASSWORD, model_path=fruit))
         page = client.get("/prediction?weight_g=150&colour=green&origin=Spain")
         assert page.html.find("h1").text == "apple"
-        assert [dd.text for dd in page.html.select(".measured dd")] == ["150", "green", "Spain"]
+        assert {li.select_one(".label").text for li in page.html.select(".why li")} == {
+            "Weight (g) 150", "Colour green", "Origin Spain"}
         form = client.get("/")
         assert form.html.find("h1").text == "Which fruit is this?"
         assert form.html.find("select", id="colour") and not form.html.find(id="sepal_length")

@@ -25,7 +25,11 @@
   %   described = f"{name}-hint {name}-error" if invalid else f"{name}-hint"
   %   lowest = item.get("allowed", {}).get("minimum", item.get("allowed", {}).get("exclusiveMinimum"))
     <div class="field{{" invalid" if invalid else ""}}">
-      <label for="{{name}}">{{item["label"]}}{{!"" if not item["unit"] else ' <span class="unit">(%s)</span>' % item["unit"]}}</label>
+      <label for="{{name}}">{{item["label"]}}
+      % if item["unit"]:
+        <span class="unit">({{item["unit"]}})</span>
+      % end
+      </label>
       % if item["kind"] == "category":
       <select id="{{name}}" name="{{name}}" required{{!' aria-invalid="true"' if invalid else ""}} aria-describedby="{{described}}">
         <option value="">Choose…</option>
@@ -34,7 +38,7 @@
         % end
       </select>
       % else:
-      <input id="{{name}}" name="{{name}}" type="number" inputmode="decimal" step="any"{{!"" if lowest is None else ' min="%s"' % number_text(lowest)}} required
+      <input id="{{name}}" name="{{name}}" type="number" inputmode="decimal" step="any"{{!"" if lowest is None else ' min="%s"' % value_text(lowest)}} required
              value="{{values.get(name, "")}}"{{!' aria-invalid="true"' if invalid else ""}} aria-describedby="{{described}}">
       % end
       % if invalid:

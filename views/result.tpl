@@ -1,4 +1,5 @@
-% # The answer: the class, a bar chart of the probabilities (inline SVG, no script), and the values entered.
+% # The answer: the class, a bar chart of the probabilities (inline SVG, no script), why (each value entered, with how
+% # far it moved the answer; the page's one list of the values) and the most similar rows of the training data.
 % rebase("layout.tpl", title=title, stylesheet=stylesheet, texts=texts)
   <p class="eyebrow">The model says this is</p>
   <h1 class="species">{{label}}</h1>
@@ -26,7 +27,6 @@
     </li>
   % end
   </ul>
-  % if answer.get("contributions"):
   <h2>Why</h2>
   <p>How far each value moved the probability of {{label}}, in percentage points, compared with the training data's
   typical value: + toward this answer, − away from it. Largest first.</p>
@@ -34,7 +34,7 @@
   % for item in sorted(inputs, key=lambda item: -abs(answer["contributions"].get(item["name"], 0))):
   %   value, points = answer["features"].get(item["name"]), 100 * answer["contributions"].get(item["name"], 0)
     <li class="{{"toward" if points >= 0 else "away"}}">
-      <span class="label">{{item["label"]}} {{value if isinstance(value, str) else number_text(value)}}{{" " + item["unit"] if item["unit"] else ""}}</span>
+      <span class="label">{{item["label"]}} {{value_text(value)}}{{" " + item["unit"] if item["unit"] else ""}}</span>
       <svg class="bar" viewBox="0 0 100 10" preserveAspectRatio="none" aria-hidden="true" focusable="false">
         <rect class="track" width="100" height="10"></rect>
         <rect class="fill" width="{{"%.2f" % min(100, abs(points))}}" height="10"></rect>
@@ -43,8 +43,7 @@
     </li>
   % end
   </ul>
-  % end
-  % if answer.get("neighbours"):
+  % if answer["neighbours"]:
   <h2>Most similar in the training data</h2>
   <div class="table-scroll">
   <table class="neighbours">
@@ -58,7 +57,7 @@
       <tr><td>{{neighbour["class"]}}</td>
       % for item in inputs:
       %   value = neighbour["features"].get(item["name"])
-        <td>{{value if isinstance(value, str) else number_text(value)}}</td>
+        <td>{{value_text(value)}}</td>
       % end
         <td>{{"%g" % neighbour["distance"]}}</td></tr>
     % end
@@ -66,12 +65,5 @@
   </table>
   </div>
   % end
-  <h2>{{texts["values"]}}</h2>
-  <dl class="measured">
-  % for item in inputs:
-  %   value = answer["features"].get(item["name"])
-    <dt>{{item["label"]}}</dt><dd>{{value if isinstance(value, str) else number_text(value)}}{{" " + item["unit"] if item["unit"] else ""}}</dd>
-  % end
-  </dl>
   <p class="actions"><a class="button" href="{{edit_link}}">{{texts["change"]}}</a> <a href="/">Start again</a></p>
   <p class="meta">Model {{answer["model"]["name"]}}, version {{answer["model"]["version"]}}</p>
