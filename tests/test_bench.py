@@ -43,3 +43,16 @@ def test_the_batching_bench_runs_and_prints_its_targets():
         assert f"| {case} |" in result.stdout, result.stdout
     measured = [line for line in result.stdout.splitlines() if line.startswith("| this API")]
     assert len(measured) == 5 and all(line.rstrip(" |").endswith("| 0") for line in measured)
+
+
+def test_the_web_page_bench_runs_and_prints_its_target(model_path):
+    """Against HEAD, which every clone has (the default base, the commit before the page's "Why", may be missing
+    from a shallow one)."""
+    require(shutil.which("wrk"), "wrk is not installed (apt-get install wrk)")
+    result = subprocess.run([sys.executable, "-m", "tools.bench_web", "--base", "HEAD", "--duration", "1", "--rounds",
+                             "1", "--model-path", str(model_path)], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    pages = [line for line in result.stdout.splitlines() if line.startswith(("| the page at HEAD", "| this tree"))]
+    assert len(pages) == 2 and all(line.rstrip(" |").endswith("| 0") for line in pages), result.stdout
+    assert "| the page with its \"Why\" costs the web app ≤ 110% of the page before |" in result.stdout
