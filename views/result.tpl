@@ -31,10 +31,9 @@
   <p>How far each value moved the probability of {{label}}, in percentage points, compared with the training data's
   typical value: + toward this answer, − away from it. Largest first.</p>
   <ul class="why">
-  % for item in sorted(inputs, key=lambda item: -abs(answer["contributions"].get(item["name"], 0))):
-  %   value, points = answer["features"].get(item["name"]), 100 * answer["contributions"].get(item["name"], 0)
+  % for entered, points in why:
     <li class="{{"toward" if points >= 0 else "away"}}">
-      <span class="label">{{item["label"]}} {{value_text(value)}}{{" " + item["unit"] if item["unit"] else ""}}</span>
+      <span class="label">{{entered}}</span>
       <svg class="bar" viewBox="0 0 100 10" preserveAspectRatio="none" aria-hidden="true" focusable="false">
         <rect class="track" width="100" height="10"></rect>
         <rect class="fill" width="{{"%.2f" % min(100, abs(points))}}" height="10"></rect>
