@@ -7,19 +7,18 @@ In production (what the container runs):
 
 The environment variables it reads, once at start-up, are in docs/configuration.md (the one table of them).
 
-The form is learnt from the API's GET /api/v1.0/model (the model's inputs, classes, examples and words): when the app
-starts, again every FORM_REFRESH_SECONDS, and at once when an answer comes from another model version. Until the API
-has answered once, the pages say the service is unavailable; the app itself starts and stays up. The API is the one
-place where the validation rules live: this app forwards the values as typed and shows the API's messages. The pages are Bottle templates in views/; GET /metrics (Prometheus, behind basic auth with the API's
-credentials) counts page views, predictions asked, API failures by kind and the API calls' latency. It needs Bottle,
-prometheus_client and the standard library (through service.py): no NumPy or scikit-learn.
+The form is learnt from the API's GET /api/v1.0/model (forms.py). Until the API has answered once, the pages say the
+service is unavailable; the app itself starts and stays up. The API is the one place where the validation rules
+live: this app forwards the values as typed and shows the API's messages. The pages are Bottle templates in views/;
+GET /metrics (Prometheus, behind basic auth with the API's credentials) counts page views, predictions asked, API
+failures by kind and the API calls' latency. It needs Bottle, prometheus_client and the standard library (through
+service.py): no NumPy or scikit-learn.
 """
 
 import functools
 import hashlib
 import logging
 import math
-import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -33,14 +32,13 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 import devserver
 import service
 from api_client import ApiUnavailable, api_opener, call_api
+from forms import FormSource, query_link, value_text
 from service import StartupError
 
 DEFAULT_API_URL = "http://localhost:8000"
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_PORT = 5000
 READINESS_TIMEOUT = 2.0
-FORM_REFRESH_SECONDS = 30  # how often the form is learnt again, so that a new model rolled out gets its own form
-FORM_RETRY_SECONDS = 1  # while the API has not answered: how often a page asks it again
 UNKNOWN_MODEL_TITLE = "Prediction service"  # the brand of the pages shown before the form is learnt
 API_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 HERE = Path(__file__).resolve().parent
@@ -83,95 +81,6 @@ def read_settings(environ):
     if not 0 < seconds <= 300:
         raise StartupError(f"API_TIMEOUT must be a number of seconds from 0 to 300, got {timeout!r}")
     return Settings(api_url=api_url, timeout=seconds, **common)
-
-
-# --- The form, learnt from the API ------------------------------------------------------------------------------
-
-
-def value_text(value):
-    """A value as the page writes it: a category as it is, a number as 5.1, not 5.1000000000000001 or 5.0e+00."""
-    return value if isinstance(value, str) else f"{value:g}"
-
-
-@dataclass(frozen=True)
-class Form:
-    """What the pages are made of for one model version: the API's description of its inputs, classes and words."""
-
-    version: str
-    names: tuple  # the inputs' names, in the model's order
-    context: dict  # what the templates are given: inputs, examples, texts, class labels
-
-    @classmethod
-    def from_description(cls, description):
-        """A Form from GET /api/v1.0/model; ValueError (or KeyError, TypeError) when it is not one."""
-        inputs = [{**entry, "suffix": f" {entry['unit']}" if entry.get("unit") else ""}  # what follows a value
-                  for entry in description["inputs"]]
-        inputs = [{**entry, "hint": hint(entry)} for entry in inputs]
-        names = tuple(entry["name"] for entry in inputs)
-        examples = [(name, query_link("/", [(key, value_text(value)) for key, value in row.items()]))
-                    for name, row in description["examples"].items()]
-        return cls(str(description["version"]), names,
-                   {"inputs": inputs, "examples": examples, "texts": description["texts"],
-                    "class_labels": description["class_labels"]})
-
-
-def hint(entry):
-    """The line under an input: its typical range (a number) or how many choices it has (a category)."""
-    if entry["kind"] == "category":
-        return f"One of {len(entry['categories'])}"
-    low, high = entry["training_range"]["min"], entry["training_range"]["max"]
-    return f"Typically {value_text(low)} to {value_text(high)}{entry['suffix']}"
-
-
-class FormSource:
-    """The form of the model the API serves now, learnt from it when first needed, again when it is older than
-    FORM_REFRESH_SECONDS, and at once when an answer names another version. None while the API has not answered."""
-
-    def __init__(self, fetch):
-        self.fetch = fetch  # () -> (status, body) of GET /api/v1.0/model
-        self.form, self.checked = None, -math.inf
-        self.problem = None  # why the last try failed: the API's status code, or "unavailable"
-        self.lock = threading.Lock()
-
-    def current(self):
-        age = time.monotonic() - self.checked
-        if age > (FORM_REFRESH_SECONDS if self.form else FORM_RETRY_SECONDS):
-            self.learn()
-        return self.form
-
-    def notice(self, version):
-        """An answer came from this model version: learn the form again if it is another."""
-        if self.form is None or version != self.form.version:
-            self.learn()
-
-    def changed(self):
-        """Learn the form again now; whether it belongs to another model version than before."""
-        before = self.form
-        self.learn()
-        return self.form is not before and (before is None or self.form.version != before.version)
-
-    def learn(self):
-        if not self.lock.acquire(blocking=False):
-            return  # another thread is asking the API already; this one uses the form as it is
-        try:
-            self.checked = time.monotonic()
-            status, body = self.fetch()
-            if status != 200:
-                self.problem = status
-                logger.error("the API answered %s to GET /api/v1.0/model: the form cannot be learnt", status)
-                return
-            form = Form.from_description(body)
-            if self.form is None or form.version != self.form.version:
-                logger.info("form learnt for model %s version %s", body.get("name"), form.version)
-            self.form, self.problem = form, None
-        except ApiUnavailable as err:
-            self.problem = "unavailable"
-            logger.error("the API is unavailable, so the form cannot be learnt yet: %s", err)
-        except (KeyError, TypeError, ValueError, AttributeError) as err:
-            self.problem = 200
-            logger.error("GET /api/v1.0/model did not describe a model: %r", err)
-        finally:
-            self.lock.release()
 
 
 # --- The pages -------------------------------------------------------------------------------------------------
@@ -220,10 +129,6 @@ def form_values(query_string, names):
 
 def percent(probability):
     return f"{100 * probability:.1f}\u00a0%"  # a no-break space keeps "91.8 %" on one line
-
-
-def query_link(path, pairs):
-    return f"{path}?{urlencode(pairs)}" if pairs else path
 
 
 class Template(bottle.SimpleTemplate):

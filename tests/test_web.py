@@ -13,6 +13,7 @@ from urllib.parse import urlencode
 import pytest
 
 import api
+import forms
 import train
 import web
 from tests.support import (FEATURES, PASSWORD, ROOT, USERNAME, auth_header, free_port, serve_in_thread,
@@ -227,7 +228,7 @@ class KeptAliveApi(BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def stand_in_api(description, drop_after_answer=False):
+def kept_alive_server(description, drop_after_answer=False):
     """A KeptAliveApi on a loopback port, describing its model so, as version 1; yields (URL, its handler class)."""
     handler = type("Handler", (KeptAliveApi,), {"connections": 0, "drop_after_answer": drop_after_answer,
                                                 "description": json.dumps({**description, "version": "1"}).encode()})
@@ -242,7 +243,7 @@ def stand_in_api(description, drop_after_answer=False):
 
 @pytest.fixture(params=[False, True], ids=["kept", "dropped"])
 def kept_alive_api(request, model_path):
-    with stand_in_api(json.loads(model_path.with_suffix(".json").read_text()), request.param) as api:
+    with kept_alive_server(json.loads(model_path.with_suffix(".json").read_text()), request.param) as api:
         yield api
 
 
@@ -261,7 +262,7 @@ def test_the_models_own_words_are_shown_as_text_never_as_markup(new_web_client, 
     description = json.loads(model_path.with_suffix(".json").read_text())
     description["inputs"][0] |= {"label": "Sepal <i>length</i>", "unit": "<i>cm</i>"}
     description["class_labels"]["setosa"] = "<i>Iris</i> setosa"
-    with stand_in_api(description) as (url, _):
+    with kept_alive_server(description) as (url, _):
         client = new_web_client(url)
         form, result = client.get("/"), client.get(f"/prediction?{query(**SETOSA)}")
     assert form.html.find("label", attrs={"for": "sepal_length"}).text.split() == ["Sepal", "<i>length</i>",
@@ -369,7 +370,7 @@ def test_the_web_app_loads_no_scientific_stack():
 
 def test_the_web_app_starts_before_the_api_and_learns_the_form_when_it_answers(new_web_client, api_app,
                                                                                   monkeypatch):
-    monkeypatch.setattr(web, "FORM_RETRY_SECONDS", 0)
+    monkeypatch.setattr(forms, "FORM_RETRY_SECONDS", 0)
     port = free_port()
     client = new_web_client(f"http://127.0.0.1:{port}", timeout=1)  # nothing listens there yet: it starts anyway
     page = client.get("/", status=503)
