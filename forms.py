@@ -29,6 +29,10 @@ def value_text(value):
     return value if isinstance(value, str) else f"{value:g}"
 
 
+def query_link(path, pairs):
+    return f"{path}?{urlencode(pairs)}" if pairs else path
+
+
 @dataclass(frozen=True)
 class Form:
     """What the pages are made of for one model version: the API's description of its inputs, classes and words."""
@@ -108,7 +112,3 @@ class FormSource:
             logger.error("GET /api/v1.0/model did not describe a model: %r", err)
         finally:
             self.lock.release()
-
-
-def query_link(path, pairs):
-    return f"{path}?{urlencode(pairs)}" if pairs else path
