@@ -9,8 +9,8 @@ The environment variables it reads, once at start-up, are in docs/configuration.
 
 Endpoints: GET /api/v1.0 (one prediction from the query string: the model's inputs by name), POST
 /api/v1.0/predict (a batch), GET /api/v1.0/model (metadata), GET /metrics (Prometheus), GET /healthz, GET /readyz
-and GET /openapi.json (the contract: openapi.json beside this file with the model's inputs put in, contract.py),
-and the Open Inference Protocol under /v2 (open_inference.py); see docs/api.md. The model itself is model.py's job,
+and GET /openapi.json (the contract: openapi.json beside this file with the model's inputs put in, openapi.py),
+and the Open Inference Protocol under /v2 (v2.py); see docs/api.md. The model itself is model.py's job,
 the rules its inputs follow inputs.py's; the plumbing shared with web.py (settings, credentials, requests, logs,
 metrics exposition, start-up) is service.py's.
 """
@@ -29,22 +29,22 @@ import numpy as np
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-import contract
-import devserver
-import open_inference
-import service
-from batching import Batcher
-from users import USER_KEY, Users, UsersFileError, hash_password, trusted_networks
-from model import answers, load_model, predict_all, self_test
-from parsing import parse_instances, parse_query
-from service import RequestError, StartupError, parse_json
+from tabserve import openapi
+from tabserve import devserver
+from tabserve import v2
+from tabserve import service
+from tabserve.batching import Batcher
+from tabserve.users import USER_KEY, Users, UsersFileError, hash_password, trusted_networks
+from tabserve.model import answers, load_model, predict_all, self_test
+from tabserve.v1 import parse_instances, parse_query
+from tabserve.service import RequestError, StartupError, parse_json
 
 MAX_REPORTED_ERRORS = 20
 DEMO_PASSWORD = "my_password"
 DEFAULT_FAILURES_PER_MINUTE = 10
 HERE = Path(__file__).resolve().parent
 DEFAULT_MODEL_PATH = HERE / "model" / "iris.joblib"
-OPENAPI_PATH = HERE / "openapi.json"
+OPENAPI_PATH = HERE / "tabserve" / "openapi.json"
 DEFAULT_PORT = 8000
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 JSON_TYPE = "application/json"
@@ -217,7 +217,7 @@ class Api:
 
     model: object
     metrics: Metrics
-    openapi: bytes  # the served contract: openapi.json with this model's inputs put in (contract.py)
+    openapi: bytes  # the served contract: openapi.json with this model's inputs put in (openapi.py)
     description: dict  # GET /api/v1.0/model: the metadata, less the reference rows kept for the self-test
 
 
@@ -299,7 +299,7 @@ def error_document(path, status, detail):
     """(content type, body) of an error at this path: the Open Inference Protocol's {"error": ...} under /v2,
     problem+json elsewhere."""
     if is_open_inference(path):
-        return JSON_TYPE, open_inference.error_body(detail)
+        return JSON_TYPE, v2.error_body(detail)
     return PROBLEM_TYPE, problem_body(status, detail)
 
 
@@ -311,7 +311,7 @@ def crash_document(environ):
 
 
 # (method, path, route, needs credentials). Errors are answered in problem+json, and in the Open Inference
-# Protocol's own form under /v2 (open_inference.py).
+# Protocol's own form under /v2 (v2.py).
 ROUTES = (
     ("GET", "/api/v1.0", predict_one, True),
     ("GET", "/api/v1.0/", predict_one, True),
@@ -322,16 +322,16 @@ ROUTES = (
     ("GET", "/healthz", healthz, False),
     ("GET", "/readyz", readyz, False),
     ("GET", "/openapi.json", openapi_json, False),
-    ("GET", "/v2/health/live", open_inference.live, False),
-    ("GET", "/v2/health/ready", open_inference.ready, False),
-    ("GET", "/v2", open_inference.server_metadata, True),
-    ("GET", "/v2/", open_inference.server_metadata, True),  # the protocol's own OpenAPI document writes it so
-    ("GET", "/v2/models/<name>", open_inference.model_metadata, True),
-    ("GET", "/v2/models/<name>/versions/<version>", open_inference.model_metadata, True),
-    ("GET", "/v2/models/<name>/ready", open_inference.model_ready, True),
-    ("GET", "/v2/models/<name>/versions/<version>/ready", open_inference.model_ready, True),
-    ("POST", "/v2/models/<name>/infer", open_inference.infer, True),
-    ("POST", "/v2/models/<name>/versions/<version>/infer", open_inference.infer, True),
+    ("GET", "/v2/health/live", v2.live, False),
+    ("GET", "/v2/health/ready", v2.ready, False),
+    ("GET", "/v2", v2.server_metadata, True),
+    ("GET", "/v2/", v2.server_metadata, True),  # the protocol's own OpenAPI document writes it so
+    ("GET", "/v2/models/<name>", v2.model_metadata, True),
+    ("GET", "/v2/models/<name>/versions/<version>", v2.model_metadata, True),
+    ("GET", "/v2/models/<name>/ready", v2.model_ready, True),
+    ("GET", "/v2/models/<name>/versions/<version>/ready", v2.model_ready, True),
+    ("POST", "/v2/models/<name>/infer", v2.infer, True),
+    ("POST", "/v2/models/<name>/versions/<version>/infer", v2.infer, True),
 )
 
 
@@ -345,14 +345,14 @@ def create_app(settings):
                 model.metadata["version"], model.metadata["algorithm"], settings.model_path, model.engine)
     metrics = Metrics(model)
     model = with_batching(model, settings.batching, metrics)
-    api = Api(model, metrics, contract.served_document(OPENAPI_PATH, model.metadata), describe(model.metadata))
+    api = Api(model, metrics, openapi.served_document(OPENAPI_PATH, model.metadata), describe(model.metadata))
     authenticate = load_users(settings, metrics).authenticate
     app = bottle.Bottle()
     # Crashes go to service.handle_requests, which logs them once with their traceback and answers in kind.
     app.catchall = False
     app.default_error_handler = error_page
     for method, path, route, needs_credentials in ROUTES:
-        render = open_inference.error_response if is_open_inference(path) else problem
+        render = v2.error_response if is_open_inference(path) else problem
         app.route(path, method, service.answering(route, api, authenticate if needs_credentials else None, render))
     return service.handle_requests(app, logger, crash_document, api.metrics.count_request,
                                    access_log=settings.access_log)

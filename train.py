@@ -39,8 +39,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.svm import SVC
 
-from metadata import build_metadata, report_classes
-from tables import Column, Table, TableError, check_names, normalise, read_csv
+from tabserve.describe import build_metadata, report_classes
+from tabserve.tables import Column, Table, TableError, check_names, normalise, read_csv
 
 MODEL_FOLDER = Path(__file__).resolve().parent / "model"
 DEFAULT_DATASET = "iris"

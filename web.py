@@ -29,11 +29,11 @@ import bottle
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-import devserver
-import service
-from api_client import ApiUnavailable, api_opener, call_api
-from forms import FormSource, query_link, value_text
-from service import StartupError
+from tabserve import devserver
+from tabserve import service
+from tabserve.client import ApiUnavailable, api_opener, call_api
+from tabserve.forms import FormSource, query_link, value_text
+from tabserve.service import StartupError
 
 DEFAULT_API_URL = "http://localhost:8000"
 DEFAULT_TIMEOUT = 5.0

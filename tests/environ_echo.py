@@ -3,7 +3,7 @@ a server hands to apps, for test_serve.py."""
 
 import json
 
-import service
+from tabserve import service
 
 
 def echo(environ, start_response):

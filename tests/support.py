@@ -22,8 +22,8 @@ from wsgiref.simple_server import WSGIServer, make_server
 
 import pytest
 
-import devserver
-import service
+from tabserve import devserver
+from tabserve import service
 
 ROOT = Path(__file__).resolve().parent.parent
 USERNAME = "tester"

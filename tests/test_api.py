@@ -16,9 +16,9 @@ from openapi_spec_validator import validate
 from sklearn.datasets import load_iris
 
 import api
-import model
-import service
-import users
+from tabserve import model
+from tabserve import service
+from tabserve import users
 from tests.support import FEATURES, PASSWORD, USERNAME, auth_header
 
 README_QUERY = "sepal_length=1&sepal_width=1&petal_length=1&petal_width=1"

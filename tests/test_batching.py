@@ -13,10 +13,10 @@ import joblib
 import numpy as np
 import pytest
 
-import batching
+from tabserve import batching
 import train
-from batching import Batcher
-from service import RequestError
+from tabserve.batching import Batcher
+from tabserve.service import RequestError
 from tests.support import api_server, auth_header, query
 
 
@@ -200,7 +200,7 @@ def test_a_bad_batching_setting_stops_the_api_with_one_line():
 
 
 def test_the_forest_fast_path_answers_what_scikit_learn_answers(forest):
-    import model
+    from tabserve import model
     loaded = model.load_model(forest)
     assert loaded.engine == "numpy forest"
     rows = np.random.default_rng(3).uniform(0, 10, size=(500, 4))

@@ -16,8 +16,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import inputs
-import service
+from tabserve import inputs
+from tabserve import service
 import web
 from tests.support import FEATURES, PASSWORD, USERNAME
 

@@ -13,8 +13,8 @@ import webtest
 from prometheus_client.parser import text_string_to_metric_families
 
 import api
-import model
-import service
+from tabserve import model
+from tabserve import service
 from tests.support import FLOWERS, PASSWORD, USERNAME, Server, api_server, auth_header, query, wait_ready
 
 AUTH = auth_header()

@@ -19,7 +19,7 @@ import uuid
 
 import pytest
 
-import users
+from tabserve import users
 from tests.support import FLOWERS, ROOT, auth_header, free_port, query, readme_curl, require, wait_ready
 
 LOGIN_WINDOW = 3  # seconds; the stack's default is 60

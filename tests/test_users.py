@@ -14,7 +14,7 @@ import pytest
 import webtest
 
 import api
-import users
+from tabserve import users
 from tests.support import FLOWERS, ROOT, USERNAME, api_server, auth_header, query, wait_ready
 
 SETOSA = query(FLOWERS["setosa"])

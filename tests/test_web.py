@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 import pytest
 
 import api
-import forms
+from tabserve import forms
 import train
 import web
 from tests.support import (FEATURES, PASSWORD, ROOT, USERNAME, auth_header, free_port, serve_in_thread,

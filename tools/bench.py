@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-import users
+from tabserve import users
 from tests.support import (FLOWERS, PASSWORD, ROOT, USERNAME, Server, auth_header, free_port, query,
                            remove_untagged_images, untagged_images, wait_ready)
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-import model
+from tabserve import model
 from tests.support import FLOWERS, PASSWORD, ROOT, USERNAME, Server, auth_header, query, wait_ready
 
 AUTH = auth_header()

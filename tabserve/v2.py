@@ -24,10 +24,10 @@ import struct
 import bottle
 import numpy as np
 
-import service
-from model import predict_all
-from service import RequestError, shorten
-from tensors import INPUT_NAME, MAX_REPORTED, bad, check_parameters, expect, read_inputs
+from tabserve import service
+from tabserve.model import predict_all
+from tabserve.service import RequestError, shorten
+from tabserve.tensors import INPUT_NAME, MAX_REPORTED, bad, check_parameters, expect, read_inputs
 
 SERVER_METADATA = {"name": "iris-api", "version": "1.0", "extensions": ["binary_tensor_data"]}
 PLATFORM = "sklearn_joblib"

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
-from api_client import ApiUnavailable
+from tabserve.client import ApiUnavailable
 
 FORM_REFRESH_SECONDS = 30  # how often the form is learnt again, so that a new model rolled out gets its own form
 FORM_RETRY_SECONDS = 1  # while the API has not answered: how often a page asks it again

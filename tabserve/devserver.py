@@ -7,7 +7,7 @@ from wsgiref.simple_server import WSGIRequestHandler
 
 import bottle
 
-from service import MAX_BODY_BYTES, start
+from tabserve.service import MAX_BODY_BYTES, start
 
 
 def read_chunked(stream, limit):

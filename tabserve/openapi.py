@@ -10,8 +10,8 @@ model of numbers only, one tensor per feature (named by it) for a model with cat
 
 import json
 
-from inputs import Schema
-from model import MAX_ROWS
+from tabserve.inputs import Schema
+from tabserve.model import MAX_ROWS
 
 NUMBER_TYPES = ["FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"]
 

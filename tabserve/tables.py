@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from inputs import DECIMAL  # a cell is a number if the API would take it as one
+from tabserve.inputs import DECIMAL  # a cell is a number if the API would take it as one
 
 MAX_CLASSES = 50  # a target with more distinct values is a quantity (a price), not classes
 MIN_ROWS_PER_CLASS = 10  # enough for a stratified held-out split and 5-fold cross-validation

@@ -14,7 +14,7 @@ import threading
 import urllib.error
 import urllib.request
 
-import service
+from tabserve import service
 
 
 class ApiUnavailable(Exception):

@@ -32,7 +32,7 @@ import signal
 import threading
 import time
 
-from service import RequestError, parse_basic_auth
+from tabserve.service import RequestError, parse_basic_auth
 
 SCRYPT = {"n": 2 ** 14, "r": 8, "p": 1}
 SALT_BYTES = 16

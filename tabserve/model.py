@@ -29,9 +29,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from explain import Explainer
-from inputs import Schema
-from service import RequestError, StartupError
+from tabserve.explain import Explainer
+from tabserve.inputs import Schema
+from tabserve.service import RequestError, StartupError
 
 MAX_ROWS = 10_000  # rows predicted in one call, at most
 PROBABILITY_DIGITS = 6

@@ -15,10 +15,10 @@ import struct
 
 import numpy as np
 
-import service
-from inputs import json_kind
-from model import MAX_ROWS
-from service import RequestError, shorten
+from tabserve import service
+from tabserve.inputs import json_kind
+from tabserve.model import MAX_ROWS
+from tabserve.service import RequestError, shorten
 
 INPUT_NAME = "input-0"  # the name the metadata gives the one tensor of a model of numbers only
 # The little-endian NumPy type of each number datatype an input may have; every one is converted to float64.
