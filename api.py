@@ -20,73 +20,28 @@ import getpass
 import json
 import logging
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import bottle
-import numpy as np
 import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from tabserve import openapi
-from tabserve import devserver
-from tabserve import v2
-from tabserve import service
+from tabserve import devserver, openapi, server, v2
 from tabserve.batching import Batcher
-from tabserve.users import USER_KEY, Users, UsersFileError, hash_password, trusted_networks
+from tabserve.metrics import ApiMetrics, exposition
 from tabserve.model import answers, load_model, predict_all, self_test
+from tabserve.settings import StartupError, read_api_settings
+from tabserve.users import Users, UsersFileError, hash_password
 from tabserve.v1 import parse_instances, parse_query
-from tabserve.service import RequestError, StartupError, parse_json
+from tabserve.wsgi import RequestError, answering, handle_requests, media_type, parse_json, read_body
 
 MAX_REPORTED_ERRORS = 20
 DEMO_PASSWORD = "my_password"
-DEFAULT_FAILURES_PER_MINUTE = 10
-HERE = Path(__file__).resolve().parent
-DEFAULT_MODEL_PATH = HERE / "model" / "iris.joblib"
-OPENAPI_PATH = HERE / "tabserve" / "openapi.json"
-DEFAULT_PORT = 8000
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+OPENAPI_PATH = Path(__file__).resolve().parent / "tabserve" / "openapi.json"
 JSON_TYPE = "application/json"
-BATCHING_CHOICES = ("auto", "on", "off")
-BATCH_ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 1024, 10_000)
 PROBLEM_TYPE = "application/problem+json"
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, kw_only=True)
-class Settings(service.Settings):
-    """What the API is configured with; read_settings() makes one from the environment."""
-
-    port: int = DEFAULT_PORT
-    model_path: Path = DEFAULT_MODEL_PATH
-    batching: str = "auto"
-    users_file: Path = None  # API_USERS_FILE: name:hash lines (users.py); else API_USERNAME + API_PASSWORD
-    failures_per_minute: int = DEFAULT_FAILURES_PER_MINUTE
-    trusted_proxies: tuple = ()
-
-
-def read_settings(environ):
-    """Validated settings from environment variables; StartupError names the first bad one."""
-    users_file = environ.get("API_USERS_FILE")
-    common = service.read_common_settings(environ, DEFAULT_PORT, "the API does not start without credentials (or "
-                                          "API_USERS_FILE)", credentials_required=not users_file)
-    if users_file and common["username"]:
-        raise StartupError("set API_USERS_FILE or API_USERNAME and API_PASSWORD, not both")
-    batching = (environ.get("BATCHING") or "auto").lower()
-    if batching not in BATCHING_CHOICES:
-        raise StartupError(f"BATCHING must be one of {', '.join(BATCHING_CHOICES)}, got {batching!r}")
-    failures = environ.get("LOGIN_FAILURES_PER_MINUTE") or str(DEFAULT_FAILURES_PER_MINUTE)
-    if not failures.isdigit() or int(failures) < 1:
-        raise StartupError(f"LOGIN_FAILURES_PER_MINUTE must be a whole number of at least 1, got {failures!r}")
-    try:
-        proxies = trusted_networks(environ.get("TRUSTED_PROXIES"))
-    except ValueError as err:
-        raise StartupError(str(err)) from None
-    return Settings(model_path=Path(environ.get("MODEL_PATH") or DEFAULT_MODEL_PATH), batching=batching,
-                    users_file=Path(users_file) if users_file else None, failures_per_minute=int(failures),
-                    trusted_proxies=proxies, **common)
 
 
 def load_users(settings, metrics):
@@ -138,70 +93,6 @@ def problem(error):
                                headers={"Content-Type": PROBLEM_TYPE, **error.headers})
 
 
-# --- Metrics ---------------------------------------------------------------------------------------------------
-
-
-class Metrics:
-    """The API's Prometheus metrics, exposed by service.metrics_exposition() (exact across server workers)."""
-
-    def __init__(self, model):
-        self.registry = registry = CollectorRegistry()
-        # The user is a label here rather than a counter of its own: one more multiprocess counter for every
-        # request cost 15 % of the rate under serve.py (its values are shared files behind one lock).
-        self.requests = service.cached_labels(Counter(
-            "iris_api_requests", "Requests answered, by endpoint, method, status code and user (names from the "
-            "users file; none for requests that were not authenticated)",
-            ["endpoint", "method", "status", "user"], registry=registry))
-        self.latency = service.cached_labels(Histogram(
-            "iris_api_request_duration_seconds", "Time to answer a request, by endpoint", ["endpoint"],
-            buckets=LATENCY_BUCKETS, registry=registry))
-        self.predictions = service.cached_labels(Counter(
-            "iris_api_predictions", "Predictions made, by predicted class", ["class"], registry=registry))
-        self.explanations = service.cached_labels(Counter(
-            "iris_api_explanations", "Predictions explained (contributions, and neighbours on /api/v1.0/explain), by "
-            "predicted class", ["class"], registry=registry))
-        self.out_of_range = service.cached_labels(Counter(
-            "iris_api_inputs_out_of_range", "Input values outside the range seen in training, by feature: the drift "
-            "signal", ["feature"], registry=registry))
-        self.failed_logins = service.cached_labels(Counter(
-            "iris_api_failed_logins", "Refused credentials, by user name (names not in the users file: unknown)",
-            ["user"], registry=registry))
-        self.batch_rows = Histogram("iris_api_batch_rows", "Rows in each model call (adaptive batching)",
-                                    buckets=BATCH_ROWS_BUCKETS, registry=registry)
-        self.batch_wait = Histogram("iris_api_batch_wait_seconds", "Time a request waited for its model call "
-                                    "(adaptive batching)", buckets=LATENCY_BUCKETS, registry=registry)
-        self.batch_refused = Counter("iris_api_batch_refused", "Requests refused with a 503 because too many were "
-                                     "waiting for the model", registry=registry)
-        Gauge("iris_model_info", "The model being served (the value is always 1)", ["name", "version", "algorithm"],
-              registry=registry, multiprocess_mode="max").labels(
-            model.metadata["name"], model.metadata["version"], model.metadata["algorithm"]).set(1)
-        # Set once, in the server's main process; the workers' copies read 0, so "max" reports the main value.
-        Gauge("iris_api_start_time_seconds", "When the service started, in seconds since the epoch",
-              registry=registry, multiprocess_mode="max").set(time.time())
-
-    def count_request(self, environ, status, content_type, seconds):
-        endpoint = service.endpoint_of(environ)
-        self.requests(endpoint, service.method_of(environ), status, environ.get(USER_KEY, "none")).inc()
-        self.latency(endpoint).observe(seconds)
-
-    def count_predictions(self, model, predictions, counter=None):
-        """Predictions (or, with counter=self.explanations, explanations) by class, and out-of-range numbers by
-        feature, from any endpoint."""
-        counter = counter or self.predictions
-        if len(predictions.best) == 1:  # the usual request needs no tally
-            counter(model.classes[predictions.best[0]]).inc()
-        else:
-            for index, count in enumerate(np.bincount(predictions.best, minlength=len(model.classes)).tolist()):
-                if count:
-                    counter(model.classes[index]).inc(count)
-        if counter is self.explanations:
-            return
-        if predictions.outside.any():
-            for feature, count in zip(model.schema.names, predictions.outside.sum(axis=0).tolist()):
-                if count:
-                    self.out_of_range(feature).inc(count)
-
-
 # --- The routes ------------------------------------------------------------------------------------------------
 
 
@@ -216,7 +107,7 @@ class Api:
     """What the routes answer from, built once by create_app()."""
 
     model: object
-    metrics: Metrics
+    metrics: ApiMetrics
     openapi: bytes  # the served contract: openapi.json with this model's inputs put in (openapi.py)
     description: dict  # GET /api/v1.0/model: the metadata, less the reference rows kept for the self-test
 
@@ -241,16 +132,16 @@ def explain_one(api):
     rows, predictions, answer = answer_query(api)
     model = api.model
     contributions = model.explainer.contributions(model.predict_proba, rows, predictions.best)[0]
-    api.metrics.count_predictions(model, predictions, api.metrics.explanations)
+    api.metrics.count_predictions(model, predictions, explained=True)
     return {**answer, "contributions": dict(zip(model.schema.names, contributions.tolist())),
             "neighbours": model.explainer.neighbours(rows[0])}
 
 
 def predict_batch(api):
     environ = bottle.request.environ
-    if service.media_type(environ) != JSON_TYPE:
+    if media_type(environ) != JSON_TYPE:
         raise RequestError(415, f"Send the body as JSON with 'Content-Type: {JSON_TYPE}'.")
-    rows = parse_instances(api.model.schema, parse_json(service.read_body(environ)))
+    rows = parse_instances(api.model.schema, parse_json(read_body(environ)))
     predictions = predict_all(api.model, rows)
     api.metrics.count_predictions(api.model, predictions)
     return {"predictions": answers(api.model, rows, predictions), "model": api.model.reference}
@@ -262,7 +153,7 @@ def describe_model(api):
 
 def metrics_page(api):
     bottle.response.content_type = prometheus_client.CONTENT_TYPE_LATEST
-    return service.metrics_exposition(api.metrics.registry)
+    return exposition(api.metrics.registry)
 
 
 def healthz(api):
@@ -343,24 +234,23 @@ def create_app(settings):
     self_test(model)
     logger.info("model %s version %s (%s) loaded from %s; predictions computed by %s", model.metadata["name"],
                 model.metadata["version"], model.metadata["algorithm"], settings.model_path, model.engine)
-    metrics = Metrics(model)
+    metrics = ApiMetrics(model.metadata)
     model = with_batching(model, settings.batching, metrics)
     api = Api(model, metrics, openapi.served_document(OPENAPI_PATH, model.metadata), describe(model.metadata))
     authenticate = load_users(settings, metrics).authenticate
     app = bottle.Bottle()
-    # Crashes go to service.handle_requests, which logs them once with their traceback and answers in kind.
+    # Crashes go to wsgi.handle_requests, which logs them once with their traceback and answers in kind.
     app.catchall = False
     app.default_error_handler = error_page
     for method, path, route, needs_credentials in ROUTES:
         render = v2.error_response if is_open_inference(path) else problem
-        app.route(path, method, service.answering(route, api, authenticate if needs_credentials else None, render))
-    return service.handle_requests(app, logger, crash_document, api.metrics.count_request,
-                                   access_log=settings.access_log)
+        app.route(path, method, answering(route, api, authenticate if needs_credentials else None, render))
+    return handle_requests(app, logger, crash_document, api.metrics.count_request, settings.access_log)
 
 
 def app_from_env():
     """The app as the production server loads it: 'api:app_from_env()'."""
-    return service.start("api", logger, read_settings, create_app)[1]
+    return server.start("api", logger, read_api_settings, create_app)[1]
 
 
 def print_password_hash(stdin=sys.stdin):
@@ -376,4 +266,4 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["--hash-password"]:
         print_password_hash()
     else:
-        devserver.run_development_server("api", logger, read_settings, create_app)
+        devserver.run_development_server("api", logger, read_api_settings, create_app)

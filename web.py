@@ -18,29 +18,25 @@ service.py): no NumPy or scikit-learn.
 import functools
 import hashlib
 import logging
-import math
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, urlencode
 
 import bottle
 import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from tabserve import devserver
-from tabserve import service
-from tabserve.client import ApiUnavailable, api_opener, call_api
+from tabserve import devserver, server
+from tabserve.client import ApiUnavailable, api_opener, basic_authorization, call_api
 from tabserve.forms import FormSource, query_link, value_text
-from tabserve.service import StartupError
+from tabserve.metrics import WebMetrics, exposition
+from tabserve.settings import WebSettings, read_web_settings
+from tabserve.users import credentials_checker
+from tabserve.wsgi import handle_requests
 
-DEFAULT_API_URL = "http://localhost:8000"
-DEFAULT_TIMEOUT = 5.0
-DEFAULT_PORT = 5000
 READINESS_TIMEOUT = 2.0
 UNKNOWN_MODEL_TITLE = "Prediction service"  # the brand of the pages shown before the form is learnt
-API_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 HERE = Path(__file__).resolve().parent
 VIEWS = HERE / "views"
 STATIC_ROOT = HERE / "static"
@@ -58,60 +54,15 @@ CRASH_PAGE = b"<!doctype html><title>Error</title><h1>Something went wrong</h1><
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, kw_only=True)
-class Settings(service.Settings):
-    """What the web app is configured with; read_settings() makes one from the environment."""
-
-    port: int = DEFAULT_PORT
-    api_url: str = DEFAULT_API_URL
-    timeout: float = DEFAULT_TIMEOUT
-
-
-def read_settings(environ):
-    """Validated settings from environment variables; StartupError names the first bad one."""
-    common = service.read_common_settings(environ, DEFAULT_PORT, "the web app needs them to call the API")
-    api_url = (environ.get("API_URL") or DEFAULT_API_URL).rstrip("/")
-    if urlsplit(api_url).scheme not in ("http", "https") or not urlsplit(api_url).hostname:
-        raise StartupError(f"API_URL must be an http:// or https:// URL, got {api_url!r}")
-    timeout = environ.get("API_TIMEOUT") or str(DEFAULT_TIMEOUT)
-    try:
-        seconds = float(timeout)
-    except ValueError:
-        seconds = math.nan
-    if not 0 < seconds <= 300:
-        raise StartupError(f"API_TIMEOUT must be a number of seconds from 0 to 300, got {timeout!r}")
-    return Settings(api_url=api_url, timeout=seconds, **common)
-
-
 # --- The pages -------------------------------------------------------------------------------------------------
-
-
-class Metrics:
-    """The web app's Prometheus metrics, exposed by service.metrics_exposition() (exact across server workers)."""
-
-    def __init__(self):
-        self.registry = registry = CollectorRegistry()
-        self.page_views = service.cached_labels(Counter(
-            "iris_web_page_views", "HTML pages served, by page and status code", ["page", "status"],
-            registry=registry))
-        self.predictions = service.cached_labels(Counter(
-            "iris_web_predictions", "Predictions asked of the API, by outcome", ["outcome"], registry=registry))
-        self.api_failures = service.cached_labels(Counter(
-            "iris_web_api_failures", "Failed calls to the API, by kind", ["kind"], registry=registry))
-        self.api_latency = Histogram("iris_web_api_call_duration_seconds", "Time the API took to answer",
-                                     buckets=API_LATENCY_BUCKETS, registry=registry)
-
-    def count_page(self, environ, status, content_type, seconds):
-        if content_type.startswith("text/html"):
-            self.page_views(service.endpoint_of(environ), status).inc()
 
 
 @dataclass(frozen=True)
 class Site:
     """What the pages are made from, built once by create_app()."""
 
-    settings: Settings
-    metrics: Metrics
+    settings: WebSettings
+    metrics: WebMetrics
     opener: urllib.request.OpenerDirector  # calls the API over kept-alive connections
     authorization: str  # the header the web app sends to the API
     is_authorised: object  # checks the credentials of a request for /metrics
@@ -287,7 +238,7 @@ def metrics_page(site):
         bottle.response.set_header("WWW-Authenticate", 'Basic realm="iris-web", charset="UTF-8"')
         return {"status": 401, "detail": "Send the service credentials with HTTP basic authentication."}
     bottle.response.content_type = prometheus_client.CONTENT_TYPE_LATEST
-    return service.metrics_exposition(site.metrics.registry)
+    return exposition(site.metrics.registry)
 
 
 def healthz(site):
@@ -329,14 +280,14 @@ ROUTES = (
 def create_app(settings):
     """The web app as a WSGI app, talking to the API at settings.api_url with settings' credentials."""
     stylesheet_hash = hashlib.sha256((STATIC_ROOT / "style.css").read_bytes()).hexdigest()[:12]
-    opener, authorization = api_opener(), service.basic_authorization(settings.username, settings.password)
-    metrics = Metrics()
+    opener, authorization = api_opener(), basic_authorization(settings.username, settings.password)
+    metrics = WebMetrics()
     site = Site(
         settings=settings,
         metrics=metrics,
         opener=opener,
         authorization=authorization,
-        is_authorised=service.credentials_checker(settings.username, settings.password, logger),
+        is_authorised=credentials_checker(settings.username, settings.password, logger),
         templates={name: Template(name=f"{name}.tpl", lookup=[str(VIEWS)])
                    for name in ("form", "result", "failure")},
         common={"stylesheet": f"/static/style.css?v={stylesheet_hash}", "percent": percent,
@@ -345,20 +296,19 @@ def create_app(settings):
     )
     site.forms.current()  # learnt now if the API answers; the pages say it is unavailable until it does
     app = bottle.Bottle()
-    app.catchall = False  # crashes go to service.handle_requests, which logs them once
+    app.catchall = False  # crashes go to wsgi.handle_requests, which logs them once
     for method, path, page in ROUTES:
         app.route(path, method, functools.partial(page, site))
     app.default_error_handler = functools.partial(error_page, site)
     logger.info("calling the API at %s, timeout %gs", settings.api_url, settings.timeout)
-    return service.handle_requests(app, logger, lambda environ: (HTML_TYPE, CRASH_PAGE), site.metrics.count_page,
-                                   SECURITY_HEADERS,
-                                   settings.access_log)
+    return handle_requests(app, logger, lambda environ: (HTML_TYPE, CRASH_PAGE), site.metrics.count_page,
+                           settings.access_log, SECURITY_HEADERS)
 
 
 def app_from_env():
     """The app as the production server loads it: 'web:app_from_env()'."""
-    return service.start("web", logger, read_settings, create_app)[1]
+    return server.start("web", logger, read_web_settings, create_app)[1]
 
 
 if __name__ == "__main__":
-    devserver.run_development_server("web", logger, read_settings, create_app)
+    devserver.run_development_server("web", logger, read_web_settings, create_app)

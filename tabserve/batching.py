@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from tabserve.model import MAX_ROWS
-from tabserve.service import RequestError
+from tabserve.wsgi import RequestError
 
 MAX_BATCH_ROWS = MAX_ROWS  # rows in one combined call, at most (a single larger request still gets its own call)
 MAX_QUEUED = 64  # requests waiting for a call, at most; the next one gets a 503

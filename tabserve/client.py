@@ -7,6 +7,7 @@ call_api raises ApiUnavailable when the API cannot be reached or does not answer
 error status included, comes back as (status, parsed JSON or None).
 """
 
+import base64
 import functools
 import http.client
 import json
@@ -14,7 +15,12 @@ import threading
 import urllib.error
 import urllib.request
 
-from tabserve import service
+from tabserve.logs import request_id
+
+
+def basic_authorization(username, password):
+    """The Authorization header value of HTTP basic auth for these credentials."""
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
 
 
 class ApiUnavailable(Exception):
@@ -95,7 +101,7 @@ def call_api(opener, url, authorization, timeout):
     """GET a URL of the API: (status, parsed JSON body or None). ApiUnavailable when it does not answer."""
     # The API logs the same request ID, so one click can be followed through both services' logs.
     request = urllib.request.Request(url, headers={"Authorization": authorization,
-                                                   "X-Request-ID": service.request_id.get()})
+                                                   "X-Request-ID": request_id.get()})
     try:
         with opener.open(request, timeout=timeout) as response:
             return response.status, json.load(response)

@@ -7,7 +7,8 @@ from wsgiref.simple_server import WSGIRequestHandler
 
 import bottle
 
-from tabserve.service import MAX_BODY_BYTES, start
+from tabserve.server import start
+from tabserve.wsgi import MAX_BODY_BYTES
 
 
 def read_chunked(stream, limit):

@@ -31,7 +31,8 @@ from sklearn.preprocessing import StandardScaler
 
 from tabserve.explain import Explainer
 from tabserve.inputs import Schema
-from tabserve.service import RequestError, StartupError
+from tabserve.settings import StartupError
+from tabserve.wsgi import RequestError
 
 MAX_ROWS = 10_000  # rows predicted in one call, at most
 PROBABILITY_DIGITS = 6

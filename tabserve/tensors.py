@@ -15,10 +15,10 @@ import struct
 
 import numpy as np
 
-from tabserve import service
+from tabserve import wsgi
 from tabserve.inputs import json_kind
 from tabserve.model import MAX_ROWS
-from tabserve.service import RequestError, shorten
+from tabserve.wsgi import RequestError, shorten
 
 INPUT_NAME = "input-0"  # the name the metadata gives the one tensor of a model of numbers only
 # The little-endian NumPy type of each number datatype an input may have; every one is converted to float64.
@@ -30,7 +30,7 @@ MAX_REPORTED = 5
 
 
 def bad(field, message):
-    return service.invalid([service.field_error(field, message)])
+    return wsgi.invalid([wsgi.field_error(field, message)])
 
 
 def json_integer(value):

@@ -32,7 +32,7 @@ import signal
 import threading
 import time
 
-from tabserve.service import RequestError, parse_basic_auth
+from tabserve.wsgi import RequestError
 
 SCRYPT = {"n": 2 ** 14, "r": 8, "p": 1}
 SALT_BYTES = 16
@@ -103,6 +103,38 @@ def parse_users(text, source):
     if not users:
         raise UsersFileError(f"{source} holds no user")
     return users
+
+
+def parse_basic_auth(header):
+    """(user, password) from an Authorization header, or None when it is missing or malformed."""
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
+    except ValueError:  # not ASCII, not base64, or not UTF-8
+        return None
+    user, colon, password = decoded.partition(":")
+    return (user, password) if colon else None
+
+
+def credentials_checker(username, password, log):
+    """A function that says whether an Authorization header carries these credentials, logging each refusal."""
+    expected_user, expected_password = username.encode(), password.encode()
+
+    def check(header):
+        given = parse_basic_auth(header)
+        if given is None:
+            log.warning("authentication failed: missing or malformed Authorization header")
+            return False
+        user, secret = given
+        # Both comparisons always run (& not `and`), so a wrong user costs what a wrong password costs.
+        ok = hmac.compare_digest(user.encode(), expected_user) & hmac.compare_digest(secret.encode(), expected_password)
+        if not ok:
+            log.warning("authentication failed for user %r", user)
+        return ok
+
+    return check
 
 
 class FailureLimiter:

@@ -10,7 +10,7 @@ from urllib.parse import unquote_to_bytes
 import numpy as np
 
 from tabserve.model import MAX_ROWS
-from tabserve.service import RequestError, field_error, invalid, shorten
+from tabserve.wsgi import RequestError, field_error, invalid, shorten
 
 # Query parameters beyond the model's own inputs that a request may carry and still be answered (with a 400 naming
 # them); more is refused before any is read.

@@ -24,9 +24,9 @@ import struct
 import bottle
 import numpy as np
 
-from tabserve import service
+from tabserve import wsgi
 from tabserve.model import predict_all
-from tabserve.service import RequestError, shorten
+from tabserve.wsgi import RequestError, shorten
 from tabserve.tensors import INPUT_NAME, MAX_REPORTED, bad, check_parameters, expect, read_inputs
 
 SERVER_METADATA = {"name": "iris-api", "version": "1.0", "extensions": ["binary_tensor_data"]}
@@ -116,10 +116,10 @@ def read_request(environ):
     encoding = environ.get("HTTP_CONTENT_ENCODING", "identity").strip().lower()
     if encoding not in ("", "identity"):
         raise RequestError(415, f"Content-Encoding {shorten(encoding)!r} is not supported: send the body uncompressed")
-    if service.media_type(environ) not in ("", JSON_TYPE, BINARY_TYPE):
+    if wsgi.media_type(environ) not in ("", JSON_TYPE, BINARY_TYPE):
         raise RequestError(415, f"send the request as {JSON_TYPE}, or as {BINARY_TYPE} (or with no Content-Type) with "
                                 "Triton's binary tensor extension")
-    body = service.read_body(environ)
+    body = wsgi.read_body(environ)
     length = environ.get(HEADER_LENGTH)
     if length is None:
         return parse_header(body), b""
@@ -131,7 +131,7 @@ def read_request(environ):
 
 def parse_header(text):
     """The inference request object, with its fields checked for type."""
-    header = service.parse_json(text)
+    header = wsgi.parse_json(text)
     if not isinstance(header, dict):
         raise bad("body", "must be a JSON object with an 'inputs' list")
     unknown = sorted(set(header) - REQUEST_FIELDS)

@@ -11,6 +11,7 @@ import webtest
 import api
 import train
 import web
+from tabserve.settings import ApiSettings, WebSettings
 from tests.support import (API_SERVERS, PASSWORD, TESTS_FAILURES_PER_MINUTE, USERNAME, api_server, docker_available, free_port,
                            remove_untagged_images, require, serve_in_thread, untagged_images,
                            write_fruit_csv)
@@ -55,7 +56,7 @@ def docker_engine():
 def api_app(model_path):
     """The API as a WSGI app, with the test credentials, logging a line for every request (ACCESS_LOG=all). Its tests
     send wrong passwords by the hundred from one address: the limit on failed logins (test_users.py) is lifted."""
-    return api.create_app(api.Settings(username=USERNAME, password=PASSWORD, model_path=model_path, access_log="all",
+    return api.create_app(ApiSettings(username=USERNAME, password=PASSWORD, model_path=model_path, access_log="all",
                                        failures_per_minute=TESTS_FAILURES_PER_MINUTE))
 
 
@@ -98,7 +99,7 @@ def live_api(api_app):
 
 
 def _new_web_client(api_url, username=USERNAME, password=PASSWORD, timeout=5.0):
-    settings = web.Settings(api_url=api_url, username=username, password=password, timeout=timeout, access_log="all")
+    settings = WebSettings(api_url=api_url, username=username, password=password, timeout=timeout, access_log="all")
     return webtest.TestApp(web.create_app(settings))
 
 

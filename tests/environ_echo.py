@@ -2,13 +2,13 @@
 a server hands to apps, for test_serve.py."""
 
 import json
+from tabserve import wsgi
 
-from tabserve import service
 
 
 def echo(environ, start_response):
     seen = {key: str(value) for key, value in environ.items()}
-    seen["as read"] = {"media type": service.media_type(environ), "body": service.read_body(environ).decode()}
+    seen["as read"] = {"media type": wsgi.media_type(environ), "body": wsgi.read_body(environ).decode()}
     start_response("200 OK", [("Content-Type", "application/json")])
     return [json.dumps(seen).encode()]
 

@@ -23,7 +23,7 @@ from wsgiref.simple_server import WSGIServer, make_server
 import pytest
 
 from tabserve import devserver
-from tabserve import service
+from tabserve import client
 
 ROOT = Path(__file__).resolve().parent.parent
 USERNAME = "tester"
@@ -62,7 +62,7 @@ SERVER_SETTINGS = {"WORKERS": "2", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS
 
 def auth_header(username=USERNAME, password=PASSWORD):
     """{"Authorization": ...} for HTTP basic auth."""
-    return {"Authorization": service.basic_authorization(username, password)}
+    return {"Authorization": client.basic_authorization(username, password)}
 
 
 def query(values):

@@ -17,8 +17,9 @@ from sklearn.datasets import load_iris
 
 import api
 from tabserve import model
-from tabserve import service
+from tabserve.settings import ApiSettings, DEFAULT_MODEL_PATH, read_api_settings
 from tabserve import users
+from tabserve import wsgi
 from tests.support import FEATURES, PASSWORD, USERNAME, auth_header
 
 README_QUERY = "sepal_length=1&sepal_width=1&petal_length=1&petal_width=1"
@@ -122,7 +123,7 @@ def credentials_app(request, api_app, model_path, tmp_path_factory):
     users_file = tmp_path_factory.mktemp("users") / "users"
     users_file.write_text(f"# the tests' users\n{USERNAME}:{users.hash_password(PASSWORD)}\n\n"
                           f"partner:{users.hash_password('another secret')}\n")
-    return api.create_app(api.Settings(username="", password="", users_file=users_file, model_path=model_path,
+    return api.create_app(ApiSettings(username="", password="", users_file=users_file, model_path=model_path,
                                        failures_per_minute=10_000))
 
 
@@ -235,7 +236,7 @@ def test_too_many_rows_gives_413(api_client):
 
 def test_too_large_body_gives_413_before_it_is_read(api_client):
     body = b'{"instances": [' + b"[1, 1, 1, 1], " * 100_000 + b"[1, 1, 1, 1]]}"
-    assert len(body) > service.MAX_BODY_BYTES
+    assert len(body) > wsgi.MAX_BODY_BYTES
     response = api_client.post("/api/v1.0/predict", body, content_type="application/json", status=413)
     assert response.content_type == "application/problem+json"
     assert "larger than 1048576 bytes" in response.json["detail"]
@@ -305,7 +306,7 @@ def test_openapi_document_matches_the_code(anonymous_api_client):
     assert row_as_list["minItems"] == row_as_list["maxItems"] == len(FEATURES)
     batch = documented["/api/v1.0/predict", "post"]
     assert f"{model.MAX_ROWS} " in batch["summary"]
-    assert f"{model.MAX_ROWS} rows or {service.MAX_BODY_BYTES} bytes" in batch["responses"]["413"]["description"]
+    assert f"{model.MAX_ROWS} rows or {wsgi.MAX_BODY_BYTES} bytes" in batch["responses"]["413"]["description"]
     assert set(batch["responses"]) == {"200", "400", "401", "413", "415", "429"}
     assert set(documented["/api/v1.0", "get"]["responses"]) == {"200", "400", "401", "429"}
 
@@ -346,7 +347,7 @@ def test_each_request_is_logged_once(api_client, caplog):
 
 
 def settings(**environ):
-    return api.read_settings({"API_USERNAME": USERNAME, "API_PASSWORD": PASSWORD, **environ})
+    return read_api_settings({"API_USERNAME": USERNAME, "API_PASSWORD": PASSWORD, **environ})
 
 
 @pytest.mark.parametrize("environ, message", [
@@ -365,13 +366,13 @@ def test_bad_configuration_is_refused(environ, message):
 def test_password_from_a_file(tmp_path):
     secret = tmp_path / "password"
     secret.write_text("from-a-file\n")
-    assert api.read_settings({"API_USERNAME": "u", "API_PASSWORD_FILE": str(secret)}).password == "from-a-file"
+    assert read_api_settings({"API_USERNAME": "u", "API_PASSWORD_FILE": str(secret)}).password == "from-a-file"
     with pytest.raises(api.StartupError, match="cannot read API_PASSWORD_FILE"):
-        api.read_settings({"API_USERNAME": "u", "API_PASSWORD_FILE": str(tmp_path / "missing")})
+        read_api_settings({"API_USERNAME": "u", "API_PASSWORD_FILE": str(tmp_path / "missing")})
 
 
 def settings_with(model_path):
-    return api.Settings(username=USERNAME, password=PASSWORD, model_path=model_path)
+    return ApiSettings(username=USERNAME, password=PASSWORD, model_path=model_path)
 
 
 def copy_model(model_path, folder):
@@ -450,7 +451,7 @@ def test_a_model_failing_its_self_test_is_refused(model_path, tmp_path):
 
 
 def test_demo_password_logs_a_warning(model_path, caplog):
-    api.create_app(api.Settings(username="my_username", password="my_password", model_path=model_path))
+    api.create_app(ApiSettings(username="my_username", password="my_password", model_path=model_path))
     assert any(record.levelname == "WARNING" and "demo password" in record.getMessage() for record in caplog.records)
     assert "my_password" not in caplog.text
 
@@ -555,6 +556,6 @@ def test_refused_requests_do_not_accumulate_memory(anonymous_api_client):
 def test_empty_settings_count_as_unset():
     """Compose files and Makefiles pass empty strings for variables nobody set: those mean the default."""
     empty = {name: "" for name in ("PORT", "HOST", "LOG_LEVEL", "LOG_FORMAT", "ACCESS_LOG", "MODEL_PATH")}
-    settings = api.read_settings({"API_USERNAME": "u", "API_PASSWORD": "p", **empty})
+    settings = read_api_settings({"API_USERNAME": "u", "API_PASSWORD": "p", **empty})
     assert (settings.port, settings.host, settings.log_level, settings.log_format, settings.access_log,
-            settings.model_path) == (8000, "127.0.0.1", "INFO", "text", "errors", api.DEFAULT_MODEL_PATH)
+            settings.model_path) == (8000, "127.0.0.1", "INFO", "text", "errors", DEFAULT_MODEL_PATH)

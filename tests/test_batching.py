@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 from tabserve import batching
+from tabserve.settings import ApiSettings, read_api_settings
 import train
 from tabserve.batching import Batcher
-from tabserve.service import RequestError
+from tabserve.wsgi import RequestError
 from tests.support import api_server, auth_header, query
 
 
@@ -187,7 +188,7 @@ def test_the_batching_choice_is_made_and_logged_at_start_up(model_path, forest, 
                                                             expected):
     import api
     path = {"numpy": model_path, "numpy forest": forest, "scikit-learn": svc}[engine]
-    app_settings = api.Settings(username="u", password="p", model_path=path, batching=setting)
+    app_settings = ApiSettings(username="u", password="p", model_path=path, batching=setting)
     caplog.set_level("INFO", logger="api")
     api.create_app(app_settings)
     assert f"adaptive batching {expected} (BATCHING={setting}, predictions by {engine})" in caplog.text
@@ -196,7 +197,7 @@ def test_the_batching_choice_is_made_and_logged_at_start_up(model_path, forest, 
 def test_a_bad_batching_setting_stops_the_api_with_one_line():
     import api
     with pytest.raises(api.StartupError, match="BATCHING must be one of auto, on, off, got 'maybe'"):
-        api.read_settings({"API_USERNAME": "u", "API_PASSWORD": "p", "BATCHING": "maybe"})
+        read_api_settings({"API_USERNAME": "u", "API_PASSWORD": "p", "BATCHING": "maybe"})
 
 
 def test_the_forest_fast_path_answers_what_scikit_learn_answers(forest):

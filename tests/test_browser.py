@@ -12,6 +12,7 @@ import pytest
 
 import api
 import web
+from tabserve.settings import ApiSettings, WebSettings
 from tests.support import PASSWORD, USERNAME, require, serve_in_thread
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -23,7 +24,7 @@ SETOSA = {"sepal_length": "5.1", "sepal_width": "3.5", "petal_length": "1.4", "p
 @pytest.fixture(scope="module")
 def web_url(live_api):
     """The web app, served on a free loopback port, calling the real API; yields its URL."""
-    settings = web.Settings(api_url=live_api, username=USERNAME, password=PASSWORD)
+    settings = WebSettings(api_url=live_api, username=USERNAME, password=PASSWORD)
     with serve_in_thread(web.create_app(settings)) as url:
         yield url
 
@@ -115,9 +116,9 @@ def test_example_link_then_submit(tab, web_url, model_path):
 @pytest.fixture(scope="module")
 def fruit_web_url(model_files):
     """The web app in front of the API serving the CSV model with categories; yields its URL."""
-    api_app = api.create_app(api.Settings(username=USERNAME, password=PASSWORD, model_path=model_files["fruit"]))
+    api_app = api.create_app(ApiSettings(username=USERNAME, password=PASSWORD, model_path=model_files["fruit"]))
     with serve_in_thread(api_app) as api_url:
-        settings = web.Settings(api_url=api_url, username=USERNAME, password=PASSWORD)
+        settings = WebSettings(api_url=api_url, username=USERNAME, password=PASSWORD)
         with serve_in_thread(web.create_app(settings)) as url:
             yield url
 

@@ -17,11 +17,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tabserve import inputs
-from tabserve import service
+from tabserve.settings import WebSettings
 import web
+from tabserve import client, wsgi
 from tests.support import FEATURES, PASSWORD, USERNAME
 
-AUTHORIZATION = service.basic_authorization(USERNAME, PASSWORD)
+AUTHORIZATION = client.basic_authorization(USERNAME, PASSWORD)
 SCHEMATHESIS = [sys.executable, "-c", "from schemathesis.cli import schemathesis; schemathesis()"]
 CONFIG = Path(__file__).parent / "schemathesis.toml"
 PROTOCOL_DOCUMENT = Path(__file__).parent / "open-inference-protocol" / "open_inference_rest.yaml"
@@ -128,7 +129,7 @@ def test_any_query_gives_a_prediction_or_a_400_naming_the_problem(fuzzed_api_cli
         assert response.content_type == "application/problem+json"
         fields = {error["field"] for error in response.json["errors"]}
         assert fields, response.json
-        assert fields <= {*FEATURES, "query"} | {service.shorten(name) for name in seen}
+        assert fields <= {*FEATURES, "query"} | {wsgi.shorten(name) for name in seen}
 
 
 json_values = st.recursive(
@@ -167,7 +168,7 @@ def test_any_bytes_as_a_body_give_a_400(fuzzed_api_client, raw):
 @pytest.fixture(scope="module")
 def fuzzed_web_client(live_api):
     """The web app, talking to the real API."""
-    return webtest.TestApp(web.create_app(web.Settings(api_url=live_api, username=USERNAME, password=PASSWORD)))
+    return webtest.TestApp(web.create_app(WebSettings(api_url=live_api, username=USERNAME, password=PASSWORD)))
 
 
 @given(params=st.lists(st.tuples(names, query_values), max_size=80))

@@ -15,6 +15,7 @@ from tritonclient.http.auth import BasicAuth
 from tritonclient.utils import InferenceServerException
 
 import api
+from tabserve.settings import ApiSettings
 from tests.support import FEATURES, FLOWERS, PASSWORD, ROOT, USERNAME, auth_header, query
 
 MODEL = "iris-classifier"
@@ -365,7 +366,7 @@ def test_a_wrong_method_gets_a_405_in_the_protocols_form(api_client):
 
 
 def test_v2_requests_and_predictions_are_counted(model_path):
-    client = webtest.TestApp(api.create_app(api.Settings(username=USERNAME, password=PASSWORD, model_path=model_path)))
+    client = webtest.TestApp(api.create_app(ApiSettings(username=USERNAME, password=PASSWORD, model_path=model_path)))
     client.authorization = ("Basic", (USERNAME, PASSWORD))
     rows = [FLOWERS["setosa"], FLOWERS["virginica"], FLOWERS["odd"]]
     client.post(INFER, json.dumps(with_tensor(shape=[3, 4], data=rows)), content_type="application/json")

@@ -11,7 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-import serve
+from tabserve import server
 from tests.support import ROOT, web_server
 
 KUSTOMIZATION = ROOT / "deploy" / "kubernetes"
@@ -173,7 +173,7 @@ def test_the_restricted_pod_security_standard_is_met(manifests, deployments, nam
 def test_a_pod_stops_within_its_grace_period(deployments, name):
     pod = deployments[name]["spec"]["template"]["spec"]
     pause = int(pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][1])
-    assert pod["terminationGracePeriodSeconds"] > serve.GRACEFUL_TIMEOUT + pause
+    assert pod["terminationGracePeriodSeconds"] > server.GRACEFUL_TIMEOUT + pause
 
 
 def test_credentials_come_from_the_secret_as_files_never_as_variables(deployments):

@@ -16,6 +16,7 @@ from tritonclient.http.auth import BasicAuth
 import api
 import train
 import web
+from tabserve.settings import ApiSettings, WebSettings
 from tests.support import FRUIT_FEATURES, PASSWORD, USERNAME, api_server, serve_in_thread
 from tests.test_fuzz import AUTHORIZATION, run_schemathesis
 
@@ -37,7 +38,7 @@ def table_rows(name, model_files):
 
 def api_of(model_files, name):
     """(name, metadata, WebTest client of the API) for this model."""
-    app = api.create_app(api.Settings(username=USERNAME, password=PASSWORD, model_path=model_files[name]))
+    app = api.create_app(ApiSettings(username=USERNAME, password=PASSWORD, model_path=model_files[name]))
     client = webtest.TestApp(app)
     client.authorization = ("Basic", (USERNAME, PASSWORD))
     return name, json.loads(model_files[name].with_suffix(".json").read_text()), client
@@ -227,7 +228,7 @@ def site(served):
     """(metadata, WebTest client of the web app) in front of each model's API."""
     _, metadata, client = served
     with serve_in_thread(client.app) as url:
-        settings = web.Settings(api_url=url, username=USERNAME, password=PASSWORD)
+        settings = WebSettings(api_url=url, username=USERNAME, password=PASSWORD)
         yield metadata, webtest.TestApp(web.create_app(settings))
 
 

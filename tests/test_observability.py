@@ -14,7 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import api
 from tabserve import model
-from tabserve import service
+from tabserve.settings import ApiSettings, StartupError, read_api_settings
+from tabserve import logs, settings, wsgi
 from tests.support import FLOWERS, PASSWORD, USERNAME, Server, api_server, auth_header, query, wait_ready
 
 AUTH = auth_header()
@@ -101,7 +102,7 @@ def test_metrics_need_credentials(anonymous_api_client):
 
 
 def test_in_process_metrics_count_this_app(model_path):
-    client = webtest.TestApp(api.create_app(api.Settings(username=USERNAME, password=PASSWORD,
+    client = webtest.TestApp(api.create_app(ApiSettings(username=USERNAME, password=PASSWORD,
                                                          model_path=model_path)))
     client.authorization = ("Basic", (USERNAME, PASSWORD))
     client.get(f"/api/v1.0?{query(SETOSA)}")
@@ -127,7 +128,7 @@ def test_api_keeps_a_sane_request_id_and_replaces_others(api_client, sent, kept,
     response = api_client.get(f"/api/v1.0?{query(SETOSA)}", headers={"X-Request-ID": sent} if sent else {})
     answered = response.headers["X-Request-ID"]
     assert (answered == sent) is kept
-    assert service.SANE_REQUEST_ID.fullmatch(answered)
+    assert wsgi.SANE_REQUEST_ID.fullmatch(answered)
     assert any(getattr(record, "request_id", None) == answered for record in caplog.records)
 
 
@@ -149,8 +150,8 @@ def test_json_log_lines_carry_the_request_fields(api_client, caplog):
     caplog.set_level(logging.INFO, logger="api")
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    handler.addFilter(service.RequestIdFilter())
-    handler.setFormatter(service.JsonFormatter())
+    handler.addFilter(logs.RequestIdFilter())
+    handler.setFormatter(logs.JsonFormatter())
     logging.getLogger("api").addHandler(handler)
     try:
         api_client.get(f"/api/v1.0?{query(SETOSA)}&secret=1", headers={"X-Request-ID": "json-1"}, status=400)
@@ -164,8 +165,8 @@ def test_json_log_lines_carry_the_request_fields(api_client, caplog):
 
 
 def test_log_format_must_be_known():
-    with pytest.raises(service.StartupError, match="LOG_FORMAT must be one of"):
-        api.read_settings({"API_USERNAME": "u", "API_PASSWORD": "p", "LOG_FORMAT": "xml"})
+    with pytest.raises(StartupError, match="LOG_FORMAT must be one of"):
+        read_api_settings({"API_USERNAME": "u", "API_PASSWORD": "p", "LOG_FORMAT": "xml"})
 
 
 # --- The web app's metrics -------------------------------------------------------------------------------------
@@ -225,7 +226,7 @@ def test_json_logs_under_the_production_server_are_json_lines_only(model_path, a
 @pytest.mark.parametrize("access_log, logged", [("all", {200, 400, 401}), ("errors", {400, 401}), ("off", set())])
 def test_access_log_chooses_which_requests_get_a_line(model_path, caplog, access_log, logged):
     caplog.set_level(logging.INFO)
-    settings = api.Settings(username=USERNAME, password=PASSWORD, model_path=model_path, access_log=access_log)
+    settings = ApiSettings(username=USERNAME, password=PASSWORD, model_path=model_path, access_log=access_log)
     client = webtest.TestApp(api.create_app(settings))
     client.get(f"/api/v1.0?{query(SETOSA)}", headers=AUTH)
     client.get("/api/v1.0?sepal_length=abc", headers=AUTH, status=400)
@@ -236,17 +237,17 @@ def test_access_log_chooses_which_requests_get_a_line(model_path, caplog, access
 
 def test_access_log_is_errors_unless_set():
     """The default, chosen by measurement: a line per request cost about 18 % of the container's rate (README)."""
-    assert api.read_settings({"API_USERNAME": "u", "API_PASSWORD": "p"}).access_log == "errors"
-    assert api.read_settings({"API_USERNAME": "u", "API_PASSWORD": "p", "ACCESS_LOG": "ALL"}).access_log == "all"
+    assert read_api_settings({"API_USERNAME": "u", "API_PASSWORD": "p"}).access_log == "errors"
+    assert read_api_settings({"API_USERNAME": "u", "API_PASSWORD": "p", "ACCESS_LOG": "ALL"}).access_log == "all"
 
 
 def test_access_log_must_be_known():
-    with pytest.raises(service.StartupError, match="ACCESS_LOG must be one of all, errors, off"):
-        api.read_settings({"API_USERNAME": "u", "API_PASSWORD": "p", "ACCESS_LOG": "some"})
+    with pytest.raises(StartupError, match="ACCESS_LOG must be one of all, errors, off"):
+        read_api_settings({"API_USERNAME": "u", "API_PASSWORD": "p", "ACCESS_LOG": "some"})
 
 
 def test_no_log_line_is_lost_by_a_graceful_stop(model_path):
-    """Lines are written in batches (service.BatchingStreamHandler): a SIGTERM must still let every one out."""
+    """Lines are written in batches (logs.BatchingStreamHandler): a SIGTERM must still let every one out."""
     server = api_server(model_path, LOG_LEVEL="INFO", ACCESS_LOG="all")
     try:
         for number in range(200):

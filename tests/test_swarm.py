@@ -20,6 +20,7 @@ import uuid
 import pytest
 
 from tabserve import users
+from tabserve import logs
 from tests.support import FLOWERS, ROOT, auth_header, free_port, query, readme_curl, require, wait_ready
 
 LOGIN_WINDOW = 3  # seconds; the stack's default is 60
@@ -242,7 +243,7 @@ def test_requests_spread_over_every_api_replica(stack):
     for number in range(60):
         assert get(stack.url("API_PORT", f"/api/v1.0?{SETOSA_QUERY}"),
                    {**DEMO, "X-Request-ID": f"spread-{number}"})[0] == 200
-    time.sleep(1)  # log lines are written in batches (service.BatchingStreamHandler)
+    time.sleep(1)  # log lines are written in batches (logs.BatchingStreamHandler)
     logs = docker("service", "logs", "--no-trunc", f"{stack.name}_api").stderr  # the services log to stderr
     per_replica = {}
     for line in logs.splitlines():

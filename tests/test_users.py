@@ -15,6 +15,7 @@ import webtest
 
 import api
 from tabserve import users
+from tabserve.settings import ApiSettings, read_api_settings
 from tests.support import FLOWERS, ROOT, USERNAME, api_server, auth_header, query, wait_ready
 
 SETOSA = query(FLOWERS["setosa"])
@@ -28,7 +29,7 @@ def users_file(path, **passwords):
 
 
 def app_with(model_path, path, **settings):
-    app = api.create_app(api.Settings(username="", password="", users_file=path, model_path=model_path, **settings))
+    app = api.create_app(ApiSettings(username="", password="", users_file=path, model_path=model_path, **settings))
     return webtest.TestApp(app)
 
 
@@ -171,7 +172,7 @@ def test_the_limiter_forgets_the_oldest_address_past_its_bound():
 ])
 def test_a_bad_credentials_setting_is_one_clear_line(environ, message):
     with pytest.raises(api.StartupError, match=message):
-        api.read_settings({"API_USERNAME": "u", "API_PASSWORD": "p", **environ} if "API_USERS_FILE" not in environ
+        read_api_settings({"API_USERNAME": "u", "API_PASSWORD": "p", **environ} if "API_USERS_FILE" not in environ
                           else environ)
 
 

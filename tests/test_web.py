@@ -14,6 +14,7 @@ import pytest
 
 import api
 from tabserve import forms
+from tabserve.settings import ApiSettings, StartupError, read_web_settings
 import train
 import web
 from tests.support import (FEATURES, PASSWORD, ROOT, USERNAME, auth_header, free_port, serve_in_thread,
@@ -337,14 +338,14 @@ def test_health_and_readiness(new_web_client, web_client, closed_port_url):
     ({"API_USERNAME": "u", "API_PASSWORD": "p", "PORT": "x"}, "PORT must be"),
 ])
 def test_bad_configuration_is_refused(environ, message):
-    with pytest.raises(web.StartupError, match=message):
-        web.read_settings(environ)
+    with pytest.raises(StartupError, match=message):
+        read_web_settings(environ)
 
 
 def test_defaults(tmp_path):
     secret = tmp_path / "secret"
     secret.write_text("pw\n")
-    settings = web.read_settings({"API_USERNAME": "u", "API_PASSWORD_FILE": str(secret)})
+    settings = read_web_settings({"API_USERNAME": "u", "API_PASSWORD_FILE": str(secret)})
     assert settings.password == "pw"
     assert (settings.api_url, settings.timeout, settings.port) == ("http://localhost:8000", 5.0, 5000)
 
@@ -400,7 +401,7 @@ def test_a_new_model_rolled_out_gets_its_own_form_at_its_first_answer(new_web_cl
     with serve_in_thread(switch) as url:
         client = new_web_client(url)
         assert client.get("/").html.find(id="sepal_length")
-        switch.app = api.create_app(api.Settings(username=USERNAME, password=PASSWORD, model_path=fruit))
+        switch.app = api.create_app(ApiSettings(username=USERNAME, password=PASSWORD, model_path=fruit))
         page = client.get("/prediction?weight_g=150&colour=green&origin=Spain")
         assert page.html.find("h1").text == "apple"
         assert {li.select_one(".label").text for li in page.html.select(".why li")} == {

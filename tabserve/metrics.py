@@ -1,0 +1,121 @@
+"""The services' Prometheus metrics: every metric's name and meaning in one place, and the text both /metrics answer.
+
+    metrics = ApiMetrics(card)        # or WebMetrics(); each has its own registry
+    metrics.requests(endpoint, method, status, user).inc()
+    text = exposition(metrics.registry)
+
+Under the production server, server.py sets PROMETHEUS_MULTIPROC_DIR before the app is built: every worker then
+writes its counts to files there, and exposition() adds up all the workers' files, so the figures are exact for the
+whole service. Without it (tests) the metrics live in the app's own registry. Label values come from small, fixed
+sets (routes, methods, status codes, classes, features, user names from the users file), never from a client.
+"""
+
+import collections
+import functools
+import os
+import time
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+
+from tabserve.users import USER_KEY
+from tabserve.wsgi import endpoint_of, method_of
+
+PREFIX = "iris"  # of every metric name
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+BATCH_ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 1024, 10_000)
+API_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def exposition(registry):
+    """The metrics in the Prometheus text format, summed over the server's workers when there are several."""
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    return prometheus_client.generate_latest(registry)
+
+
+def cached_labels(metric):
+    """metric.labels, remembered: prometheus_client checks and looks up the labels on every call. Only for labels
+    from a small, fixed set, since every value is kept."""
+    return functools.lru_cache(maxsize=None)(metric.labels)
+
+
+class ApiMetrics:
+    """The API's metrics."""
+
+    def __init__(self, card):
+        self.registry = registry = CollectorRegistry()
+        # The user is a label here rather than a counter of its own: one more multiprocess counter for every
+        # request cost 15 % of the rate under serve.py (its values are shared files behind one lock).
+        self.requests = cached_labels(Counter(
+            f"{PREFIX}_api_requests", "Requests answered, by endpoint, method, status code and user (names from the "
+            "users file; none for requests that were not authenticated)",
+            ["endpoint", "method", "status", "user"], registry=registry))
+        self.latency = cached_labels(Histogram(
+            f"{PREFIX}_api_request_duration_seconds", "Time to answer a request, by endpoint", ["endpoint"],
+            buckets=LATENCY_BUCKETS, registry=registry))
+        self.predictions = cached_labels(Counter(
+            f"{PREFIX}_api_predictions", "Predictions made, by predicted class", ["class"], registry=registry))
+        self.explanations = cached_labels(Counter(
+            f"{PREFIX}_api_explanations", "Predictions explained (contributions, and neighbours on "
+            "/api/v1.0/explain), by predicted class", ["class"], registry=registry))
+        self.out_of_range = cached_labels(Counter(
+            f"{PREFIX}_api_inputs_out_of_range", "Input values outside the range seen in training, by feature: "
+            "the drift signal",
+            ["feature"], registry=registry))
+        self.failed_logins = cached_labels(Counter(
+            f"{PREFIX}_api_failed_logins", "Refused credentials, by user name (names not in the users file: "
+            "unknown)", ["user"], registry=registry))
+        self.batch_rows = Histogram(f"{PREFIX}_api_batch_rows", "Rows in each model call (adaptive batching)",
+                                    buckets=BATCH_ROWS_BUCKETS, registry=registry)
+        self.batch_wait = Histogram(f"{PREFIX}_api_batch_wait_seconds", "Time a request waited for its model call "
+                                    "(adaptive batching)", buckets=LATENCY_BUCKETS, registry=registry)
+        self.batch_refused = Counter(f"{PREFIX}_api_batch_refused", "Requests refused with a 503 because too many "
+                                     "were waiting for the model", registry=registry)
+        Gauge(f"{PREFIX}_model_info", "The model being served (the value is always 1)",
+              ["name", "version", "algorithm"], registry=registry, multiprocess_mode="max").labels(
+            card["name"], card["version"], card["algorithm"]).set(1)
+        # Set once, in the server's main process; the workers' copies read 0, so "max" reports the main value.
+        Gauge(f"{PREFIX}_api_start_time_seconds", "When the service started, in seconds since the epoch",
+              registry=registry, multiprocess_mode="max").set(time.time())
+
+    def count_request(self, environ, status, content_type, seconds):
+        endpoint = endpoint_of(environ)
+        self.requests(endpoint, method_of(environ), status, environ.get(USER_KEY, "none")).inc()
+        self.latency(endpoint).observe(seconds)
+
+    def count_predictions(self, model, predictions, explained=False):
+        """Predictions (or explanations) by class, and out-of-range numbers by feature, from any endpoint."""
+        counter = self.explanations if explained else self.predictions
+        best = predictions.best.tolist()
+        if len(best) == 1:  # the usual request needs no tally
+            counter(model.classes[best[0]]).inc()
+        else:
+            for index, count in collections.Counter(best).items():
+                counter(model.classes[index]).inc(count)
+        if explained or not predictions.outside.any():
+            return
+        for feature, count in zip(model.schema.names, predictions.outside.sum(axis=0).tolist(), strict=True):
+            if count:
+                self.out_of_range(feature).inc(count)
+
+
+class WebMetrics:
+    """The web app's metrics."""
+
+    def __init__(self):
+        self.registry = registry = CollectorRegistry()
+        self.page_views = cached_labels(Counter(
+            f"{PREFIX}_web_page_views", "HTML pages served, by page and status code", ["page", "status"],
+            registry=registry))
+        self.predictions = cached_labels(Counter(
+            f"{PREFIX}_web_predictions", "Predictions asked of the API, by outcome", ["outcome"], registry=registry))
+        self.api_failures = cached_labels(Counter(
+            f"{PREFIX}_web_api_failures", "Failed calls to the API, by kind", ["kind"], registry=registry))
+        self.api_latency = Histogram(f"{PREFIX}_web_api_call_duration_seconds", "Time the API took to answer",
+                                     buckets=API_LATENCY_BUCKETS, registry=registry)
+
+    def count_page(self, environ, status, content_type, seconds):
+        if content_type.startswith("text/html"):
+            self.page_views(endpoint_of(environ), status).inc()

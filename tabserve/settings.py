@@ -1,0 +1,166 @@
+"""The services' configuration: every environment variable they read, read once at start-up and checked here.
+
+    settings = read_api_settings(os.environ)     # or read_web_settings(os.environ); StartupError names a bad one
+    host, port, workers, threads = read_server_settings("api", os.environ)
+
+The variables and their meanings are listed once, in docs/configuration.md (tests/test_docs.py checks that the two
+agree). An empty value counts as unset: compose files and Makefiles pass empty strings for variables nobody set.
+"""
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from tabserve.users import trusted_networks
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_HOST = "127.0.0.1"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
+# Which requests get a line of their own: all, those answered with an error status (4xx, 5xx), or none. Failed logins
+# and crashes are logged whatever this says. See docs/watching.md for what each costs.
+ACCESS_LOGS = ("all", "errors", "off")
+DEFAULT_ACCESS_LOG = "errors"
+DEFAULT_PORTS = {"api": 8000, "web": 5000}
+DEFAULT_WORKERS = 2
+DEFAULT_THREADS = 8
+DEFAULT_MODEL_PATH = ROOT / "model" / "iris.joblib"
+BATCHING_CHOICES = ("auto", "on", "off")
+DEFAULT_FAILURES_PER_MINUTE = 10
+DEFAULT_API_URL = "http://localhost:8000"
+DEFAULT_TIMEOUT = 5.0
+MAX_TIMEOUT = 300
+
+
+class StartupError(Exception):
+    """A configuration or model problem that must stop a service before it serves anything."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """What both services are configured with; ApiSettings and WebSettings add their own."""
+
+    username: str
+    password: str = field(repr=False)
+    host: str = DEFAULT_HOST
+    port: int
+    log_level: str = "INFO"
+    log_format: str = "text"
+    access_log: str = DEFAULT_ACCESS_LOG
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApiSettings(Settings):
+    """What the API is configured with."""
+
+    port: int = DEFAULT_PORTS["api"]
+    model_path: Path = DEFAULT_MODEL_PATH
+    batching: str = "auto"
+    users_file: Path = None  # API_USERS_FILE: name:hash lines (users.py); else API_USERNAME + API_PASSWORD
+    failures_per_minute: int = DEFAULT_FAILURES_PER_MINUTE
+    trusted_proxies: tuple = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class WebSettings(Settings):
+    """What the web app is configured with."""
+
+    port: int = DEFAULT_PORTS["web"]
+    api_url: str = DEFAULT_API_URL
+    timeout: float = DEFAULT_TIMEOUT
+
+
+def read_password(environ):
+    """The password from API_PASSWORD or the file named by API_PASSWORD_FILE (exactly one of them)."""
+    password, password_file = environ.get("API_PASSWORD"), environ.get("API_PASSWORD_FILE")
+    if password and password_file:
+        raise StartupError("set API_PASSWORD or API_PASSWORD_FILE, not both")
+    if password_file:
+        try:
+            return Path(password_file).read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeError) as err:
+            raise StartupError(f"cannot read API_PASSWORD_FILE {password_file}: {err}") from None
+    return password
+
+
+def choice(environ, name, choices, default):
+    """A variable that takes one of a few words, in any case; StartupError otherwise."""
+    value = environ.get(name) or default
+    value = value.upper() if choices[0].isupper() else value.lower()
+    if value not in choices:
+        raise StartupError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def read_common_settings(environ, default_port, why_credentials, credentials_required=True):
+    """Credentials, HOST, PORT, LOG_LEVEL, LOG_FORMAT and ACCESS_LOG, checked; StartupError names the first bad one."""
+    username, password = environ.get("API_USERNAME"), read_password(environ)
+    if credentials_required and (not username or not password):
+        raise StartupError(f"API_USERNAME and API_PASSWORD (or API_PASSWORD_FILE) must be set: {why_credentials}")
+    port = environ.get("PORT") or str(default_port)
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise StartupError(f"PORT must be an integer from 1 to 65535, got {port!r}")
+    return {"username": username or "", "password": password or "", "host": environ.get("HOST") or DEFAULT_HOST,
+            "port": int(port), "log_level": choice(environ, "LOG_LEVEL", LOG_LEVELS, "INFO"),
+            "log_format": choice(environ, "LOG_FORMAT", LOG_FORMATS, "text"),
+            "access_log": choice(environ, "ACCESS_LOG", ACCESS_LOGS, DEFAULT_ACCESS_LOG)}
+
+
+def logging_settings(environ):
+    """(level, format) for the log lines written before the settings are checked: the valid ones, else defaults."""
+    level, log_format = (environ.get("LOG_LEVEL") or "INFO").upper(), (environ.get("LOG_FORMAT") or "text").lower()
+    return (level if level in LOG_LEVELS else "INFO"), (log_format if log_format in LOG_FORMATS else "text")
+
+
+def read_api_settings(environ):
+    """The API's settings from environment variables; StartupError names the first bad one."""
+    users_file = environ.get("API_USERS_FILE")
+    common = read_common_settings(environ, DEFAULT_PORTS["api"], "the API does not start without credentials (or "
+                                  "API_USERS_FILE)", credentials_required=not users_file)
+    if users_file and common["username"]:
+        raise StartupError("set API_USERS_FILE or API_USERNAME and API_PASSWORD, not both")
+    batching = choice(environ, "BATCHING", BATCHING_CHOICES, "auto")
+    failures = environ.get("LOGIN_FAILURES_PER_MINUTE") or str(DEFAULT_FAILURES_PER_MINUTE)
+    if not failures.isdigit() or int(failures) < 1:
+        raise StartupError(f"LOGIN_FAILURES_PER_MINUTE must be a whole number of at least 1, got {failures!r}")
+    try:
+        proxies = trusted_networks(environ.get("TRUSTED_PROXIES"))
+    except ValueError as err:
+        raise StartupError(str(err)) from None
+    return ApiSettings(model_path=Path(environ.get("MODEL_PATH") or DEFAULT_MODEL_PATH),
+                       batching=batching,
+                       users_file=Path(users_file) if users_file else None, failures_per_minute=int(failures),
+                       trusted_proxies=proxies, **common)
+
+
+def read_web_settings(environ):
+    """The web app's settings from environment variables; StartupError names the first bad one."""
+    common = read_common_settings(environ, DEFAULT_PORTS["web"], "the web app needs them to call the API")
+    api_url = (environ.get("API_URL") or DEFAULT_API_URL).rstrip("/")
+    if urlsplit(api_url).scheme not in ("http", "https") or not urlsplit(api_url).hostname:
+        raise StartupError(f"API_URL must be an http:// or https:// URL, got {api_url!r}")
+    timeout = environ.get("API_TIMEOUT") or str(DEFAULT_TIMEOUT)
+    try:
+        seconds = float(timeout)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds <= MAX_TIMEOUT:
+        raise StartupError(f"API_TIMEOUT must be a number of seconds from 0 to {MAX_TIMEOUT}, got {timeout!r}")
+    return WebSettings(api_url=api_url, timeout=seconds, **common)
+
+
+def positive_int(environ, name, default):
+    value = environ.get(name) or str(default)
+    if not value.isdigit() or int(value) < 1:
+        raise StartupError(f"{name} must be a whole number of at least 1, got {value!r}")
+    return int(value)
+
+
+def read_server_settings(name, environ, default_workers=DEFAULT_WORKERS):
+    """(host, port, workers, threads) of the production server for the app called name."""
+    port = positive_int(environ, "PORT", DEFAULT_PORTS.get(name, DEFAULT_PORTS["api"]))
+    if port > 65535:
+        raise StartupError(f"PORT must be from 1 to 65535, got {port}")
+    return (environ.get("HOST") or DEFAULT_HOST, port, positive_int(environ, "WORKERS", default_workers),
+            positive_int(environ, "THREADS", DEFAULT_THREADS))
