@@ -15,9 +15,7 @@ the rules its inputs follow inputs.py's; the plumbing shared with web.py (settin
 metrics exposition, start-up) is service.py's.
 """
 
-import dataclasses
 import getpass
-import json
 import logging
 import sys
 from dataclasses import dataclass
@@ -26,20 +24,20 @@ from pathlib import Path
 import bottle
 import prometheus_client
 
-from tabserve import devserver, openapi, server, v2
-from tabserve.batching import Batcher
+from tabserve import devserver, openapi, server, v1, v2
+from tabserve.batching import Overloaded
+from tabserve.card import public_view
 from tabserve.metrics import ApiMetrics, exposition
-from tabserve.model import answers, load_model, predict_all, self_test
+from tabserve.model import ModelError, Unpredictable, load_model, self_test
+from tabserve.serving import Serving
 from tabserve.settings import StartupError, read_api_settings
 from tabserve.users import Users, UsersFileError, hash_password
 from tabserve.v1 import parse_instances, parse_query
 from tabserve.wsgi import RequestError, answering, handle_requests, media_type, parse_json, read_body
 
-MAX_REPORTED_ERRORS = 20
 DEMO_PASSWORD = "my_password"
 OPENAPI_PATH = Path(__file__).resolve().parent / "tabserve" / "openapi.json"
 JSON_TYPE = "application/json"
-PROBLEM_TYPE = "application/problem+json"
 
 logger = logging.getLogger(__name__)
 
@@ -62,89 +60,47 @@ def load_users(settings, metrics):
     return users
 
 
-def with_batching(model, setting, metrics):
-    """The model, its predictions combined across concurrent requests (batching.py) where that pays: BATCHING=auto
-    batches every model but the linear fast path, whose direct call of a few µs measured faster than any queue (a
-    forest's 0.2 ms call measured 30 % faster batched at 16 connections)."""
-    wanted = setting == "on" or (setting == "auto" and model.engine != "numpy")
-    logger.info("adaptive batching %s (BATCHING=%s, predictions by %s)", "on" if wanted else "off", setting,
-                model.engine)
-    if not wanted:
-        return model
-    batched = Batcher(model.predict_proba, metrics.batch_rows.observe, metrics.batch_wait.observe,
-                      metrics.batch_refused.inc)
-    return dataclasses.replace(model, predict_proba=batched)
-
-
-# --- Answers and input -----------------------------------------------------------------------------------------
-
-
-def problem_body(status, detail, errors=None):
-    """An RFC 9457 problem+json document, as text."""
-    body = {"type": "about:blank", "title": bottle.HTTP_CODES.get(status, "Error"), "status": status, "detail": detail}
-    if errors:
-        body["errors"] = errors[:MAX_REPORTED_ERRORS]
-    return json.dumps(body)
-
-
-def problem(error):
-    """A RequestError as a problem+json response."""
-    return bottle.HTTPResponse(problem_body(error.status, error.detail, error.errors), error.status,
-                               headers={"Content-Type": PROBLEM_TYPE, **error.headers})
-
-
 # --- The routes ------------------------------------------------------------------------------------------------
-
-
-def describe(metadata):
-    """GET /api/v1.0/model: the metadata, less the rows kept for the self-test and the neighbours."""
-    explanation = {key: value for key, value in metadata["explanation"].items() if key not in ("rows", "row_classes")}
-    return {**{key: value for key, value in metadata.items() if key != "reference"}, "explanation": explanation}
 
 
 @dataclass(frozen=True)
 class Api:
     """What the routes answer from, built once by create_app()."""
 
-    model: object
+    serving: Serving  # the model, predicting and explaining, counted
     metrics: ApiMetrics
     openapi: bytes  # the served contract: openapi.json with this model's inputs put in (openapi.py)
-    description: dict  # GET /api/v1.0/model: the metadata, less the reference rows kept for the self-test
+    description: dict  # GET /api/v1.0/model: the card, less the rows kept for the self-test and the neighbours
 
 
-def answer_query(api):
-    """(rows, predictions, answer) for the one row of the query string."""
-    features = parse_query(api.model.schema, bottle.request.environ.get("QUERY_STRING", ""))
-    rows = api.model.schema.matrix([list(features.values())])
-    predictions = predict_all(api.model, rows)
-    api.metrics.count_predictions(api.model, predictions)
-    answer = answers(api.model, rows, predictions)[0]
-    return rows, predictions, {"prediction": answer["prediction"], "probabilities": answer["probabilities"],
-                               "features": features, "warnings": answer["warnings"], "model": api.model.reference}
+def query_string():
+    return bottle.request.environ.get("QUERY_STRING", "")
 
 
 def predict_one(api):
-    return answer_query(api)[2]
+    model = api.serving.model
+    features = parse_query(model.schema, query_string())
+    rows = model.schema.matrix([list(features.values())])
+    return v1.answer(model, features, rows, api.serving.predict(rows))
 
 
 def explain_one(api):
     """/api/v1.0's answer, and why: each feature's contribution and the nearest training rows (explain.py)."""
-    rows, predictions, answer = answer_query(api)
-    model = api.model
-    contributions = model.explainer.contributions(model.predict_proba, rows, predictions.best)[0]
-    api.metrics.count_predictions(model, predictions, explained=True)
-    return {**answer, "contributions": dict(zip(model.schema.names, contributions.tolist())),
-            "neighbours": model.explainer.neighbours(rows[0])}
+    model = api.serving.model
+    features = parse_query(model.schema, query_string())
+    rows = model.schema.matrix([list(features.values())])
+    predictions = api.serving.predict(rows)
+    why = v1.explanation(model, api.serving.contributions(rows, predictions)[0], api.serving.neighbours(rows[0]))
+    return {**v1.answer(model, features, rows, predictions), **why}
 
 
 def predict_batch(api):
     environ = bottle.request.environ
     if media_type(environ) != JSON_TYPE:
         raise RequestError(415, f"Send the body as JSON with 'Content-Type: {JSON_TYPE}'.")
-    rows = parse_instances(api.model.schema, parse_json(read_body(environ)))
-    predictions = predict_all(api.model, rows)
-    api.metrics.count_predictions(api.model, predictions)
-    return {"predictions": answers(api.model, rows, predictions), "model": api.model.reference}
+    model = api.serving.model
+    rows = parse_instances(model.schema, parse_json(read_body(environ)))
+    return v1.batch_answer(model, rows, api.serving.predict(rows))
 
 
 def describe_model(api):
@@ -163,12 +119,21 @@ def healthz(api):
 def readyz(api):
     # This app exists only once the model is loaded and has passed its self-test; before that the server does not
     # answer at all, so a readiness probe fails.
-    return {"status": "ready", "model": api.model.reference, "engine": api.model.engine}
+    return {"status": "ready", "model": api.serving.model.identity, "engine": api.serving.model.engine}
 
 
 def openapi_json(api):
     bottle.response.content_type = JSON_TYPE
     return api.openapi
+
+
+def refusal_of(error):
+    """The model's domain errors as the HTTP answers they mean (None: not a refusal, a crash)."""
+    if isinstance(error, Unpredictable):
+        return RequestError(400, str(error))
+    if isinstance(error, Overloaded):
+        return RequestError(503, str(error), headers={"Retry-After": str(error.retry_after)})
+    return None
 
 
 def error_page(error):
@@ -191,7 +156,7 @@ def error_document(path, status, detail):
     problem+json elsewhere."""
     if is_open_inference(path):
         return JSON_TYPE, v2.error_body(detail)
-    return PROBLEM_TYPE, problem_body(status, detail)
+    return v1.PROBLEM_TYPE, v1.problem_body(status, detail)
 
 
 def crash_document(environ):
@@ -230,21 +195,26 @@ def create_app(settings):
     """The API as a WSGI app; loads and self-tests the model now, or raises StartupError."""
     if settings.password == DEMO_PASSWORD:
         logger.warning("the demo password is in use: set API_PASSWORD or API_PASSWORD_FILE to a secret of your own")
-    model = load_model(settings.model_path)
-    self_test(model)
-    logger.info("model %s version %s (%s) loaded from %s; predictions computed by %s", model.metadata["name"],
-                model.metadata["version"], model.metadata["algorithm"], settings.model_path, model.engine)
-    metrics = ApiMetrics(model.metadata)
-    model = with_batching(model, settings.batching, metrics)
-    api = Api(model, metrics, openapi.served_document(OPENAPI_PATH, model.metadata), describe(model.metadata))
+    try:
+        model = load_model(settings.model_path)
+        self_test(model)
+    except ModelError as err:
+        raise StartupError(str(err)) from None
+    card = model.card
+    logger.info("model %s version %s (%s) loaded from %s; predictions computed by %s", card["name"],
+                card["version"], card["algorithm"], settings.model_path, model.engine)
+    metrics = ApiMetrics(card)
+    api = Api(Serving(model, metrics, settings.batching), metrics, openapi.served_document(OPENAPI_PATH, card),
+              public_view(card))
     authenticate = load_users(settings, metrics).authenticate
     app = bottle.Bottle()
     # Crashes go to wsgi.handle_requests, which logs them once with their traceback and answers in kind.
     app.catchall = False
     app.default_error_handler = error_page
     for method, path, route, needs_credentials in ROUTES:
-        render = v2.error_response if is_open_inference(path) else problem
-        app.route(path, method, answering(route, api, authenticate if needs_credentials else None, render))
+        render = v2.error_response if is_open_inference(path) else v1.problem
+        app.route(path, method, answering(route, api, authenticate if needs_credentials else None, render,
+                                          refusal_of))
     return handle_requests(app, logger, crash_document, api.metrics.count_request, settings.access_log)
 
 

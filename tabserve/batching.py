@@ -1,6 +1,6 @@
 """Adaptive batching: concurrent predictions in one worker process combined into one model call, with no window.
 
-    predict_proba = Batcher(model.predict_proba, on_call=..., on_wait=...)   # then called from any thread
+    compute = Batcher(model.compute, on_call=..., on_wait=...)   # then called from any thread
 
 A random forest's predict_proba costs about as much for 16 rows as for 1, so 16 requests that each call it alone
 take 16 times longer than one call with all their rows. A request that finds the model idle is predicted at once,
@@ -8,8 +8,8 @@ alone: a lone client never waits for a batch to fill (MLServer's and Triton's ba
 Requests that arrive while a call runs queue up; when the call ends, the first of them leads the next call, with
 every queued row (up to MAX_BATCH_ROWS), so no request waits behind more than one running call plus its own. Each
 gets exactly its own rows back. A combined call that raises is retried request by request, so only the request whose
-rows make the model fail gets the error. Past MAX_QUEUED requests waiting, a request is refused with a 503 and
-Retry-After. The threads of a graceful stop's in-flight requests keep leading calls until the queue is empty.
+rows make the model fail gets the error. Past MAX_QUEUED requests waiting, a request is refused with Overloaded
+(the API answers 503 with Retry-After). The threads of a graceful stop's in-flight requests keep leading calls until the queue is empty.
 """
 
 import threading
@@ -18,11 +18,18 @@ import time
 import numpy as np
 
 from tabserve.model import MAX_ROWS
-from tabserve.wsgi import RequestError
 
 MAX_BATCH_ROWS = MAX_ROWS  # rows in one combined call, at most (a single larger request still gets its own call)
 MAX_QUEUED = 64  # requests waiting for a call, at most; the next one gets a 503
 RETRY_AFTER_SECONDS = 1
+
+
+class Overloaded(Exception):
+    """Too many requests are waiting for the model; the caller may try again after retry_after seconds."""
+
+    def __init__(self, message, retry_after):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class Job:
@@ -42,10 +49,10 @@ class Job:
 
 
 class Batcher:
-    """A predict_proba that combines concurrent calls into one call of the wrapped one."""
+    """A model function (rows -> answers) that combines concurrent calls into one call of the wrapped one."""
 
-    def __init__(self, predict_proba, on_call=None, on_wait=None, on_refused=None):
-        self.predict_proba = predict_proba
+    def __init__(self, compute, on_call=None, on_wait=None, on_refused=None):
+        self.compute = compute
         self.on_call = on_call or (lambda rows: None)  # the rows of each model call, for the metrics
         self.on_wait = on_wait or (lambda seconds: None)  # how long each request waited for its call
         self.on_refused = on_refused or (lambda: None)
@@ -59,8 +66,8 @@ class Batcher:
                 self.busy, job.lead = True, [job]  # the model is idle: this request's call starts now
             elif len(self.queue) >= MAX_QUEUED:
                 self.on_refused()
-                raise RequestError(503, f"The model is busy: {MAX_QUEUED} requests are waiting. Try again in a "
-                                        "moment.", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+                raise Overloaded(f"The model is busy: {MAX_QUEUED} requests are waiting. Try again in a moment.",
+                                 RETRY_AFTER_SECONDS)
             else:
                 self.queue.append(job)
         if job.lead is None:
@@ -91,7 +98,7 @@ class Batcher:
         rows = [job.rows for job in batch]
         self.on_call(sum(map(len, rows)))
         try:
-            combined = self.predict_proba(rows[0] if len(rows) == 1 else np.concatenate(rows))
+            combined = self.compute(rows[0] if len(rows) == 1 else np.concatenate(rows))
         except Exception as err:
             if len(batch) == 1:
                 batch[0].error = err

@@ -1,12 +1,16 @@
-"""Reading /api/v1.0's input: the query string of GET /api/v1.0 and the body of its batch, into the rows the model
-takes, checked by inputs.py's rules, with a 400 that names every bad field at once (a 413 past MAX_ROWS).
+"""/api/v1.0, the service's own protocol: its query string and batch read into the rows the model takes (checked by
+inputs.py's rules, with a 400 that names every bad field at once, a 413 past MAX_ROWS), and its answers written.
 
     features = parse_query(schema, environ["QUERY_STRING"])     # {name: value}, in the model's order
     rows = parse_instances(schema, json_document)                # an (n, inputs) array
+    answer(model, features, rows, predictions)                   # the JSON of GET /api/v1.0
+    problem(error)                                               # a RequestError as problem+json (RFC 9457)
 """
 
+import json
 from urllib.parse import unquote_to_bytes
 
+import bottle
 import numpy as np
 
 from tabserve.model import MAX_ROWS
@@ -15,6 +19,8 @@ from tabserve.wsgi import RequestError, field_error, invalid, shorten
 # Query parameters beyond the model's own inputs that a request may carry and still be answered (with a 400 naming
 # them); more is refused before any is read.
 EXTRA_QUERY_FIELDS = 12
+MAX_REPORTED_ERRORS = 20
+PROBLEM_TYPE = "application/problem+json"
 
 
 def unquote_utf8(raw):
@@ -118,3 +124,61 @@ def plain_matrix(schema, rows):
     except OverflowError:  # an integer too large for a float
         return None
     return None if schema.invalid(matrix).any() else matrix
+
+
+# --- Answers ---------------------------------------------------------------------------------------------------
+
+
+def range_warnings(schema, row, outside):
+    """One sentence for each number of a row that lies outside what the model saw in training."""
+    return [
+        f"{item.name} {float(row[i]):g}{item.in_unit} lies outside the {item.training_range[0]:g} to "
+        f"{item.training_range[1]:g}{item.in_unit} seen in training, so the answer is an extrapolation."
+        for i, item in ((i, schema.inputs[i]) for i in np.flatnonzero(outside))
+    ]
+
+
+def answers(model, rows, predictions):
+    """A dict per row: the prediction, each class's probability, and a warning per number out of range."""
+    classes, outside = predictions.classes, predictions.outside
+    unusual = outside.any(axis=1).tolist()
+    return [
+        {
+            "prediction": classes[choice],
+            "probabilities": dict(zip(classes, row_probabilities, strict=True)),
+            "warnings": range_warnings(model.schema, rows[i], outside[i]) if unusual[i] else [],
+        }
+        for i, (choice, row_probabilities) in enumerate(zip(predictions.best.tolist(),
+                                                            predictions.probabilities.tolist(), strict=True))
+    ]
+
+
+def answer(model, features, rows, predictions):
+    """GET /api/v1.0's answer for the one row of a query: what answers() says of it, the values read, the model."""
+    first = answers(model, rows, predictions)[0]
+    return {"prediction": first["prediction"], "probabilities": first["probabilities"], "features": features,
+            "warnings": first["warnings"], "model": model.identity}
+
+
+def explanation(model, contributions, neighbours):
+    """The explain endpoint's additions: each feature's contribution (explain.py) and the nearest training rows."""
+    return {"contributions": dict(zip(model.schema.names, contributions.tolist(), strict=True)),
+            "neighbours": neighbours}
+
+
+def batch_answer(model, rows, predictions):
+    return {"predictions": answers(model, rows, predictions), "model": model.identity}
+
+
+def problem_body(status, detail, errors=None):
+    """An RFC 9457 problem+json document, as text."""
+    body = {"type": "about:blank", "title": bottle.HTTP_CODES.get(status, "Error"), "status": status, "detail": detail}
+    if errors:
+        body["errors"] = errors[:MAX_REPORTED_ERRORS]
+    return json.dumps(body)
+
+
+def problem(error):
+    """A RequestError as a problem+json response."""
+    return bottle.HTTPResponse(problem_body(error.status, error.detail, error.errors), error.status,
+                               headers={"Content-Type": PROBLEM_TYPE, **error.headers})

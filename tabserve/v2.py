@@ -25,7 +25,6 @@ import bottle
 import numpy as np
 
 from tabserve import wsgi
-from tabserve.model import predict_all
 from tabserve.wsgi import RequestError, shorten
 from tabserve.tensors import INPUT_NAME, MAX_REPORTED, bad, check_parameters, expect, read_inputs
 
@@ -56,12 +55,12 @@ def error_response(error):
 
 def find_model(api, name, version=None):
     """The model at this name and version, or a 404 that says what is served."""
-    model = api.model
-    if name != model.metadata["name"]:
-        raise RequestError(404, f"there is no model {shorten(name)!r}; this server serves {model.metadata['name']!r}")
-    if version is not None and version != model.metadata["version"]:
+    model = api.serving.model
+    if name != model.card["name"]:
+        raise RequestError(404, f"there is no model {shorten(name)!r}; this server serves {model.card['name']!r}")
+    if version is not None and version != model.card["version"]:
         raise RequestError(404, f"model {name!r} has no version {shorten(version)!r}; it has "
-                                f"{model.metadata['version']!r}")
+                                f"{model.card['version']!r}")
     return model
 
 
@@ -96,7 +95,7 @@ def model_metadata(api, name, version=None):
     model = find_model(api, name, version)
     features, classes = ",".join(model.schema.names), ",".join(model.classes)
     return {
-        "name": model.metadata["name"], "versions": [model.metadata["version"]], "platform": PLATFORM,
+        "name": model.card["name"], "versions": [model.card["version"]], "platform": PLATFORM,
         "inputs": input_metadata(model.schema),
         "outputs": [{"name": "predict", "datatype": "BYTES", "shape": [-1]},
                     {"name": "predict_proba", "datatype": "FP64", "shape": [-1, len(model.classes)],
@@ -176,13 +175,13 @@ def length_prefixed(classes):
     return [struct.pack("<I", len(text)) + text for text in (label.encode() for label in classes)]
 
 
-def output_data(model, name, predictions, contributions, binary):
+def output_data(name, predictions, contributions, binary):
     """(datatype, shape, data) of one output: data as bytes when binary, else as a flat list for JSON."""
     if name == "predict":
         indices = predictions.best.tolist()
         if binary:
-            return "BYTES", [len(indices)], b"".join(map(length_prefixed(model.classes).__getitem__, indices))
-        return "BYTES", [len(indices)], [model.classes[i] for i in indices]
+            return "BYTES", [len(indices)], b"".join(map(length_prefixed(predictions.classes).__getitem__, indices))
+        return "BYTES", [len(indices)], predictions.labels()
     if name == "predict_proba":
         values, datatype, dtype = predictions.probabilities, "FP64", "<f8"
     elif name == "contributions":
@@ -196,7 +195,7 @@ def respond(model, header, predictions, contributions, requested):
     """The inference response: JSON, or its JSON header followed by the outputs asked for as binary data."""
     outputs, chunks = [], []
     for name, binary in requested:
-        datatype, shape, data = output_data(model, name, predictions, contributions, binary)
+        datatype, shape, data = output_data(name, predictions, contributions, binary)
         tensor = {"name": name, "datatype": datatype, "shape": shape}
         if binary:
             chunks.append(data)
@@ -204,7 +203,7 @@ def respond(model, header, predictions, contributions, requested):
         else:
             tensor["data"] = data
         outputs.append(tensor)
-    answer = {"model_name": model.metadata["name"], "model_version": model.metadata["version"], "outputs": outputs}
+    answer = {"model_name": model.card["name"], "model_version": model.card["version"], "outputs": outputs}
     if "id" in header:
         answer = {"id": header["id"], **answer}
     text = json.dumps(answer).encode()
@@ -221,10 +220,8 @@ def infer(api, name, version=None):
     header, binary = read_request(bottle.request.environ)
     rows = read_inputs(model.schema, header, binary)
     requested = requested_outputs(header)
-    predictions = predict_all(model, rows)
-    api.metrics.count_predictions(model, predictions)
+    predictions = api.serving.predict(rows)
     contributions = None
-    if any(output == "contributions" for output, _ in requested):
-        contributions = model.explainer.contributions(model.predict_proba, rows, predictions.best)
-        api.metrics.count_predictions(model, predictions, api.metrics.explanations)
+    if any(output == "contributions" for output, _ in requested):  # n + 1 predictions a row: only when asked
+        contributions = api.serving.contributions(rows, predictions)
     return respond(model, header, predictions, contributions, requested)

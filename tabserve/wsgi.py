@@ -83,19 +83,23 @@ def body_too_large():
     return RequestError(413, f"The body is larger than {MAX_BODY_BYTES} bytes; split the batch.")
 
 
-def answering(route, context, authenticate, render):
+def answering(route, context, authenticate, render, translate=lambda error: None):
     """A Bottle callback: route(context, ...), after authenticate(environ) when it is given (which raises a
-    RequestError, 401 or 429, for credentials it refuses), and each RequestError answered by render(error)."""
+    RequestError, 401 or 429, for credentials it refuses). Each RequestError, and each other error that
+    translate(error) turns into one, is answered by render(error); any other is a crash."""
     @functools.wraps(route)
     def callback(*args, **kwargs):
         try:
             if authenticate:
                 authenticate(bottle.request.environ)
             return route(context, *args, **kwargs)
-        except RequestError as error:
+        except Exception as error:
+            refusal = error if isinstance(error, RequestError) else translate(error)
+            if refusal is None:
+                raise
             # Answered, not raised again: re-raising one exception object would chain every traceback onto it and
             # keep all those frames alive (a leak found by the load test).
-            return render(error)
+            return render(refusal)
     return callback
 
 

@@ -16,7 +16,9 @@ from openapi_spec_validator import validate
 from sklearn.datasets import load_iris
 
 import api
-from tabserve import model
+from tabserve import fastpaths, model, serving
+from tabserve.batching import Overloaded
+from tabserve.model import Unpredictable
 from tabserve.settings import ApiSettings, DEFAULT_MODEL_PATH, read_api_settings
 from tabserve import users
 from tabserve import wsgi
@@ -328,7 +330,7 @@ def test_wrong_method_gives_problem_405_with_allow(api_client):
 def test_a_crash_is_a_logged_500_without_traceback(api_client, monkeypatch, caplog):
     def explode(loaded, rows):
         raise RuntimeError("boom in the model")
-    monkeypatch.setattr(api, "predict_all", explode)
+    monkeypatch.setattr(serving, "predict", explode)
     response = api_client.get(f"/api/v1.0?{README_QUERY}", status=500)
     assert response.content_type == "application/problem+json"
     assert "boom" not in response.text and "Traceback" not in response.text
@@ -494,14 +496,14 @@ def test_default_linear_model_uses_the_numpy_fast_path_and_matches_scikit_learn(
     assert loaded.engine == "numpy"
     rng = np.random.default_rng(0)
     rows = np.vstack([load_iris().data, rng.uniform(0.01, 100, size=(1000, 4))])
-    assert np.abs(loaded.predict_proba(rows) - loaded.estimator.predict_proba(rows)).max() <= 1e-9
+    assert np.abs(loaded.compute(rows) - loaded.estimator.predict_proba(rows)).max() <= 1e-9
 
 
 def test_other_estimators_go_through_scikit_learn_unchanged(knn_path):
     loaded = model.load_model(knn_path)
     assert loaded.engine == "scikit-learn"
     rows = load_iris().data
-    assert (loaded.predict_proba(rows) == loaded.estimator.predict_proba(rows)).all()
+    assert (loaded.compute(rows) == loaded.estimator.predict_proba(rows)).all()
     api_client = webtest.TestApp(api.create_app(settings_with(knn_path)))
     api_client.authorization = ("Basic", (USERNAME, PASSWORD))
     assert api_client.get("/readyz").json["engine"] == "scikit-learn"
@@ -513,12 +515,12 @@ def test_other_estimators_go_through_scikit_learn_unchanged(knn_path):
 def test_a_fast_path_that_disagrees_with_scikit_learn_is_not_used(model_path, monkeypatch, caplog):
     def skewed(estimator):
         return lambda rows: np.full((len(rows), 3), 1 / 3)
-    monkeypatch.setattr(model, "linear_predictor", skewed)
+    monkeypatch.setattr(fastpaths, "linear_predictor", skewed)
     loaded = model.load_model(model_path)
     assert loaded.engine == "scikit-learn"
     assert "differs from scikit-learn" in caplog.text
     rows = load_iris().data
-    assert (loaded.predict_proba(rows) == loaded.estimator.predict_proba(rows)).all()
+    assert (loaded.compute(rows) == loaded.estimator.predict_proba(rows)).all()
 
 
 def test_readiness_names_the_engine(anonymous_api_client):
@@ -559,3 +561,23 @@ def test_empty_settings_count_as_unset():
     settings = read_api_settings({"API_USERNAME": "u", "API_PASSWORD": "p", **empty})
     assert (settings.port, settings.host, settings.log_level, settings.log_format, settings.access_log,
             settings.model_path) == (8000, "127.0.0.1", "INFO", "text", "errors", DEFAULT_MODEL_PATH)
+
+
+# --- The model's refusals, as HTTP answers -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("refusal, status, header", [
+    (Overloaded("The model is busy: 64 requests are waiting. Try again in a moment.", 1), 503, ("Retry-After", "1")),
+    (Unpredictable("The model cannot compute probabilities for row 0 (of 1 such rows)"), 400, None),
+], ids=["overloaded", "unpredictable"])
+def test_the_models_refusals_are_answered_in_each_protocols_form(api_client, monkeypatch, refusal, status, header):
+    def refuse(model, rows):
+        raise refusal
+    monkeypatch.setattr(serving, "predict", refuse)
+    answer = api_client.get(f"/api/v1.0?{query(**SETOSA)}", status=status)
+    assert answer.content_type == "application/problem+json" and answer.json["detail"] == str(refusal)
+    tensor = {"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": list(SETOSA.values())}
+    v2_answer = api_client.post_json("/v2/models/iris-classifier/infer", {"inputs": [tensor]}, status=status)
+    assert v2_answer.json == {"error": str(refusal)}
+    for response in (answer, v2_answer):
+        assert header is None or response.headers[header[0]] == header[1]

@@ -16,8 +16,7 @@ import pytest
 from tabserve import batching
 from tabserve.settings import ApiSettings, read_api_settings
 import train
-from tabserve.batching import Batcher
-from tabserve.wsgi import RequestError
+from tabserve.batching import Batcher, Overloaded
 from tests.support import api_server, auth_header, query
 
 
@@ -91,16 +90,16 @@ def test_a_row_that_makes_the_model_fail_fails_only_its_own_request():
     assert batcher(np.array([[7.0, 1.0]])).tolist() == [[7.0, -7.0]]  # and it keeps serving
 
 
-def test_past_the_queue_limit_a_request_gets_a_503_with_retry_after_and_the_batcher_recovers(monkeypatch):
+def test_past_the_queue_limit_a_request_is_refused_as_overloaded_and_the_batcher_recovers(monkeypatch):
     monkeypatch.setattr(batching, "MAX_QUEUED", 4)
     predict_proba, _ = slow(0.2)
     refused = []
     batcher = Batcher(predict_proba, on_refused=lambda: refused.append(1))
     answers = concurrently(batcher, [np.array([[float(i), 1.0]]) for i in range(12)], threads=12)
-    errors = [answer for answer in answers if isinstance(answer, RequestError)]
+    errors = [answer for answer in answers if isinstance(answer, Overloaded)]
     assert errors and len(errors) == len(refused) and len(errors) <= 12 - 5  # one running, four queued
-    assert all(error.status == 503 and error.headers == {"Retry-After": "1"} for error in errors)
-    assert all(isinstance(answer, np.ndarray) for answer in answers if not isinstance(answer, RequestError))
+    assert all(error.retry_after == 1 for error in errors)  # the API answers 503 with Retry-After: 1 (test_api.py)
+    assert all(isinstance(answer, np.ndarray) for answer in answers if not isinstance(answer, Overloaded))
     assert batcher(np.array([[3.0, 1.0]])).tolist() == [[3.0, -3.0]]
 
 
@@ -189,7 +188,7 @@ def test_the_batching_choice_is_made_and_logged_at_start_up(model_path, forest, 
     import api
     path = {"numpy": model_path, "numpy forest": forest, "scikit-learn": svc}[engine]
     app_settings = ApiSettings(username="u", password="p", model_path=path, batching=setting)
-    caplog.set_level("INFO", logger="api")
+    caplog.set_level("INFO", logger="tabserve.serving")
     api.create_app(app_settings)
     assert f"adaptive batching {expected} (BATCHING={setting}, predictions by {engine})" in caplog.text
 
@@ -205,4 +204,4 @@ def test_the_forest_fast_path_answers_what_scikit_learn_answers(forest):
     loaded = model.load_model(forest)
     assert loaded.engine == "numpy forest"
     rows = np.random.default_rng(3).uniform(0, 10, size=(500, 4))
-    assert np.abs(loaded.predict_proba(rows) - joblib.load(forest).predict_proba(rows)).max() <= 1e-9
+    assert np.abs(loaded.compute(rows) - joblib.load(forest).predict_proba(rows)).max() <= 1e-9

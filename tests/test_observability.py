@@ -52,8 +52,8 @@ def test_api_counters_are_exact_across_server_workers(model_path):
     loaded = model.load_model(model_path)
     expected_classes = {}
     for rows, times in (([SETOSA], 60), ([ODD], 40), (BATCH, 10)):
-        for answer in model.predict(loaded, np.array(rows, dtype=float)):
-            expected_classes[answer["prediction"]] = expected_classes.get(answer["prediction"], 0) + times
+        for label in model.predict(loaded, np.array(rows, dtype=float)).labels():
+            expected_classes[label] = expected_classes.get(label, 0) + times
     server = api_server(model_path)  # exactly one request to /readyz: the port opens once the app is built
     try:
         batch = json.dumps({"instances": BATCH}).encode()

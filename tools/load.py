@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tabserve import model
+from tabserve import model, v1
 from tests.support import FLOWERS, PASSWORD, ROOT, USERNAME, Server, auth_header, query, wait_ready
 
 AUTH = auth_header()
@@ -37,7 +37,8 @@ def build_mix(model_path):
     """(service, method, path, headers, body, expected status, check) for each kind of request, with the answer
     that the model itself gives, so that every response can be checked."""
     loaded = model.load_model(model_path)
-    answers = {name: model.predict(loaded, np.array([values]))[0] for name, values in FLOWERS.items()}
+    answers = {name: v1.answers(loaded, rows, model.predict(loaded, rows))[0]
+               for name, rows in ((name, np.array([values])) for name, values in FLOWERS.items())}
     batch = [FLOWERS[name] for name in ("setosa", "versicolor", "virginica", "odd")] * 5
     batch_answers = [answers[name] for name in ("setosa", "versicolor", "virginica", "odd")] * 5
     json_headers = {**AUTH, "Content-Type": "application/json"}

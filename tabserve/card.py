@@ -1,0 +1,55 @@
+"""The model card: the one description of a model that every part of the service reads, written by train.py beside
+the artifact as JSON (model/iris.joblib -> model/iris.json).
+
+    card = read_card(card_path("model/iris.joblib"))    # a dict; CardError says what is wrong
+    public_view(card)                                    # what GET /api/v1.0/model answers
+
+Its keys: name and version; algorithm, estimator and parameters; task; features and inputs (each input's name, label,
+kind, unit, allowed values and training range or categories); classes and class_labels; examples (a typical row
+per class); reference (rows with the answers the model gives them: the API's self-test); explanation (what
+explain.py needs); texts (the page's words); metrics, training, versions (of Python and the libraries) and the
+artifact's sha256. tabserve/describe.py computes them; docs/models.md explains them. Reading a card needs only the
+standard library, so the web app can use this module without NumPy.
+"""
+
+import json
+from pathlib import Path
+
+REQUIRED = ("name", "version", "algorithm", "features", "inputs", "classes", "class_labels", "reference",
+            "explanation", "versions", "sha256")
+PRIVATE = ("reference",)  # kept for the API's own checks, never answered
+PRIVATE_EXPLANATION = ("rows", "row_classes")  # the training rows behind the neighbours
+
+
+class CardError(Exception):
+    """A card that is missing or cannot be used; the message says what to do."""
+
+
+def card_path(artifact_path):
+    """The card that sits beside an artifact."""
+    return Path(artifact_path).with_suffix(".json")
+
+
+def read_card(path):
+    """The card at this path, with every required key; CardError otherwise."""
+    try:
+        card = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CardError(f"model metadata {path} not found: train a model first with 'python train.py'") from None
+    except (OSError, ValueError) as err:
+        raise CardError(f"cannot read model metadata {path}: {err}") from None
+    missing = [key for key in REQUIRED if key not in card]
+    if missing:
+        raise CardError(f"model metadata {path} lacks {', '.join(missing)}: retrain with 'python train.py'")
+    return card
+
+
+def public_view(card):
+    """The card as GET /api/v1.0/model answers it: less the rows kept for the self-test and the neighbours."""
+    explanation = {key: value for key, value in card["explanation"].items() if key not in PRIVATE_EXPLANATION}
+    return {**{key: value for key, value in card.items() if key not in PRIVATE}, "explanation": explanation}
+
+
+def identity(card):
+    """The name and version that every answer carries."""
+    return {"name": card["name"], "version": card["version"]}
