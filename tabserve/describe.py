@@ -1,7 +1,7 @@
 """What train.py writes beside the artifact: the metadata, the one description of the model that every other part
 reads (the API, its contract, the page), computed from the table and the fitted estimator.
 
-    metadata = build_metadata(table, estimator, X_train, facts, sha256)
+    metadata = build_card(table, estimator, X_train, facts, sha256)
 
 Each input's name, label, kind, unit, allowed values and training range or categories; the classes and their
 labels; a typical row per class; a reference sample with the probabilities the model gives it (the API's
@@ -15,7 +15,6 @@ from datetime import datetime, timezone
 import joblib
 import numpy as np
 import sklearn
-from sklearn.metrics import classification_report, confusion_matrix
 from sklearn.model_selection import train_test_split
 
 REFERENCE_ROWS = 50  # rows kept with their probabilities, for the API's self-test and its check of the fast path
@@ -23,19 +22,6 @@ REFERENCE_ROWS = 50  # rows kept with their probabilities, for the API's self-te
 # "Any finite number" let 1e308 through, and a linear model's arithmetic overflowed into NaN probabilities.
 HEADROOM_DECADES = 6
 MAX_EXPLANATION_ROWS = 5_000  # training rows kept for the explanations' neighbours; above that, a stratified sample
-
-
-def report_classes(y_true, predicted):
-    """Per-class precision, recall and F1, and the confusion matrix, of these predictions."""
-    classes = sorted(set(y_true) | set(predicted))
-    return {
-        "per_class": {
-            name: {key: round(float(value), 4) for key, value in scores.items()}
-            for name, scores in classification_report(y_true, predicted, output_dict=True, zero_division=0).items()
-            if name in classes
-        },
-        "confusion_matrix": {"labels": classes, "matrix": confusion_matrix(y_true, predicted, labels=classes).tolist()},
-    }
 
 
 def page_texts(table):
@@ -140,7 +126,7 @@ def reference_sample(table, X, estimator):
             "probabilities": estimator.predict_proba(rows).tolist()}
 
 
-def build_metadata(table, estimator, X_train, facts, sha256):
+def build_card(table, estimator, X_train, facts, sha256):
     """Everything a person or the API needs to know about the artifact, readable without unpickling it."""
     classes = [str(name) for name in estimator.classes_]
     X = table.matrix()
