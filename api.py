@@ -1,18 +1,15 @@
 """The prediction API: serves the model trained by train.py (iris by default) as JSON, behind HTTP basic auth.
 
-Run it locally (Bottle's development server):
-    API_USERNAME=my_username API_PASSWORD=my_password python api.py
-In production (what the container runs):
-    API_USERNAME=my_username API_PASSWORD=my_password python serve.py api
+    API_USERNAME=my_username API_PASSWORD=my_password python api.py         # one worker, on 127.0.0.1:8000
+    API_USERNAME=my_username API_PASSWORD=my_password python serve.py api   # what the image runs: WORKERS workers
+    python api.py --hash-password                                           # a line for the users file
 
-The environment variables it reads, once at start-up, are in docs/configuration.md (the one table of them).
+Both run the production server (granian, tabserve/server.py). The environment variables it reads, once at
+start-up, are in docs/configuration.md (the one table of them).
 
-Endpoints: GET /api/v1.0 (one prediction from the query string: the model's inputs by name), POST
-/api/v1.0/predict (a batch), GET /api/v1.0/model (metadata), GET /metrics (Prometheus), GET /healthz, GET /readyz
-and GET /openapi.json (the contract: openapi.json beside this file with the model's inputs put in, openapi.py),
-and the Open Inference Protocol under /v2 (v2.py); see docs/api.md. The model itself is model.py's job,
-the rules its inputs follow inputs.py's; the plumbing shared with web.py (settings, credentials, requests, logs,
-metrics exposition, start-up) is service.py's.
+This file is the API's routes and how a request flows through them: read (tabserve/v1.py, tabserve/tensors.py),
+predict (tabserve/serving.py, which asks tabserve/model.py), answer (v1.py, or tabserve/v2.py for the Open Inference
+Protocol under /v2). The model raises domain errors; refusal_of() says what each means in HTTP. See docs/api.md.
 """
 
 import getpass
@@ -24,7 +21,7 @@ from pathlib import Path
 import bottle
 import prometheus_client
 
-from tabserve import devserver, openapi, server, v1, v2
+from tabserve import openapi, server, v1, v2
 from tabserve.batching import Overloaded
 from tabserve.card import public_view
 from tabserve.metrics import ApiMetrics, exposition
@@ -53,7 +50,6 @@ def load_users(settings, metrics):
             users = Users(logger, users={settings.username: (hash_password(settings.password),)}, **hooks)
     except UsersFileError as err:
         raise StartupError(str(err)) from None
-    users.follow()
     logger.info("%d API users, %s; at most %d failed logins a minute per address", len(users.users),
                 f"from {settings.users_file}, followed" if settings.users_file else "from API_USERNAME",
                 settings.failures_per_minute)
@@ -236,4 +232,4 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["--hash-password"]:
         print_password_hash()
     else:
-        devserver.run_development_server("api", logger, read_api_settings, create_app)
+        server.serve("api", default_workers=1)

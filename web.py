@@ -1,18 +1,17 @@
 """The web page: a form made for the served model that asks the API and shows its answer on a shareable URL.
 
-Run it locally beside the API (Bottle's development server):
-    API_USERNAME=my_username API_PASSWORD=my_password python web.py
-In production (what the container runs):
-    API_USERNAME=my_username API_PASSWORD=my_password python serve.py web
+    API_USERNAME=my_username API_PASSWORD=my_password python web.py         # one worker, on 127.0.0.1:5000
+    API_USERNAME=my_username API_PASSWORD=my_password python serve.py web   # what the image runs: WORKERS workers
 
-The environment variables it reads, once at start-up, are in docs/configuration.md (the one table of them).
+Both run the production server (granian, tabserve/server.py). The environment variables it reads, once at
+start-up, are in docs/configuration.md (the one table of them).
 
-The form is learnt from the API's GET /api/v1.0/model (forms.py). Until the API has answered once, the pages say the
-service is unavailable; the app itself starts and stays up. The API is the one place where the validation rules
-live: this app forwards the values as typed and shows the API's messages. The pages are Bottle templates in views/;
-GET /metrics (Prometheus, behind basic auth with the API's credentials) counts page views, predictions asked, API
-failures by kind and the API calls' latency. It needs Bottle, prometheus_client and the standard library (through
-service.py): no NumPy or scikit-learn.
+The form is learnt from the API's GET /api/v1.0/model (tabserve/forms.py). Until the API has answered once, the pages
+say the service is unavailable; the app itself starts and stays up. The API is the one place where the validation
+rules live: this app forwards the values as typed and shows the API's messages. The pages are Bottle templates in
+views/ beside this file (where Bottle looks for them), with their stylesheet in static/. GET /metrics (Prometheus,
+behind basic auth with the API's credentials) counts page views, predictions asked, API failures by kind and the
+API calls' latency. It needs Bottle, prometheus_client and the standard library: no NumPy or scikit-learn.
 """
 
 import functools
@@ -27,7 +26,7 @@ from urllib.parse import parse_qsl, urlencode
 import bottle
 import prometheus_client
 
-from tabserve import devserver, server
+from tabserve import server
 from tabserve.client import ApiUnavailable, api_opener, basic_authorization, call_api
 from tabserve.forms import FormSource, query_link, value_text
 from tabserve.metrics import WebMetrics, exposition
@@ -311,4 +310,4 @@ def app_from_env():
 
 
 if __name__ == "__main__":
-    devserver.run_development_server("web", logger, read_web_settings, create_app)
+    server.serve("web", default_workers=1)

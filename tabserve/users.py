@@ -12,7 +12,7 @@ and a 16-byte random salt, about 50 ms and 16 MiB to compute, which is what make
 Authorization header is remembered (keyed by an HMAC of the header under a key made at start-up, so the memory holds
 no password) for CACHE_SECONDS, at most CACHE_ENTRIES of them; a wrong password is never remembered.
 
-The file is checked at most once a second (and on SIGHUP): a changed file is read again and the remembered headers
+The file is checked at most once a second, at a request: a changed file is read again and the remembered headers
 forgotten, so a removed user or a changed password is refused within about a second. A file that no longer parses
 keeps the last good set and logs an error naming the line: it never locks everyone out, never lets anyone in.
 Failed logins are counted per client address (FAILURES_PER_MINUTE); past the limit, that address gets 429 with
@@ -28,7 +28,6 @@ import hmac
 import ipaddress
 import os
 import secrets
-import signal
 import threading
 import time
 
@@ -217,12 +216,12 @@ class Users:
             raise UsersFileError(f"cannot read {self.path}: {err}") from None
         return parse_users(text, self.path)
 
-    def reload(self, force=False):
-        """Read the users file again if it changed (or when forced); keep the last good set if it does not parse."""
+    def reload(self):
+        """Read the users file again if it changed; keep the last good set if it does not parse."""
         self.checked = time.monotonic()
         try:
             stamp = self.file_stamp()
-            if stamp == self.stamp and not force:
+            if stamp == self.stamp:
                 return
             users = self.read()
         except (OSError, UsersFileError) as err:
@@ -232,11 +231,6 @@ class Users:
             self.users, self.stamp = users, stamp
             self.remembered.clear()
         self.log.info("users file %s read: %d users", self.path, len(users))
-
-    def follow(self):
-        """Check the file now and then, and on SIGHUP (where signals can be set: the main thread)."""
-        if self.path is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGHUP, lambda signum, frame: self.reload(force=True))
 
     def authenticate(self, environ):
         """The user name of a request's valid credentials; RequestError 401 or 429 otherwise."""

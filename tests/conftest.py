@@ -12,7 +12,7 @@ import api
 import train
 import web
 from tabserve.settings import ApiSettings, WebSettings
-from tests.support import (API_SERVERS, PASSWORD, TESTS_FAILURES_PER_MINUTE, USERNAME, api_server, docker_available, free_port,
+from tests.support import (PASSWORD, TESTS_FAILURES_PER_MINUTE, USERNAME, api_server, docker_available, free_port,
                            remove_untagged_images, require, serve_in_thread, untagged_images,
                            write_fruit_csv)
 
@@ -78,15 +78,6 @@ def anonymous_api_client(api_app):
 def served_api(model_path):
     """The API served as its image serves it (serve.py), on a free loopback port."""
     server = api_server(model_path)
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module", params=API_SERVERS)
-def protocol_api(model_path, request):
-    """The API under each server the README offers (serve.py, and `python api.py`): a protocol test that uses this
-    runs under both, so a difference between the servers fails a test."""
-    server = api_server(model_path, request.param)
     yield server
     server.stop()
 

@@ -18,11 +18,10 @@ import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
-from wsgiref.simple_server import WSGIServer, make_server
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import pytest
 
-from tabserve import devserver
 from tabserve import client
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -144,12 +143,22 @@ class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
     daemon_threads = True
 
 
+class _QuietHandler(WSGIRequestHandler):
+    """wsgiref's handler without its stderr line per request or a reverse DNS look-up."""
+
+    def address_string(self):
+        return self.client_address[0]
+
+    def log_request(self, *args):
+        pass
+
+
 @contextmanager
 def serve_in_thread(app, port=0):
-    """Serve a WSGI app on 127.0.0.1 (on a free port unless one is given) in a thread, with the request handler of
-    `python api.py`; yields its base URL and stops it afterwards."""
-    server = make_server("127.0.0.1", port, app, server_class=_ThreadingWSGIServer,
-                         handler_class=devserver.DevelopmentRequestHandler)
+    """Serve a WSGI app on 127.0.0.1 (on a free port unless one is given) in a thread of the tests' own process, for
+    the tests that call an app built in it (the web app's GET calls to the API); yields its base URL and stops it
+    afterwards. The services themselves are tested under the production server (Server, api_server)."""
+    server = make_server("127.0.0.1", port, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -195,12 +204,9 @@ class Server:
         Path(self.log.name).unlink(missing_ok=True)
 
 
-# The two ways the README runs the API: the production server, and Bottle's development server (`make api`).
-API_SERVERS = ("serve.py", "api.py")
-
-
 def api_server(model_path, server="serve.py", **env):
-    """The API served as its image serves it (or, with server="api.py", as `python api.py` does), ready to answer.
+    """The API served as its image serves it (or, with server="api.py", as `python api.py` does: the same server with
+    one worker), ready to answer.
     The tests send wrong passwords by the hundred from 127.0.0.1: the limit on failed logins is lifted unless env
     sets it (test_users.py tests it)."""
     command = (lambda port: [sys.executable, "api.py"]) if server == "api.py" else None

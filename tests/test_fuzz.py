@@ -59,10 +59,10 @@ def run_schemathesis(document, base_url, seed, model_identity, workdir, *options
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_api_keeps_its_document_with_credentials(protocol_api, seed, model_identity, tmp_path):
+def test_api_keeps_its_document_with_credentials(served_api, seed, model_identity, tmp_path):
     """Every Schemathesis check (no --checks: the configuration's default is all of them, "schema-valid request
     rejected" and "schema-violating request accepted" included; --checks all would override its one exception)."""
-    run_schemathesis(f"{protocol_api.url}/openapi.json", protocol_api.url, seed, model_identity, tmp_path,
+    run_schemathesis(f"{served_api.url}/openapi.json", served_api.url, seed, model_identity, tmp_path,
                      "-H", f"Authorization: {AUTHORIZATION}")
 
 
@@ -82,8 +82,8 @@ def protocol_document(tmp_path_factory):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_api_keeps_the_protocols_published_document(protocol_api, protocol_document, seed, model_identity, tmp_path):
-    run_schemathesis(protocol_document, protocol_api.url, seed, model_identity, tmp_path, "--checks", PROTOCOL_CHECKS,
+def test_api_keeps_the_protocols_published_document(served_api, protocol_document, seed, model_identity, tmp_path):
+    run_schemathesis(protocol_document, served_api.url, seed, model_identity, tmp_path, "--checks", PROTOCOL_CHECKS,
                      "-H", f"Authorization: {AUTHORIZATION}", examples=200, at_least=300)
 
 

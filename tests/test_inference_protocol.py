@@ -24,9 +24,9 @@ FLOWER_ROWS = np.array([FLOWERS["setosa"], FLOWERS["versicolor"], FLOWERS["virgi
 
 
 @pytest.fixture(scope="module")
-def triton_client(protocol_api):
+def triton_client(served_api):
     """tritonclient's HTTP client, with basic auth, pointed at the served API."""
-    client = triton.InferenceServerClient(url=f"127.0.0.1:{protocol_api.port}")
+    client = triton.InferenceServerClient(url=f"127.0.0.1:{served_api.port}")
     client.register_plugin(BasicAuth(USERNAME, PASSWORD))
     yield client
     client.close()
@@ -90,9 +90,9 @@ def test_outputs_in_the_order_asked(triton_client):
     assert result.as_numpy("predict_proba") is None
 
 
-def test_a_versioned_path_and_one_row_of_shape_4(protocol_api, version):
+def test_a_versioned_path_and_one_row_of_shape_4(served_api, version):
     body = {"inputs": [{"name": "input-0", "shape": [4], "datatype": "FP64", "data": list(FLOWERS["setosa"])}]}
-    response = call(protocol_api, f"/v2/models/{MODEL}/versions/{version}/infer", body)
+    response = call(served_api, f"/v2/models/{MODEL}/versions/{version}/infer", body)
     assert response["outputs"][0] == {"name": "predict", "datatype": "BYTES", "shape": [1], "data": ["setosa"]}
 
 
@@ -110,8 +110,8 @@ def test_unknown_models_and_versions(triton_client, change, status, words):
     assert caught.value.status() == str(status) and words in caught.value.message()
 
 
-def test_wrong_credentials_are_refused(protocol_api):
-    client = triton.InferenceServerClient(url=f"127.0.0.1:{protocol_api.port}")
+def test_wrong_credentials_are_refused(served_api):
+    client = triton.InferenceServerClient(url=f"127.0.0.1:{served_api.port}")
     client.register_plugin(BasicAuth(USERNAME, "wrong"))
     try:
         assert client.is_server_live()  # probes need no credentials
@@ -122,13 +122,13 @@ def test_wrong_credentials_are_refused(protocol_api):
         client.close()
 
 
-def test_every_iris_flower_gets_the_answer_of_api_v1(triton_client, protocol_api):
+def test_every_iris_flower_gets_the_answer_of_api_v1(triton_client, served_api):
     """predict and predict_proba from /v2 equal /api/v1.0's answer for each of the 150 flowers (FP64: no rounding)."""
     rows = load_iris().data
     result = infer(triton_client, rows, "FP64")
     labels, probabilities = result.as_numpy("predict"), result.as_numpy("predict_proba")
     for row, label, row_probabilities in zip(rows, labels, probabilities):
-        answer = get(protocol_api, "/api/v1.0?" + query(tuple(float(value) for value in row)))
+        answer = get(served_api, "/api/v1.0?" + query(tuple(float(value) for value in row)))
         assert label.decode() == answer["prediction"]
         assert dict(zip(CLASSES, row_probabilities.tolist())) == answer["probabilities"]
 
@@ -379,12 +379,12 @@ def test_v2_requests_and_predictions_are_counted(model_path):
     assert 'iris_api_inputs_out_of_range_total{feature="sepal_length"} 1.0' in metrics
 
 
-def test_the_docs_tritonclient_example_runs_as_written(protocol_api, capsys):
+def test_the_docs_tritonclient_example_runs_as_written(served_api, capsys):
     """docs/api.md's Python example, word for word but for the address and the credentials, under both servers."""
     blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "api.md").read_text(), re.S)
     example = next(block for block in blocks if "tritonclient" in block)
     assert 'url="localhost:8000"' in example and 'BasicAuth("my_username", "my_password")' in example
-    example = example.replace('url="localhost:8000"', f'url="127.0.0.1:{protocol_api.port}"').replace(
+    example = example.replace('url="localhost:8000"', f'url="127.0.0.1:{served_api.port}"').replace(
         'BasicAuth("my_username", "my_password")', f"BasicAuth({USERNAME!r}, {PASSWORD!r})")
     exec(compile(example, "README.md", "exec"), {})
     printed = capsys.readouterr().out.splitlines()

@@ -174,9 +174,9 @@ def test_a_bad_tensor_of_a_model_with_categories_is_named(model_files, change, w
 # --- tritonclient and Schemathesis against the served CSV model ------------------------------------------------
 
 
-@pytest.fixture(scope="module", params=["serve.py", "api.py"])
-def fruit_api(model_files, request):
-    server = api_server(model_files["fruit"], request.param)
+@pytest.fixture(scope="module")
+def fruit_api(model_files):
+    server = api_server(model_files["fruit"])
     yield server
     server.stop()
 

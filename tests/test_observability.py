@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import api
 from tabserve import model
 from tabserve.settings import ApiSettings, StartupError, read_api_settings
-from tabserve import logs, settings, wsgi
+from tabserve import logs, wsgi
 from tests.support import FLOWERS, PASSWORD, USERNAME, Server, api_server, auth_header, query, wait_ready
 
 AUTH = auth_header()

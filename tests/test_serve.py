@@ -5,12 +5,10 @@ import socket
 import subprocess
 import sys
 import urllib.request
-from contextlib import contextmanager
 
 import pytest
 
-from tests import environ_echo
-from tests.support import API_SERVERS, PASSWORD, ROOT, USERNAME, Server, serve_in_thread, wait_ready
+from tests.support import PASSWORD, ROOT, USERNAME, Server, api_server, readme_curl, wait_ready
 
 
 def test_the_password_does_not_reach_the_apps_environ():
@@ -41,13 +39,9 @@ def test_a_bad_setting_stops_the_server_with_one_line(model_path, environ, messa
     assert len(lines) == 1 and message in lines[0], result.stderr
 
 
-@contextmanager
-def echo_server(server):
-    """The environ echo under serve.py (granian) or under `python api.py`'s request handler; yields its port."""
-    if server == "api.py":
-        with serve_in_thread(environ_echo.echo) as url:
-            yield int(url.rsplit(":", 1)[1])
-        return
+@pytest.fixture(scope="module")
+def echo_port():
+    """The environ echo under the production server (granian); yields its port."""
     process = Server("tests.environ_echo", {"API_USERNAME": USERNAME, "API_PASSWORD": PASSWORD})
     try:
         wait_ready(process.url + "/")
@@ -57,7 +51,7 @@ def echo_server(server):
 
 
 def environ_of(port, request):
-    """The environ (and what service.py reads from it) that a raw HTTP/1.1 request gets; its lines end in \\n here."""
+    """The environ (and what wsgi.py reads from it) that a raw HTTP/1.1 request gets; its lines end in \\n here."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(request.replace(b"\n", b"\r\n"))
         answer = b""
@@ -66,23 +60,32 @@ def environ_of(port, request):
     return json.loads(answer.partition(b"\r\n\r\n")[2])
 
 
-@pytest.mark.parametrize("server", API_SERVERS)
 @pytest.mark.parametrize("request_bytes, check", [
-    # tritonclient sends its JSON with no Content-Type: wsgiref alone says text/plain, and /v2 refused it (415).
+    # tritonclient sends its JSON with no Content-Type: a server that says text/plain made /v2 refuse it (415).
     (b"POST /v2 HTTP/1.1\nHost: x\nContent-Length: 2\nConnection: close\n\n{}",
      lambda seen: seen["as read"] == {"media type": "", "body": "{}"}),
     (b"POST /v2 HTTP/1.1\nHost: x\nContent-Type: Application/JSON; charset=utf-8\nContent-Length: 2\n"
      b"Connection: close\n\n{}", lambda seen: seen["as read"] == {"media type": "application/json", "body": "{}"}),
-    # A chunked body is read whole (wsgiref alone handed the app an empty one).
+    # A chunked body is read whole (wsgiref hands an app an empty one).
     (b"POST /v2 HTTP/1.1\nHost: x\nTransfer-Encoding: chunked\nConnection: close\n\n2\n{\"\n3;x=1\na\":\n"
      b"3\n 1}\n0\n\n", lambda seen: seen["as read"]["body"] == '{"a": 1}'),
     # No body at all reads as empty, whether the server says CONTENT_LENGTH "" or nothing.
     (b"GET /v2 HTTP/1.1\nHost: x\nConnection: close\n\n", lambda seen: seen["as read"]["body"] == ""),
-    # Both file a header spelt with "_" as the one spelt with "-": nothing may trust such a header from a client.
+    # A header spelt with "_" is filed as the one spelt with "-": nothing may trust such a header from a client.
     (b"GET /v2 HTTP/1.1\nHost: x\nX_Request_ID: sent\nConnection: close\n\n",
      lambda seen: seen["HTTP_X_REQUEST_ID"] == "sent"),
 ], ids=["no content type", "content type with parameters", "chunked body", "no body", "underscore header"])
-def test_both_servers_hand_the_apps_the_same_request(server, request_bytes, check):
-    with echo_server(server) as port:
-        seen = environ_of(port, request_bytes)
+def test_the_server_hands_the_apps_the_request_as_they_read_it(echo_port, request_bytes, check):
+    seen = environ_of(echo_port, request_bytes)
     assert check(seen), {key: value for key, value in seen.items() if key.isupper() or key == "as read"}
+
+
+def test_python_api_py_runs_the_production_server_with_one_worker(model_path):
+    """`python api.py` (the README's way to run it without Docker) serves the README's curl under granian itself."""
+    server = api_server(model_path, "api.py", API_USERNAME="my_username", API_PASSWORD="my_password", WORKERS="")
+    try:
+        result = subprocess.run(readme_curl(server.port), capture_output=True, text=True, timeout=30)
+        assert result.stdout.startswith("HTTP/1.1 200") and "server: granian" in result.stdout.lower()
+        assert len(server.rss_mib()) == 2  # granian's main process and one worker
+    finally:
+        server.stop()

@@ -20,7 +20,6 @@ import uuid
 import pytest
 
 from tabserve import users
-from tabserve import logs
 from tests.support import FLOWERS, ROOT, auth_header, free_port, query, readme_curl, require, wait_ready
 
 LOGIN_WINDOW = 3  # seconds; the stack's default is 60

@@ -3,7 +3,6 @@ restart, verified headers remembered, failed logins limited per address, nothing
 
 import json
 import logging
-import signal
 import subprocess
 import sys
 import time
@@ -241,19 +240,3 @@ def test_while_a_password_is_rotated_the_old_and_the_new_are_both_good(model_pat
     client = app_with(model_path, path)
     assert get(client, "partner", "old").status_int == 200 and get(client, "partner", "new").status_int == 200
     get(client, "partner", "neither", status=401)
-
-
-def test_sighup_reads_the_users_file_at_once_under_python_api_py(model_path, tmp_path):
-    """The file is checked at most once a second anyway; SIGHUP reads it now (here under `python api.py`, whose
-    main thread sets the handler)."""
-    path = users_file(tmp_path / "users", web="old secret")
-    server = api_server(model_path, "api.py", API_USERNAME="", API_PASSWORD="", API_USERS_FILE=str(path))
-    try:
-        assert status_of(server, "web", "old secret") == 200  # the file was just checked
-        path.write_text(f"web:{users.hash_password('new secret')}\n")
-        server.process.send_signal(signal.SIGHUP)
-        time.sleep(0.3)
-        assert status_of(server, "web", "old secret") == 401 and status_of(server, "web", "new secret") == 200
-        assert server.process.poll() is None
-    finally:
-        server.stop()
