@@ -6,7 +6,7 @@ VENV ?= .venv
 # make stack: the Docker Swarm deployment (docker-stack.yml). Each of these, and the ports, replicas and settings
 # docker-stack.yml reads, can be set on the command line or in the environment; several stacks run side by side
 # with different STACK names and ports.
-STACK ?= iris
+STACK ?= tabserve
 TAG ?= latest
 STACK_FILES := .stack/$(STACK)
 API_PASSWORD_SECRET ?= $(abspath $(STACK_FILES))/api_password
@@ -58,17 +58,17 @@ bench-web: $(VENV)/installed  # the result page's CPU beside the page before exp
 load: $(VENV)/installed  # 100,000 mixed requests, every answer checked (needs a trained model: make train)
 	$(VENV)/bin/python -m tools.load
 
-images:  # iris-api, iris-web and iris-lb, tagged TAG; make images DATASET=wine MODEL=random_forest TAG=wine-rf
+images:  # tabserve-api, tabserve-web and tabserve-lb, tagged TAG; make images DATASET=wine MODEL=random_forest TAG=wine-rf
 	docker build -f Dockerfile.api $(if $(MODEL),--build-arg MODEL=$(MODEL)) $(if $(DATASET),--build-arg DATASET=$(DATASET)) \
-	    -t iris-api:$(TAG) .
-	docker build -f Dockerfile.web -t iris-web:$(TAG) .
-	docker build -f Dockerfile.lb -t iris-lb:$(TAG) .
+	    -t tabserve-api:$(TAG) .
+	docker build -f Dockerfile.web -t tabserve-web:$(TAG) .
+	docker build -f Dockerfile.lb -t tabserve-lb:$(TAG) .
 
 $(abspath $(STACK_FILES))/api_password:  # API_PASSWORD, or the demo password; never in the repository (.gitignore)
 	@mkdir -p $(@D) && umask 077 && printf '%s\n' "$${API_PASSWORD:-my_password}" > $@
 
 $(abspath $(STACK_FILES))/api_users: | $(API_PASSWORD_SECRET)  # the API's users file, if missing: the web replicas' user
-	@mkdir -p $(@D) && umask 077 && docker run --rm -i iris-api:$(TAG) python api.py --hash-password \
+	@mkdir -p $(@D) && umask 077 && docker run --rm -i tabserve-api:$(TAG) python api.py --hash-password \
 	    < $(API_PASSWORD_SECRET) | sed "s/^/$${API_USERNAME:-my_username}:/" > $@
 
 $(abspath $(STACK_FILES))/tls.pem:  # a self-signed certificate for localhost, for trying HTTPS out

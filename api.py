@@ -39,15 +39,15 @@ JSON_TYPE = "application/json"
 logger = logging.getLogger(__name__)
 
 
-def load_users(settings, metrics):
+def load_users(settings, metrics, realm):
     """The users the API knows (users.py), counted by name in the metrics."""
     hooks = {"per_minute": settings.failures_per_minute, "proxies": settings.trusted_proxies,
              "on_failure": lambda user: metrics.failed_logins(user).inc()}
     try:
         if settings.users_file:
-            users = Users(logger, path=settings.users_file, **hooks)
+            users = Users(logger, realm, path=settings.users_file, **hooks)
         else:
-            users = Users(logger, users={settings.username: (hash_password(settings.password),)}, **hooks)
+            users = Users(logger, realm, users={settings.username: (hash_password(settings.password),)}, **hooks)
     except UsersFileError as err:
         raise StartupError(str(err)) from None
     logger.info("%d API users, %s; at most %d failed logins a minute per address", len(users.users),
@@ -202,7 +202,7 @@ def create_app(settings):
     metrics = ApiMetrics(card)
     api = Api(Serving(model, metrics, settings.batching), metrics, openapi.served_document(OPENAPI_PATH, card),
               public_view(card))
-    authenticate = load_users(settings, metrics).authenticate
+    authenticate = load_users(settings, metrics, card["name"]).authenticate
     app = bottle.Bottle()
     # Crashes go to wsgi.handle_requests, which logs them once with their traceback and answers in kind.
     app.catchall = False

@@ -234,7 +234,7 @@ def metrics_page(site):
     """Prometheus metrics, behind basic auth with the credentials this app uses for the API."""
     if not site.is_authorised(bottle.request.environ.get("HTTP_AUTHORIZATION", "")):
         bottle.response.status = 401
-        bottle.response.set_header("WWW-Authenticate", 'Basic realm="iris-web", charset="UTF-8"')
+        bottle.response.set_header("WWW-Authenticate", 'Basic realm="tabserve", charset="UTF-8"')
         return {"status": 401, "detail": "Send the service credentials with HTTP basic authentication."}
     bottle.response.content_type = prometheus_client.CONTENT_TYPE_LATEST
     return exposition(site.metrics.registry)

@@ -94,7 +94,7 @@ def serve(name, default_workers=DEFAULT_WORKERS):
         settings = read_server_settings(name, os.environ, default_workers)
     except StartupError as err:
         sys.exit(f"serve.py: {err}")
-    metrics_dir = tempfile.mkdtemp(prefix=f"iris-{name}-metrics-")
+    metrics_dir = tempfile.mkdtemp(prefix=f"tabserve-{name}-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
         app = importlib.import_module(name).app_from_env()  # exits 1 with one line when it cannot start

@@ -41,8 +41,7 @@ RELOAD_SECONDS = 1.0  # how often the users file is checked for a change, at mos
 WINDOW_SECONDS = 60
 MAX_ADDRESSES = 10_000  # client addresses whose failed logins are counted; the oldest is forgotten first
 UNKNOWN_USER = "unknown"  # the metrics' label for every name not in the users file
-USER_KEY = "iris.user"  # where authenticate() leaves the user's name in the WSGI environ, for the metrics
-CHALLENGE = {"WWW-Authenticate": 'Basic realm="iris-api", charset="UTF-8"'}
+USER_KEY = "tabserve.user"  # where authenticate() leaves the user's name in the WSGI environ, for the metrics
 
 
 class UsersFileError(ValueError):
@@ -194,8 +193,10 @@ def client_address(environ, proxies):
 class Users:
     """The users the API knows, from a file it follows or from one name and password."""
 
-    def __init__(self, log, path=None, users=None, per_minute=10, proxies=(), on_failure=None):
+    def __init__(self, log, realm, path=None, users=None, per_minute=10, proxies=(), on_failure=None):
         self.log, self.path, self.proxies = log, path, proxies
+        # The realm names what the credentials are for: the model served, not a fixed word.
+        self.challenge = {"WWW-Authenticate": f'Basic realm="{realm}", charset="UTF-8"'}
         self.limiter = FailureLimiter(per_minute)
         self.on_failure = on_failure or (lambda user: None)  # a metrics hook: a name from the set, or UNKNOWN_USER
         self.key = secrets.token_bytes(32)  # for the remembered headers' HMAC; never leaves this process
@@ -264,7 +265,7 @@ class Users:
         if given is None:
             self.on_failure(UNKNOWN_USER)
             self.log.warning("authentication failed from %s: missing or malformed Authorization header", address)
-            raise RequestError(401, "Send valid credentials with HTTP basic authentication.", headers=CHALLENGE)
+            raise RequestError(401, "Send valid credentials with HTTP basic authentication.", headers=self.challenge)
         name, password = given
         users = self.users
         # An unknown name is compared with a hash that matches nothing: it costs what a known one costs.
@@ -273,7 +274,7 @@ class Users:
         self.limiter.fail(address, now)
         self.on_failure(name if name in users else UNKNOWN_USER)
         self.log.warning("authentication failed for user %r from %s", name, address)
-        raise RequestError(401, "Send valid credentials with HTTP basic authentication.", headers=CHALLENGE)
+        raise RequestError(401, "Send valid credentials with HTTP basic authentication.", headers=self.challenge)
 
 
 @functools.cache

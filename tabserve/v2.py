@@ -24,11 +24,11 @@ import struct
 import bottle
 import numpy as np
 
-from tabserve import wsgi
+from tabserve import __version__, wsgi
 from tabserve.wsgi import RequestError, shorten
 from tabserve.tensors import INPUT_NAME, MAX_REPORTED, bad, check_parameters, expect, read_inputs
 
-SERVER_METADATA = {"name": "iris-api", "version": "1.0", "extensions": ["binary_tensor_data"]}
+SERVER_METADATA = {"name": "tabserve", "version": __version__, "extensions": ["binary_tensor_data"]}
 PLATFORM = "sklearn_joblib"
 OUTPUTS = ("predict", "predict_proba", "out_of_range", "contributions")
 DEFAULT_OUTPUTS = OUTPUTS[:3]  # contributions (explain.py) cost n + 1 predictions a row: sent only when asked for

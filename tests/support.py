@@ -178,7 +178,7 @@ class Server:
     def __init__(self, module, env=None, command=None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = tempfile.NamedTemporaryFile(prefix="iris-server-", suffix=".log", delete=False)
+        self.log = tempfile.NamedTemporaryFile(prefix="tabserve-server-", suffix=".log", delete=False)
         environ = {**os.environ, **SERVER_SETTINGS, "HOST": "127.0.0.1", "PORT": str(self.port), **(env or {})}
         argv = command(self.port) if command else [sys.executable, "serve.py", module]
         self.process = subprocess.Popen(argv, cwd=ROOT, env=environ, stdout=self.log, stderr=self.log)

@@ -148,7 +148,7 @@ def test_anything_but_the_right_credentials_gives_401(credentials_app, authoriza
     headers = {"Authorization": authorization} if authorization else {}
     for url in (f"/api/v1.0?{README_QUERY}", "/api/v1.0/model"):
         response = client.get(url, headers=headers, status=401)
-        assert response.headers["WWW-Authenticate"].startswith('Basic realm="iris-api"')
+        assert response.headers["WWW-Authenticate"].startswith('Basic realm="iris-classifier"')
         assert errors_of(response) == {}
     response = client.post("/api/v1.0/predict", "{}", headers={**headers, "Content-Type": "application/json"},
                            status=401)

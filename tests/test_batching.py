@@ -146,7 +146,7 @@ def test_rows_of_thousands_of_concurrent_requests_never_mix(forest):
         metrics = urllib.request.urlopen(urllib.request.Request(f"{server.url}/metrics", headers=auth_header()))
         text = metrics.read().decode()
         calls = float(next(line.split()[-1] for line in text.splitlines()
-                           if line.startswith("iris_api_batch_rows_count")))
+                           if line.startswith("tabserve_api_batch_rows_count")))
         assert calls < len(rows)  # requests shared model calls
     finally:
         server.stop()

@@ -15,6 +15,7 @@ from tritonclient.http.auth import BasicAuth
 from tritonclient.utils import InferenceServerException
 
 import api
+import tabserve
 from tabserve.settings import ApiSettings
 from tests.support import FEATURES, FLOWERS, PASSWORD, ROOT, USERNAME, auth_header, query
 
@@ -52,7 +53,9 @@ def infer(client, rows, datatype="FP32", binary_in=True, binary_out=None, output
 def test_health_metadata_and_readiness(triton_client, version):
     assert triton_client.is_server_live() and triton_client.is_server_ready()
     assert triton_client.is_model_ready(MODEL) and triton_client.is_model_ready(MODEL, model_version=version)
-    assert "binary_tensor_data" in triton_client.get_server_metadata()["extensions"]
+    server = triton_client.get_server_metadata()
+    assert "binary_tensor_data" in server["extensions"]
+    assert (server["name"], server["version"]) == ("tabserve", tabserve.__version__)  # the product, not the model
     metadata = triton_client.get_model_metadata(MODEL)
     assert metadata["name"] == MODEL and metadata["versions"] == [version]
     assert metadata["inputs"] == [{"name": "input-0", "datatype": "FP32", "shape": [-1, 4],
@@ -341,7 +344,7 @@ def test_a_json_body_without_a_content_type_is_accepted(anonymous_api_client):
                                           ("GET", f"/v2/models/{MODEL}/ready"), ("POST", INFER)])
 def test_everything_but_the_probes_needs_credentials(anonymous_api_client, method, path):
     response = anonymous_api_client.request(path, method=method, status=401)
-    assert response.headers["WWW-Authenticate"].startswith('Basic realm="iris-api"')
+    assert response.headers["WWW-Authenticate"].startswith('Basic realm="iris-classifier"')
     assert "credentials" in error_of(response)
 
 
@@ -372,11 +375,11 @@ def test_v2_requests_and_predictions_are_counted(model_path):
     client.post(INFER, json.dumps(with_tensor(shape=[3, 4], data=rows)), content_type="application/json")
     client.post(INFER, "{", content_type="application/json", status=400)
     metrics = client.get("/metrics").text
-    assert 'iris_api_requests_total{endpoint="/v2/models/<name>/infer",method="POST",status="200",user="tester"} 1.0' in metrics
-    assert 'iris_api_requests_total{endpoint="/v2/models/<name>/infer",method="POST",status="400",user="tester"} 1.0' in metrics
-    assert 'iris_api_predictions_total{class="setosa"} 2.0' in metrics
-    assert 'iris_api_predictions_total{class="virginica"} 1.0' in metrics
-    assert 'iris_api_inputs_out_of_range_total{feature="sepal_length"} 1.0' in metrics
+    assert 'tabserve_api_requests_total{endpoint="/v2/models/<name>/infer",method="POST",status="200",user="tester"} 1.0' in metrics
+    assert 'tabserve_api_requests_total{endpoint="/v2/models/<name>/infer",method="POST",status="400",user="tester"} 1.0' in metrics
+    assert 'tabserve_api_predictions_total{class="setosa"} 2.0' in metrics
+    assert 'tabserve_api_predictions_total{class="virginica"} 1.0' in metrics
+    assert 'tabserve_api_inputs_out_of_range_total{feature="sepal_length"} 1.0' in metrics
 
 
 def test_the_docs_tritonclient_example_runs_as_written(served_api, capsys):

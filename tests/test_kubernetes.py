@@ -17,7 +17,7 @@ from tests.support import ROOT, web_server
 KUSTOMIZATION = ROOT / "deploy" / "kubernetes"
 VERSIONS = ("1.25.0", "1.37.0")  # the oldest and the newest kubernetes-validate knows, and what the README claims
 CLUSTER_SCOPED = {"Namespace"}
-IMAGES = {"iris-api": "Dockerfile.api", "iris-web": "Dockerfile.web"}
+IMAGES = {"tabserve-api": "Dockerfile.api", "tabserve-web": "Dockerfile.web"}
 
 
 def load(path):
@@ -87,7 +87,7 @@ def test_the_rendered_kustomization_is_valid(manifests, version):
 
 
 def test_strict_validation_catches_a_misspelt_field(deployments):
-    wrong = copy.deepcopy(deployments["iris-api"])
+    wrong = copy.deepcopy(deployments["tabserve-api"])
     wrong["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(wrong, VERSIONS[-1], strict=True)
@@ -114,9 +114,9 @@ def test_selectors_select_the_pods_they_mean(manifests, deployments):
         assert [name for name, labels in pods.items() if selects(selector, labels)] == [document["metadata"]["name"]]
     policy = of_kind(manifests, "NetworkPolicy")[0]["spec"]
     assert [name for name, labels in pods.items() if selects(policy["podSelector"]["matchLabels"], labels)] == \
-        ["iris-api"]
+        ["tabserve-api"]
     allowed = [peer["podSelector"]["matchLabels"] for peer in policy["ingress"][0]["from"] if "podSelector" in peer]
-    assert [name for name, labels in pods.items() if any(selects(s, labels) for s in allowed)] == ["iris-web"]
+    assert [name for name, labels in pods.items() if any(selects(s, labels) for s in allowed)] == ["tabserve-web"]
 
 
 def test_services_ingress_and_autoscaler_point_at_what_exists(manifests, deployments):
@@ -128,21 +128,21 @@ def test_services_ingress_and_autoscaler_point_at_what_exists(manifests, deploym
         backend = rule["http"]["paths"][0]["backend"]["service"]
         assert backend["port"]["name"] in {port["name"] for port in services[backend["name"]]["spec"]["ports"]}
     autoscaler = of_kind(manifests, "HorizontalPodAutoscaler")[0]["spec"]
-    assert autoscaler["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "iris-api"}
-    assert autoscaler["minReplicas"] == deployments["iris-api"]["spec"]["replicas"] == 3
-    assert deployments["iris-api"]["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert autoscaler["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "tabserve-api"}
+    assert autoscaler["minReplicas"] == deployments["tabserve-api"]["spec"]["replicas"] == 3
+    assert deployments["tabserve-api"]["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
 
 def test_web_calls_the_api_through_its_service(deployments):
-    env = {item["name"]: item.get("value") for item in containers_of(deployments["iris-web"])[0]["env"]}
-    assert env["API_URL"] == "http://iris-api:8000"
+    env = {item["name"]: item.get("value") for item in containers_of(deployments["tabserve-web"])[0]["env"]}
+    assert env["API_URL"] == "http://tabserve-api:8000"
 
 
 def dockerfile_says(dockerfile, pattern):
     return re.findall(pattern, (ROOT / dockerfile).read_text(), re.M)
 
 
-@pytest.mark.parametrize("name", ["iris-api", "iris-web"])
+@pytest.mark.parametrize("name", ["tabserve-api", "tabserve-web"])
 def test_ports_and_user_are_the_images(deployments, name):
     dockerfile = IMAGES[name]
     pod = deployments[name]["spec"]["template"]["spec"]
@@ -153,7 +153,7 @@ def test_ports_and_user_are_the_images(deployments, name):
     assert dockerfile_says(dockerfile, r"useradd --uid (\d+)") == [str(pod["securityContext"]["runAsUser"])]
 
 
-@pytest.mark.parametrize("name", ["iris-api", "iris-web"])
+@pytest.mark.parametrize("name", ["tabserve-api", "tabserve-web"])
 def test_the_restricted_pod_security_standard_is_met(manifests, deployments, name):
     namespace = of_kind(manifests, "Namespace")[0]["metadata"]["labels"]
     assert namespace["pod-security.kubernetes.io/enforce"] == "restricted"
@@ -169,7 +169,7 @@ def test_the_restricted_pod_security_standard_is_met(manifests, deployments, nam
         assert set(container["resources"]["requests"]) == set(container["resources"]["limits"]) == {"cpu", "memory"}
 
 
-@pytest.mark.parametrize("name", ["iris-api", "iris-web"])
+@pytest.mark.parametrize("name", ["tabserve-api", "tabserve-web"])
 def test_a_pod_stops_within_its_grace_period(deployments, name):
     pod = deployments[name]["spec"]["template"]["spec"]
     pause = int(pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][1])
@@ -179,7 +179,7 @@ def test_a_pod_stops_within_its_grace_period(deployments, name):
 def test_credentials_come_from_the_secret_as_files_never_as_variables(deployments):
     """The API reads its users file, the web pods their password, each from the Secret mounted as a file."""
     secret = load(KUSTOMIZATION / "secret.example.yaml")[0]
-    for name, variable in (("iris-api", "API_USERS_FILE"), ("iris-web", "API_PASSWORD_FILE")):
+    for name, variable in (("tabserve-api", "API_USERS_FILE"), ("tabserve-web", "API_PASSWORD_FILE")):
         pod = deployments[name]["spec"]["template"]["spec"]
         container = pod["containers"][0]
         env = {item["name"]: item for item in container["env"]}
@@ -190,7 +190,7 @@ def test_credentials_come_from_the_secret_as_files_never_as_variables(deployment
         assert mount["readOnly"] is True
         assert env[variable]["value"] == f"{mount['mountPath']}/{volume['secret']['items'][0]['path']}"
         assert volume["secret"]["items"][0]["key"] in secret["stringData"]
-    web_user = {item["name"]: item for item in deployments["iris-web"]["spec"]["template"]["spec"]["containers"][0]
+    web_user = {item["name"]: item for item in deployments["tabserve-web"]["spec"]["template"]["spec"]["containers"][0]
                 ["env"]}["API_USERNAME"]["value"]
     assert secret["stringData"]["users"].startswith(f"{web_user}:scrypt$")  # the web pods are one of the users
 
@@ -217,7 +217,7 @@ def probe_paths(deployment):
 def test_every_probe_path_answers_200_from_the_services_as_the_images_serve_them(deployments, served_api):
     web = web_server(served_api.url)
     try:
-        for name, server in (("iris-api", served_api), ("iris-web", web)):
+        for name, server in (("tabserve-api", served_api), ("tabserve-web", web)):
             for path in probe_paths(deployments[name]):
                 with urllib.request.urlopen(server.url + path, timeout=10) as response:
                     assert response.status == 200, (name, path)

@@ -371,9 +371,9 @@ def test_explanations_are_counted_like_predictions(model_files):
     client.post_json("/v2/models/iris-classifier/infer", {**v2_request(metadata, [metadata["examples"]["virginica"]]),
                                                           "outputs": [{"name": "contributions"}]})
     metrics = client.get("/metrics").text
-    assert 'iris_api_explanations_total{class="setosa"} 1.0' in metrics
-    assert 'iris_api_explanations_total{class="virginica"} 1.0' in metrics
-    assert 'iris_api_requests_total{endpoint="/api/v1.0/explain",method="GET",status="200",user="tester"} 1.0' in metrics
+    assert 'tabserve_api_explanations_total{class="setosa"} 1.0' in metrics
+    assert 'tabserve_api_explanations_total{class="virginica"} 1.0' in metrics
+    assert 'tabserve_api_requests_total{endpoint="/api/v1.0/explain",method="GET",status="200",user="tester"} 1.0' in metrics
 
 
 def test_the_result_page_shows_why_and_the_most_similar_rows(site):

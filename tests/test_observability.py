@@ -72,7 +72,7 @@ def test_api_counters_are_exact_across_server_workers(model_path):
     finally:
         server.stop()
 
-    requests = "iris_api_requests_total"
+    requests = "tabserve_api_requests_total"
     user, none = USERNAME, "none"  # a request that was not authenticated has no user
     assert value(parsed, requests, endpoint="/api/v1.0", method="GET", status="200", user=user) == 100
     assert value(parsed, requests, endpoint="/api/v1.0", method="GET", status="400", user=user) == 30
@@ -81,19 +81,19 @@ def test_api_counters_are_exact_across_server_workers(model_path):
     assert value(parsed, requests, endpoint="unmatched", method="GET", status="404", user=none) == 5
     assert value(parsed, requests, endpoint="/readyz", method="GET", status="200", user=none) == 1
     assert sum(v for (name, _), v in parsed.items() if name == requests) == 166
-    assert value(parsed, "iris_api_request_duration_seconds_count", endpoint="/api/v1.0") == 150
-    assert value(parsed, "iris_api_request_duration_seconds_bucket", endpoint="/api/v1.0", le="+Inf") == 150
+    assert value(parsed, "tabserve_api_request_duration_seconds_count", endpoint="/api/v1.0") == 150
+    assert value(parsed, "tabserve_api_request_duration_seconds_bucket", endpoint="/api/v1.0", le="+Inf") == 150
     for name, count in expected_classes.items():
-        assert value(parsed, "iris_api_predictions_total", **{"class": name}) == count
-    assert sum(v for (name, _), v in parsed.items() if name == "iris_api_predictions_total") == 150
-    out_of_range = "iris_api_inputs_out_of_range_total"
+        assert value(parsed, "tabserve_api_predictions_total", **{"class": name}) == count
+    assert sum(v for (name, _), v in parsed.items() if name == "tabserve_api_predictions_total") == 150
+    out_of_range = "tabserve_api_inputs_out_of_range_total"
     assert value(parsed, out_of_range, feature="sepal_length") == 40 + 10  # the ODD flower, and (1, 1, 1, 9)
     assert value(parsed, out_of_range, feature="sepal_width") == 40 + 10
     assert value(parsed, out_of_range, feature="petal_length") == 40 + 10
     assert value(parsed, out_of_range, feature="petal_width") == 10
-    info = [labels for (name, labels), v in parsed.items() if name == "iris_model_info" and v == 1]
+    info = [labels for (name, labels), v in parsed.items() if name == "tabserve_model_info" and v == 1]
     assert [dict(labels)["algorithm"] for labels in info] == ["logistic_regression"]
-    assert value(parsed, "iris_api_start_time_seconds") > 1.7e9
+    assert value(parsed, "tabserve_api_start_time_seconds") > 1.7e9
 
 
 def test_metrics_need_credentials(anonymous_api_client):
@@ -107,8 +107,8 @@ def test_in_process_metrics_count_this_app(model_path):
     client.authorization = ("Basic", (USERNAME, PASSWORD))
     client.get(f"/api/v1.0?{query(SETOSA)}")
     parsed = samples(client.get("/metrics").text)
-    assert value(parsed, "iris_api_predictions_total", **{"class": "setosa"}) == 1
-    assert value(parsed, "iris_api_requests_total", endpoint="/api/v1.0", method="GET", status="200", user=USERNAME) == 1
+    assert value(parsed, "tabserve_api_predictions_total", **{"class": "setosa"}) == 1
+    assert value(parsed, "tabserve_api_requests_total", endpoint="/api/v1.0", method="GET", status="200", user=USERNAME) == 1
 
 
 # --- Request IDs and logs --------------------------------------------------------------------------------------
@@ -184,17 +184,17 @@ def test_web_metrics_count_pages_predictions_and_failures(live_api, new_web_clie
     client.get("/metrics", status=401)
     client.authorization = ("Basic", (USERNAME, PASSWORD))
     parsed = samples(client.get("/metrics").text)
-    assert value(parsed, "iris_web_page_views_total", page="/", status="200") == 1
-    assert value(parsed, "iris_web_page_views_total", page="/prediction", status="200") == 1
-    assert value(parsed, "iris_web_page_views_total", page="/prediction", status="400") == 1
-    assert sum(v for (name, _), v in parsed.items() if name == "iris_web_page_views_total") == 3  # not the CSS
-    assert value(parsed, "iris_web_predictions_total", outcome="answered") == 1
-    assert value(parsed, "iris_web_predictions_total", outcome="invalid") == 1
-    assert value(parsed, "iris_web_api_call_duration_seconds_count") == 3  # learning the form, then 2 predictions
+    assert value(parsed, "tabserve_web_page_views_total", page="/", status="200") == 1
+    assert value(parsed, "tabserve_web_page_views_total", page="/prediction", status="200") == 1
+    assert value(parsed, "tabserve_web_page_views_total", page="/prediction", status="400") == 1
+    assert sum(v for (name, _), v in parsed.items() if name == "tabserve_web_page_views_total") == 3  # not the CSS
+    assert value(parsed, "tabserve_web_predictions_total", outcome="answered") == 1
+    assert value(parsed, "tabserve_web_predictions_total", outcome="invalid") == 1
+    assert value(parsed, "tabserve_web_api_call_duration_seconds_count") == 3  # learning the form, then 2 predictions
     refused.authorization = ("Basic", (USERNAME, "wrong"))
     parsed = samples(refused.get("/metrics").text)
-    assert value(parsed, "iris_web_api_failures_total", kind="credentials refused") == 1
-    assert value(parsed, "iris_web_predictions_total", outcome="failed") == 1
+    assert value(parsed, "tabserve_web_api_failures_total", kind="credentials refused") == 1
+    assert value(parsed, "tabserve_web_predictions_total", outcome="failed") == 1
 
 
 def test_web_metrics_count_an_unreachable_api(new_web_client, closed_port_url):
@@ -202,8 +202,8 @@ def test_web_metrics_count_an_unreachable_api(new_web_client, closed_port_url):
     client.get(f"/prediction?{query(SETOSA)}", status=503)
     client.authorization = ("Basic", (USERNAME, PASSWORD))
     parsed = samples(client.get("/metrics").text)
-    assert value(parsed, "iris_web_api_failures_total", kind="unavailable") == 1
-    assert value(parsed, "iris_web_page_views_total", page="/prediction", status="503") == 1
+    assert value(parsed, "tabserve_web_api_failures_total", kind="unavailable") == 1
+    assert value(parsed, "tabserve_web_page_views_total", page="/prediction", status="503") == 1
 
 
 @pytest.mark.parametrize("app", ["api", "web"])

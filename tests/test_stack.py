@@ -30,7 +30,7 @@ class Stack:
     """One compose project with its own name and host ports; env and files as a user would give them."""
 
     def __init__(self, env=None, files=()):
-        self.project = f"iris-test-{uuid.uuid4().hex[:8]}"
+        self.project = f"tabserve-test-{uuid.uuid4().hex[:8]}"
         self.api_port, self.web_port = free_port(), free_port()
         self.env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "API_PORT": str(self.api_port),
                     "WEB_PORT": str(self.web_port), **(env or {})}
@@ -177,7 +177,7 @@ def test_a_bundled_dataset_is_served_by_a_build_argument(docker_engine):
         status, page = wine.web("/?" + urllib.parse.urlencode(example))
         assert status == 200 and "Wine classifier" in page and 'name="od280_od315_of_diluted_wines"' in page
         status, page = wine.web("/prediction?" + urllib.parse.urlencode(example))
-        assert status == 200 and '<h1 class="species">class_1</h1>' in page
+        assert status == 200 and '<h1 class="answer">class_1</h1>' in page
 
 
 def test_a_model_of_your_own_is_served_from_a_read_only_mount(docker_engine, tmp_path):
@@ -190,6 +190,6 @@ def test_a_model_of_your_own_is_served_from_a_read_only_mount(docker_engine, tmp
     with running(own):
         assert own.api("/api/v1.0/model")["name"] == "fruit-classifier"
         status, page = own.web("/prediction?weight_g=8&colour=dark+red&origin=Chile")
-        assert status == 200 and '<h1 class="species">cherry</h1>' in page
+        assert status == 200 and '<h1 class="answer">cherry</h1>' in page
         touch = own.compose("exec", "-T", "api", "touch", "/models/written", check=False)
         assert touch.returncode != 0 and "Read-only file system" in touch.stderr

@@ -52,13 +52,13 @@ class Stack:
     """One deployment of docker-stack.yml, with its own name, tag and free ports."""
 
     def __init__(self):
-        self.name = f"iris-t{uuid.uuid4().hex[:6]}"
+        self.name = f"tabserve-t{uuid.uuid4().hex[:6]}"
         self.tag = f"test-{uuid.uuid4().hex[:8]}"
         self.ports = {name: free_port() for name in ("API_PORT", "WEB_PORT", "API_TLS_PORT", "WEB_TLS_PORT")}
         self.env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "STACK": self.name, "TAG": self.tag, "ACCESS_LOG": "all",
                     "LOGIN_WINDOW": str(LOGIN_WINDOW), "LOGIN_FAILURES": str(LOGIN_FAILURES),
                     **{name: str(port) for name, port in self.ports.items()}}
-        self.images = [f"iris-{name}:{self.tag}" for name in ("api", "web", "lb")]
+        self.images = [f"tabserve-{name}:{self.tag}" for name in ("api", "web", "lb")]
         self.secrets = []  # secrets a test made by hand (a rotated users file), removed with the stack
 
     def write_users(self):
@@ -79,7 +79,7 @@ class Stack:
 
     def build_api_image(self, suffix, dockerfile=None, build_args=()):
         """Another API image: the Dockerfile piped in (FROM this stack's image), or Dockerfile.api with build args."""
-        tag = f"iris-api:{self.tag}-{suffix}"
+        tag = f"tabserve-api:{self.tag}-{suffix}"
         command = ["build", "-q", "-t", tag, *(arg for pair in build_args for arg in ("--build-arg", pair))]
         if dockerfile:
             subprocess.run(["docker", *command, "-"], input=dockerfile, text=True, capture_output=True, check=True,

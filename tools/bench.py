@@ -8,7 +8,7 @@ Processes on loopback ports, started as the images start them (tests/support.py:
 a hello-world Bottle app (tools/hello.py) and the API under granian and under gunicorn (sync and gevent workers,
 the server the images ran before), batches, the web page. With --mlserver (the default when it can be installed):
 MLServer 1.7.1's default scikit-learn server on the same model, from a virtual environment of its own under
-~/.cache/iris-bench. With --docker (the default when docker answers): the API image, run with --network host and
+~/.cache/tabserve-bench. With --docker (the default when docker answers): the API image, run with --network host and
 Docker's default log driver, with each ACCESS_LOG setting; its cold start, memory and size. Load comes from wrk
 (apt-get install wrk) with 2 threads on the same cores. Every URL is on 127.0.0.1. Needs a trained model.
 """
@@ -37,8 +37,8 @@ UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 BATCH_ROWS = (1, 100, 10_000)
 MLSERVER = ("mlserver==1.7.1", "mlserver-sklearn==1.7.1",
             "uvloop==0.21.0")  # uvloop 0.22 and later break MLServer 1.7.1's worker start
-MLSERVER_HOME = Path.home() / ".cache" / "iris-bench" / "mlserver"
-IMAGE = "iris-bench"
+MLSERVER_HOME = Path.home() / ".cache" / "tabserve-bench" / "mlserver"
+IMAGE = "tabserve-bench"
 ACCESS_LOGS = ("all", "off")
 CEILING = "hello world, gunicorn sync, 16 connections"
 WEB = "web GET /prediction, 16 connections"
@@ -418,7 +418,7 @@ def main(argv=None):
         # servers beside it more than doubled the API container's p99 at 1 connection).
         for phase in (loopback_phase, mlserver_phase, latency_phase, logging_phase):
             stack = []
-            with tempfile.TemporaryDirectory(prefix="iris-bench-") as folder:
+            with tempfile.TemporaryDirectory(prefix="tabserve-bench-") as folder:
                 try:
                     cases, known, after_load = phase(args, folder, stack)
                     medians.update(measure(cases, args.rounds))

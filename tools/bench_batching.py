@@ -82,7 +82,7 @@ def main(argv=None):
                         help=f"also measure MLServer, installed into {MLSERVER_HOME} if needed (default: yes)")
     args = parser.parse_args(argv)
     stack = []
-    with tempfile.TemporaryDirectory(prefix="iris-bench-batching-") as folder:
+    with tempfile.TemporaryDirectory(prefix="tabserve-bench-batching-") as folder:
         model_path = Path(folder) / "forest.joblib"
         train.main(["--model", "random_forest", "--output", str(model_path)])
         try:

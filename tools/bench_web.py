@@ -109,7 +109,7 @@ def main(argv=None):
     args = parse_args(argv)
     os.sched_setaffinity(0, {LOAD_CORE})  # the API and wrk, started from here, run on this core too
     stack = []
-    with tempfile.TemporaryDirectory(prefix="iris-bench-web-") as folder:
+    with tempfile.TemporaryDirectory(prefix="tabserve-bench-web-") as folder:
         try:
             base = unpack(args.base, folder)
             stack.append(api := Server("api", {"API_USERNAME": USERNAME, "API_PASSWORD": PASSWORD, "WORKERS": "1",

@@ -56,7 +56,7 @@ def build_mix(model_path):
         ("api", "POST", "/api/v1.0/predict", json_headers, '{"instances": [[1, 2', 400,
          lambda body: body["errors"][0]["field"] == "body"),
         ("web", "GET", f"/prediction?{query(FLOWERS['virginica'])}", {}, None, 200,
-         lambda text: "<h1 class=\"species\">Iris virginica</h1>" in text),
+         lambda text: "<h1 class=\"answer\">Iris virginica</h1>" in text),
         ("web", "GET", "/prediction?sepal_length=0&sepal_width=1&petal_length=1&petal_width=1", {}, None, 400,
          lambda text: "must be greater than 0" in text),
         ("web", "GET", "/", {}, None, 200, lambda text: 'action="/prediction"' in text),

@@ -19,7 +19,7 @@
     </ul>
   </div>
   % end
-  <form action="/prediction" method="get" class="measurements">
+  <form action="/prediction" method="get" class="inputs">
   % for item in inputs:
   %   name, invalid = item["name"], item["name"] in errors
   %   described = f"{name}-hint {name}-error" if invalid else f"{name}-hint"

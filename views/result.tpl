@@ -2,7 +2,7 @@
 % # far it moved the answer; the page's one list of the values) and the most similar rows of the training data.
 % rebase("layout.tpl", title=title, stylesheet=stylesheet, texts=texts)
   <p class="eyebrow">The model says this is</p>
-  <h1 class="species">{{label}}</h1>
+  <h1 class="answer">{{label}}</h1>
   <p class="lead">with a probability of {{percent(answer["probabilities"][answer["prediction"]])}}.</p>
   % if answer["warnings"]:
   <div class="alert" role="note">
