@@ -36,6 +36,7 @@ from tabserve.wsgi import handle_requests
 
 READINESS_TIMEOUT = 2.0
 UNKNOWN_MODEL_TITLE = "Prediction service"  # the brand of the pages shown before the form is learnt
+UNKNOWN_MODEL_DESCRIPTION = "A prediction service: its form appears as soon as its model answers."
 HERE = Path(__file__).resolve().parent
 VIEWS = HERE / "views"
 STATIC_ROOT = HERE / "static"
@@ -102,7 +103,8 @@ def escape_text(value):
 def render(site, form, name, title, **context):
     """A page; before the form is learnt, in the plain dress of a service whose model is not known yet."""
     model = form.context if form else {"inputs": [], "examples": [], "class_labels": {},
-                                       "texts": {"title": UNKNOWN_MODEL_TITLE}}
+                                       "texts": {"title": UNKNOWN_MODEL_TITLE},
+                                       "description": UNKNOWN_MODEL_DESCRIPTION}
     return site.templates[name].render(title=title, **site.common, **model, **context)
 
 

@@ -50,9 +50,12 @@ class Form:
         names = tuple(entry["name"] for entry in inputs)
         examples = [(name, query_link("/", [(key, value_text(value)) for key, value in row.items()]))
                     for name, row in description["examples"].items()]
+        texts = description["texts"]
         return cls(str(description["version"]), names,
-                   {"inputs": inputs, "examples": examples, "texts": description["texts"],
-                    "class_labels": description["class_labels"]})
+                   {"inputs": inputs, "examples": examples, "texts": texts,
+                    "class_labels": description["class_labels"],
+                    # What the page is for, in the card's words, for search engines and link previews.
+                    "description": f"{texts['title']}. {texts['lead']}"})
 
 
 def hint(entry):

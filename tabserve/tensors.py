@@ -177,13 +177,22 @@ def shortest_decimals(values):
     """FP32 values read as the decimals they stand for: a float32 carries about 7 significant digits, so 7.9 arrives
     as 7.900000095 and would lie beyond a training range that ends at 7.9. Rounded to FP32_DIGITS significant
     digits, it is 7.9 again."""
-    magnitude = np.floor(np.log10(np.abs(values), where=values != 0, out=np.zeros_like(values)))
+    finite = np.isfinite(values) & (values != 0)
+    magnitude = np.floor(np.log10(np.abs(values), where=finite, out=np.zeros_like(values)))
     scale = 10.0 ** (FP32_DIGITS - 1 - magnitude)
-    return np.where(np.isfinite(values) & (values != 0), np.round(values * scale) / scale, values)
+    return np.where(finite, np.round(values * scale) / scale, values)
+
+
+def as_fp32(values):
+    """What an FP32 tensor holds for these values, JSON's or the binary data's: each the nearest float32 (5e-324
+    becomes 0, 1e39 inf, as they would in the client's own FP32 array), read as the decimal it stands for."""
+    with np.errstate(over="ignore"):
+        return shortest_decimals(values.astype(np.float32).astype(np.float64))
 
 
 def matrix_tensor(schema, header, body):
-    """The one tensor of a model of numbers only, as an (N, n) float64 array (not yet checked by the rules)."""
+    """The one tensor of a model of numbers only, as an (N, n) float64 array (not yet checked by the rules), and
+    whether it was FP32."""
     inputs = header["inputs"]
     if len(inputs) != 1:
         raise bad("inputs", f"must hold exactly one tensor, '{INPUT_NAME}' of shape [N, {len(schema.inputs)}]")
@@ -198,11 +207,12 @@ def matrix_tensor(schema, header, body):
     else:
         values = np.frombuffer(raw, dtype=DATATYPES[datatype]).astype(np.float64)
     values = values.reshape(rows, columns)
-    return shortest_decimals(values) if datatype == "FP32" else values
+    return (as_fp32(values), True) if datatype == "FP32" else (values, False)
 
 
 def feature_column(item, where, tensor, body, rows):
-    """One input's tensor of a model with categories, as a list of N values (numbers not yet checked)."""
+    """One input's tensor of a model with categories, as a list of N values (numbers not yet checked), and whether
+    it was FP32."""
     datatypes = {"BYTES": None} if item.kind == "category" else {"FP32": "<f4", "FP64": "<f8"}
     _, datatype, parameters = tensor_fields(where, tensor, datatypes)
     count = tensor_rows(where, tensor.get("shape"), 1, [item.name])
@@ -210,41 +220,46 @@ def feature_column(item, where, tensor, body, rows):
         raise bad(f"{where}.shape", f"says {count} rows; the other inputs have {rows}")
     size = None if datatype == "BYTES" else count * np.dtype(datatypes[datatype]).itemsize
     raw = raw_data(where, tensor, parameters, body, size)
-    if raw is None:
-        values = json_data(where, tensor, count, 1)
-        return values if datatype == "BYTES" else numbers(where, values, datatype).tolist()
     if datatype == "BYTES":
-        return bytes_elements(where, raw, count)
-    values = np.frombuffer(raw, dtype=datatypes[datatype]).astype(np.float64)
-    return (shortest_decimals(values) if datatype == "FP32" else values).tolist()
+        return (json_data(where, tensor, count, 1) if raw is None else bytes_elements(where, raw, count)), False
+    if raw is None:
+        values = numbers(where, json_data(where, tensor, count, 1), datatype)
+    else:
+        values = np.frombuffer(raw, dtype=datatypes[datatype]).astype(np.float64)
+    return (as_fp32(values) if datatype == "FP32" else values).tolist(), datatype == "FP32"
 
 
 def feature_tensors(schema, header, body):
-    """One tensor per input of a model with categories, as an (N, inputs) object array (not yet checked)."""
-    inputs, columns, rows = header["inputs"], {}, None
+    """One tensor per input of a model with categories, as an (N, inputs) object array (not yet checked), and the
+    names of the inputs sent as FP32."""
+    inputs, columns, rows, fp32 = header["inputs"], {}, None, set()
     for index, tensor in enumerate(inputs):
         where = f"inputs[{index}]"
         name = expect(f"{where}.name", expect(where, tensor, dict).get("name"), str)
         if name not in schema.by_name or name in columns:
             raise bad(f"{where}.name", f"must be one of {', '.join(schema.names)}, each once; got {shorten(name)!r}")
-        columns[name] = feature_column(schema.by_name[name], where, tensor, body, rows)
+        columns[name], was_fp32 = feature_column(schema.by_name[name], where, tensor, body, rows)
         rows = len(columns[name])
+        if was_fp32:
+            fp32.add(name)
     missing = [name for name in schema.names if name not in columns]
     if missing:
         raise bad("inputs", f"must hold one tensor per input ({', '.join(schema.names)}); missing {', '.join(missing)}")
     matrix = np.empty((rows, len(schema.inputs)), dtype=object)
     for index, name in enumerate(schema.names):
         matrix[:, index] = columns[name]
-    return matrix
+    return matrix, fp32
 
 
-def check_values(schema, matrix, where_of):
-    """The matrix, if every value follows its input's rule; else a 400 naming the first few that do not."""
+def check_values(schema, matrix, where_of, fp32=()):
+    """The matrix, if every value follows its input's rule; else a 400 naming the first few that do not, each as
+    the API read it (a value sent as FP32: as FP32 holds it, which says why 5e-324 reads as 0)."""
     problems = []
     numbers = schema.numbers_of(matrix)
     for row, column in np.argwhere(schema.invalid(numbers))[:MAX_REPORTED].tolist():
         item = schema.inputs[schema.number_columns[column]]
-        problems.append((row, schema.number_columns[column], f"{item.rule()}, got {numbers[row, column]:g}"))
+        read = f"{numbers[row, column]:g}{' as FP32' if item.name in fp32 else ''}"
+        problems.append((row, schema.number_columns[column], f"{item.rule()}, got {read}"))
     for column, item in enumerate(schema.inputs):
         if item.kind == "category":
             wrong = [row for row, value in enumerate(matrix[:, column]) if value not in item.categories]
@@ -264,11 +279,16 @@ def read_inputs(schema, header, binary):
     expect("inputs", header["inputs"], list)
     body = Body(binary)
     if schema.numeric:
-        matrix = matrix_tensor(schema, header, body)
-        where_of = lambda row, column: f"inputs[0][{row}][{column}] ({schema.names[column]})"  # noqa: E731
+        matrix, was_fp32 = matrix_tensor(schema, header, body)
+        fp32 = set(schema.names) if was_fp32 else set()
+
+        def where_of(row, column):
+            return f"inputs[0][{row}][{column}] ({schema.names[column]})"
     else:
-        matrix = feature_tensors(schema, header, body)
+        matrix, fp32 = feature_tensors(schema, header, body)
         order = [tensor["name"] for tensor in header["inputs"]]
-        where_of = lambda row, column: f"inputs[{order.index(schema.names[column])}].data[{row}]"  # noqa: E731
+
+        def where_of(row, column):
+            return f"inputs[{order.index(schema.names[column])}].data[{row}]"
     body.check_used()
-    return check_values(schema, matrix, where_of)
+    return check_values(schema, matrix, where_of, fp32)

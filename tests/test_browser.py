@@ -16,6 +16,8 @@ from tabserve.settings import ApiSettings, WebSettings
 from tests.support import PASSWORD, USERNAME, require, serve_in_thread
 
 CHROMIUM = Path("/usr/bin/chromium")
+# axe-core's rules for WCAG 2.1 levels A and AA (axe-core 4.12, shipped inside axe-playwright-python).
+WCAG_21_AA = {"runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]}}
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 SETOSA = {"sepal_length": "5.1", "sepal_width": "3.5", "petal_length": "1.4", "petal_width": "0.2"}
@@ -62,6 +64,13 @@ def screenshot(tmp_path):
         assert path.stat().st_size > 1000  # an image, not an empty file
 
     return take
+
+
+def axe_violations(tab):
+    """axe-core's WCAG 2.1 AA violations on the page the tab shows: (rule, impact, elements)."""
+    from axe_playwright_python.sync_playwright import Axe
+    results = Axe().run(tab, options=WCAG_21_AA).response
+    return [(v["id"], v["impact"], [node["target"] for node in v["nodes"]]) for v in results["violations"]]
 
 
 def fill(tab, values):
@@ -162,3 +171,40 @@ def test_focus_is_visible(tab, web_url):
     outline = tab.eval_on_selector("#sepal_length", "e => getComputedStyle(e).outlineStyle")
     tab.keyboard.press("Tab")
     assert outline != "none"
+
+
+PAGES = {"form": "/", "answer": "/prediction?sepal_length=5.1&sepal_width=3.5&petal_length=1.4&petal_width=0.2",
+         "invalid": "/prediction?sepal_length=abc&sepal_width=3.5&petal_length=1.4&petal_width=0.2",
+         "not found": "/nothing"}
+
+
+@pytest.mark.parametrize("width", [1280, 375])
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_passes_axe_core_at_desktop_and_phone_widths(chromium, web_url, fruit_web_url, page, width):
+    """The result page at 375 px had a sideways-scrolling table that a keyboard could not reach."""
+    context = chromium.new_context(viewport={"width": width, "height": 800})
+    tab = context.new_page()
+    try:
+        for base in (web_url, fruit_web_url):
+            path = PAGES[page] if base == web_url else PAGES[page].replace(
+                "sepal_length=5.1&sepal_width=3.5&petal_length=1.4&petal_width=0.2", "weight_g=9&colour=red&origin=Chile")
+            tab.goto(base + path)
+            assert axe_violations(tab) == [], f"{base}{path} at {width} px"
+    finally:
+        context.close()
+
+
+def test_the_similar_rows_table_scrolls_by_keyboard_at_375_pixels(chromium, web_url):
+    context = chromium.new_context(viewport={"width": 375, "height": 812})
+    tab = context.new_page()
+    try:
+        tab.goto(web_url + PAGES["answer"])
+        region = tab.locator(".table-scroll")
+        assert region.get_attribute("role") == "region" and region.get_attribute("aria-labelledby") == "similar"
+        assert tab.evaluate("document.querySelector('.table-scroll').scrollWidth") > 375  # it does scroll sideways
+        region.focus()
+        tab.keyboard.press("ArrowRight")
+        assert tab.evaluate("document.activeElement.className") == "table-scroll"
+        tab.wait_for_function("document.querySelector('.table-scroll').scrollLeft > 0", timeout=3000)  # may glide
+    finally:
+        context.close()

@@ -192,6 +192,11 @@ def with_tensor(**changes):
     (with_tensor(data=[5.1, 3.5, 0, 0.2]), "inputs[0][0][2] (petal_length) must be greater than 0 and at most 100"),
     (with_tensor(data=[101, 3.5, 1.4, 0.2]), "inputs[0][0][0] (sepal_length) must be greater than 0 and at most 100 cm, got 101"),
     (b'{"inputs": [{"name": "x", "shape": [4], "datatype": "FP64", "data": [1e999, 3.5, 1.4, 0.2]}]}', "got inf"),
+    # An FP32 tensor holds what the client's own FP32 array would: 5e-324 is 0 there (it was refused as "got nan").
+    (with_tensor(datatype="FP32", data=[5e-324, 3.5, 1.4, 0.2]),
+     "inputs[0][0][0] (sepal_length) must be greater than 0 and at most 100 cm, got 0 as FP32"),
+    (with_tensor(datatype="FP32", data=[5.1, 3.5, 1e39, 0.2]), "(petal_length) must be greater than 0 and at most 100 cm, "
+                                                            "got inf as FP32"),
     (with_tensor(extra=1), "inputs[0].extra is not a field of a tensor"),
     (with_tensor(parameters={"binary_data_size": 32}), "inputs[0].data must be absent when the tensor's bytes follow"),
     ({"inputs": [SETOSA_TENSOR], "outputs": [{"name": "probability"}]}, "outputs[0].name must be one of predict, predict_proba, out_of_range, contributions, got \"probability\""),

@@ -159,6 +159,8 @@ def test_v2_metadata_lists_the_tensors_the_model_takes(served):
     (lambda request: request["inputs"][1].update(data=["purple"]), "inputs[1].data[0] must be one of dark red"),
     (lambda request: request["inputs"][0].update(shape=[2], data=[1.0, 2.0]), "inputs[0].shape says 2 rows"),
     (lambda request: request["inputs"].append(dict(request["inputs"][0])), "each once"),
+    (lambda request: request["inputs"][0].update(datatype="FP32", data=[1e39]), "inputs[0].data[0] must be at least "),
+    (lambda request: request["inputs"][0].update(datatype="FP32", data=[1e39]), "got inf as FP32"),
 ])
 def test_a_bad_tensor_of_a_model_with_categories_is_named(model_files, change, words):
     _, metadata, client = api_of(model_files, "fruit")

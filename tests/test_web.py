@@ -409,3 +409,16 @@ def test_a_new_model_rolled_out_gets_its_own_form_at_its_first_answer(new_web_cl
         form = client.get("/")
         assert form.html.find("h1").text == "Which fruit is this?"
         assert form.html.find("select", id="colour") and not form.html.find(id="sepal_length")
+
+
+def test_every_page_says_what_it_is_for_in_a_meta_description(web_client, new_web_client, closed_port_url):
+    """Lighthouse's SEO audit scored the pages 90 for the lack of one; the words are the model card's."""
+    pages = [web_client.get("/"), web_client.get(f"/prediction?{query(**SETOSA)}"),
+             web_client.get("/prediction?sepal_length=abc", status=400), web_client.get("/nothing", status=404)]
+    for page in pages:
+        description = page.html.find("meta", attrs={"name": "description"})["content"]
+        assert description == ("Iris classifier. Enter four measurements of one flower, in centimetres, and the model "
+                               "names its species."), page.request.path
+    before_the_model_is_known = new_web_client(closed_port_url).get("/", status=503)
+    assert before_the_model_is_known.html.find("meta", attrs={"name": "description"})["content"].startswith(
+        "A prediction service")

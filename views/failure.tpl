@@ -1,5 +1,5 @@
 % # When no answer can be shown: the API unavailable or failing, a page that does not exist.
-% rebase("layout.tpl", title=title, stylesheet=stylesheet, texts=texts)
+% rebase("layout.tpl", title=title, stylesheet=stylesheet, texts=texts, description=description)
   <h1>{{heading}}</h1>
   <p class="lead">{{advice}}</p>
   <p class="actions">

@@ -1,7 +1,7 @@
 % # The form, made from the model's inputs (GET /api/v1.0/model). A number input says step="any" (and the smallest
 % # value its rule allows, if any) so that the browser lets any decimal through and the API, the one place where
 % # the validation rules live, decides; a category is a <select> of its categories.
-% rebase("layout.tpl", title=title, stylesheet=stylesheet, texts=texts)
+% rebase("layout.tpl", title=title, stylesheet=stylesheet, texts=texts, description=description)
   <h1>{{texts["question"]}}</h1>
   <p class="lead">{{texts["lead"]}}</p>
   <p class="examples">Or start from a typical

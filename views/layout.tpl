@@ -4,6 +4,7 @@
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{{title}} · {{texts["title"]}}</title>
+<meta name="description" content="{{description}}">
 <link rel="stylesheet" href="{{stylesheet}}">
 <link rel="icon" href="/static/favicon.svg" type="image/svg+xml">
 </head>

@@ -1,6 +1,6 @@
 % # The answer: the class, a bar chart of the probabilities (inline SVG, no script), why (each value entered, with how
 % # far it moved the answer; the page's one list of the values) and the most similar rows of the training data.
-% rebase("layout.tpl", title=title, stylesheet=stylesheet, texts=texts)
+% rebase("layout.tpl", title=title, stylesheet=stylesheet, texts=texts, description=description)
   <p class="eyebrow">The model says this is</p>
   <h1 class="answer">{{label}}</h1>
   <p class="lead">with a probability of {{percent(answer["probabilities"][answer["prediction"]])}}.</p>
@@ -43,8 +43,9 @@
   % end
   </ul>
   % if answer["neighbours"]:
-  <h2>Most similar in the training data</h2>
-  <div class="table-scroll">
+  <h2 id="similar">Most similar in the training data</h2>
+  % # Focusable and named, so that a keyboard can scroll the table sideways on a narrow screen (WCAG 2.1.1).
+  <div class="table-scroll" tabindex="0" role="region" aria-labelledby="similar">
   <table class="neighbours">
     <thead><tr><th scope="col">Class</th>
     % for item in inputs:
