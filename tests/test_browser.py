@@ -205,6 +205,10 @@ def test_the_similar_rows_table_scrolls_by_keyboard_at_375_pixels(chromium, web_
         region.focus()
         tab.keyboard.press("ArrowRight")
         assert tab.evaluate("document.activeElement.className") == "table-scroll"
-        tab.wait_for_function("document.querySelector('.table-scroll').scrollLeft > 0", timeout=3000)  # may glide
+        for _ in range(30):  # the browser may glide there; the page's CSP forbids wait_for_function's eval
+            if tab.evaluate("document.querySelector('.table-scroll').scrollLeft") > 0:
+                break
+            tab.wait_for_timeout(100)
+        assert tab.evaluate("document.querySelector('.table-scroll').scrollLeft") > 0
     finally:
         context.close()
