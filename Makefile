@@ -15,7 +15,7 @@ API_USERS_SECRET ?= $(abspath $(STACK_FILES))/api_users
 # The address other swarm nodes reach this one at: the source address of this machine's default route.
 ADVERTISE_ADDR ?= $(shell ip route get 1.1.1.1 2>/dev/null | sed -n 's/.* src \([0-9.]*\).*/\1/p')
 
-.PHONY: test train api web screenshots bench bench-batching bench-web load images stack stack-down clean
+.PHONY: test lint train api web screenshots bench bench-batching bench-web load images stack stack-down clean
 
 $(VENV)/installed: requirements.txt requirements-web.txt requirements-test.txt
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ CHECKOV_VERSION := 3.3.30
 
 test: $(VENV)/installed .venv-checkov/installed
 	$(VENV)/bin/python -m pytest
+
+lint: $(VENV)/installed  # ruff over the scripts, the package, the tests and the tools (make test runs it too)
+	$(VENV)/bin/python -m ruff check .
 
 train: $(VENV)/installed  # make train MODEL=random_forest DATASET=wine, or CSV=my.csv TARGET=y for your own table
 	$(VENV)/bin/python train.py $(if $(MODEL),--model $(MODEL)) $(if $(DATASET),--dataset $(DATASET)) \

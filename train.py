@@ -7,14 +7,14 @@ Usage:
     python train.py --csv my.csv --target y --fitted mine.joblib   # adopt a classifier you fitted elsewhere
     python train.py --model random_forest --seed 7 --output /tmp/rf.joblib
 
-The work is done by the package (tabserve/): tables.py and datasets.py read the table, training.py fits and measures,
-describe.py writes the card, repository.py saves both, report.py words the report. It holds out a stratified test split, prints a report (held-out accuracy, 5-fold cross-validation, per-class
+It holds out a stratified test split, prints a report (held-out accuracy, 5-fold cross-validation, per-class
 precision/recall/F1, confusion matrix), and writes two files atomically: the joblib artifact (`--output`) and beside
-it a JSON metadata file with the same name and a `.json` suffix. The metadata is the one description of the model:
-each input's name, label, kind, unit, allowed values and training range or categories; the classes and their
-labels; a typical row per class; a reference sample with the probabilities the model gives it (the API's self-test);
-the page's words. The API reads it first and checks the artifact's sha256 before it unpickles anything. A table
-that cannot make a model (tables.py says why) is refused in one line, and nothing is written.
+it its model card, a JSON file with the same name and a `.json` suffix (tabserve/card.py): the one description of
+the model that every other part reads. The API reads it first and checks the artifact's sha256 before it unpickles
+anything. A table that cannot make a model (tables.py says why) is refused in one line, and nothing is written.
+
+The work is the package's: tabserve/tables.py and datasets.py read the table, training.py fits and measures,
+describe.py writes the card, repository.py saves both, report.py words the report.
 """
 
 import argparse

@@ -9,7 +9,8 @@ Requests that arrive while a call runs queue up; when the call ends, the first o
 every queued row (up to MAX_BATCH_ROWS), so no request waits behind more than one running call plus its own. Each
 gets exactly its own rows back. A combined call that raises is retried request by request, so only the request whose
 rows make the model fail gets the error. Past MAX_QUEUED requests waiting, a request is refused with Overloaded
-(the API answers 503 with Retry-After). The threads of a graceful stop's in-flight requests keep leading calls until the queue is empty.
+(the API answers 503 with Retry-After). The threads of a graceful stop's in-flight requests keep leading calls until
+the queue is empty.
 """
 
 import threading

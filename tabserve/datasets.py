@@ -41,6 +41,6 @@ def load_bundled(name):
         return Table("iris", columns, target, IRIS["source"], class_labels=IRIS["class_labels"], texts=IRIS["texts"])
     names = check_names(data.feature_names)
     columns = [Column(feature, label, "number", data.data[:, i].tolist())
-               for i, (feature, label) in enumerate(zip(names, data.feature_names))]
+               for i, (feature, label) in enumerate(zip(names, data.feature_names, strict=True))]
     return Table(name.replace("_", "-"), columns, target, f"scikit-learn load_{name}, {len(target)} samples",
                  texts={"source": f"scikit-learn's {name.replace('_', ' ')} data"})

@@ -10,7 +10,7 @@ self-test); what explanations need (explain.py); the page's words; metrics, vers
 
 import math
 import platform
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import joblib
 import numpy as np
@@ -69,7 +69,7 @@ def headroom(numbers):
 def json_row(table, row):
     """A row of the table as JSON values, by feature name: floats for numbers, strings for categories."""
     return {column.name: (float(value) if column.kind == "number" else str(value))
-            for column, value in zip(table.columns, row)}
+            for column, value in zip(table.columns, row, strict=True)}
 
 
 def typical_rows(table, X):
@@ -147,7 +147,7 @@ def build_card(table, estimator, X_train, facts, sha256):
         "texts": page_texts(table),
         "metrics": facts["metrics"],
         "training": {**facts["training"], "dataset": table.source,
-                     "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+                     "trained_at": datetime.now(UTC).isoformat(timespec="seconds")},
         "versions": {
             "python": platform.python_version(),
             "scikit-learn": sklearn.__version__,

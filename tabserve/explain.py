@@ -28,7 +28,7 @@ class Explainer:
         self.schema = schema
         self.baselines = [facts["baselines"][name] for name in schema.names]
         deviations = np.array([facts["deviations"][schema.names[i]] for i in schema.number_columns])
-        self.distance_numbers = [column for column, s in zip(schema.number_columns, deviations) if s > 0]
+        self.distance_numbers = [column for column, s in zip(schema.number_columns, deviations, strict=True) if s > 0]
         self.deviations = deviations[deviations > 0]
         self.categories = [i for i, item in enumerate(schema.inputs) if item.kind == "category"]
         rows = facts.get("rows") if facts.get("neighbours") else None
@@ -62,5 +62,5 @@ class Explainer:
         squares += (self.row_categories != row[self.categories]).sum(axis=1)
         nearest = np.argsort(squares, kind="stable")[:NEIGHBOURS]  # stable: ties keep the table's order
         names = self.schema.names
-        return [{"features": dict(zip(names, self.rows[i].tolist())), "class": self.row_classes[i],
+        return [{"features": dict(zip(names, self.rows[i].tolist(), strict=True)), "class": self.row_classes[i],
                  "distance": round(float(np.sqrt(squares[i])), DISTANCE_DIGITS)} for i in nearest.tolist()]

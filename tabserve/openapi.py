@@ -32,7 +32,7 @@ def rows_schemas(schema):
     """Features (an object by name) and Row (that, or a list in input order) of the batch."""
     values = [value_schema(item) for item in schema.inputs]
     features = {"type": "object", "required": list(schema.names), "additionalProperties": False,
-                "properties": dict(zip(schema.names, values))}
+                "properties": dict(zip(schema.names, values, strict=True))}
     as_list = {"type": "array", "prefixItems": values, "minItems": len(values), "maxItems": len(values),
                "description": f"The inputs in the order {', '.join(schema.names)}"}
     return features, {"oneOf": [as_list, {"$ref": "#/components/schemas/Features"}]}
@@ -57,8 +57,9 @@ def matrix_tensor(schema):
     return {
         "type": "object", "required": ["name", "shape", "datatype", "data"], "additionalProperties": False,
         "description": f"Shape [N, {columns}] (N at most {MAX_ROWS}) or [{columns}]: the inputs "
-                       f"{', '.join(schema.names)} in this order, data flat or one list per row, row-major; FP32, FP64, "
-                       "or an INT or UINT type (converted). Every value follows its input's rule (GET /api/v1.0/model).",
+                       f"{', '.join(schema.names)} in this order, data flat or one list per row, row-major; FP32, "
+                       "FP64, or an INT or UINT type (converted). Every value follows its input's rule "
+                       "(GET /api/v1.0/model).",
         "properties": {
             "name": {"type": "string"},
             "shape": {"oneOf": [

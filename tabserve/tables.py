@@ -133,7 +133,7 @@ def read_csv(path, target, drop=(), name=None):
     """A Table from a CSV file: the target column as classes, every other column not dropped as a feature."""
     header, rows = read_rows(path)
     names = check_names(header)
-    by_name = dict(zip(header, range(len(header))))
+    by_name = dict(zip(header, range(len(header)), strict=True))
     for column in (target, *drop):
         if column not in by_name:
             raise TableError(f"{column!r} is not a column of {path}; its columns are {', '.join(header)}")

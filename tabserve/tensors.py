@@ -274,8 +274,9 @@ def check_values(schema, matrix, where_of, fp32=()):
 def read_inputs(schema, header, binary):
     """The request's input tensors as an (N, inputs) array of values that follow their rules."""
     if "inputs" not in header:
-        raise bad("inputs", "is required: " + (f"one tensor, '{INPUT_NAME}' of shape [N, {len(schema.inputs)}]"
-                                               if schema.numeric else f"one tensor per input ({', '.join(schema.names)})"))
+        wanted = (f"one tensor, '{INPUT_NAME}' of shape [N, {len(schema.inputs)}]" if schema.numeric
+                  else f"one tensor per input ({', '.join(schema.names)})")
+        raise bad("inputs", f"is required: {wanted}")
     expect("inputs", header["inputs"], list)
     body = Body(binary)
     if schema.numeric:

@@ -34,7 +34,7 @@ ALGORITHMS = {
     ),
     "random_forest": lambda seed: RandomForestClassifier(n_estimators=100, random_state=seed),
     "knn": lambda seed: make_pipeline(StandardScaler(), KNeighborsClassifier(n_neighbors=5)),
-    # SVC has no probabilities of its own: calibrate its scores (what scikit-learn 1.9 recommends over probability=True).
+    # SVC has no probabilities of its own: calibrate its scores (scikit-learn 1.9's advice over probability=True).
     "svc": lambda seed: make_pipeline(
         StandardScaler(), CalibratedClassifierCV(SVC(random_state=seed), ensemble=False)
     ),
@@ -78,8 +78,8 @@ def build_estimator(table, algorithm, seed):
         return estimator
     numbers = [i for i, kind in enumerate(kinds) if kind == "number"]
     categories = [i for i, kind in enumerate(kinds) if kind == "category"]
-    encode = ColumnTransformer([("numbers", StandardScaler(), numbers),
-                                ("categories", OneHotEncoder(handle_unknown="ignore", sparse_output=False), categories)])
+    one_hot = OneHotEncoder(handle_unknown="ignore", sparse_output=False)
+    encode = ColumnTransformer([("numbers", StandardScaler(), numbers), ("categories", one_hot, categories)])
     return make_pipeline(encode, estimator)
 
 

@@ -166,7 +166,7 @@ def trusted_networks(text):
     networks = []
     for item in filter(None, (part.strip() for part in (text or "").split(","))):
         try:
-            networks.append(ipaddress.ip_network(item, strict=False))
+            networks.append(ipaddress.ip_network(item, strict=True))
         except ValueError:
             raise ValueError(f"TRUSTED_PROXIES: {item!r} is not an address or a network") from None
     return tuple(networks)
@@ -212,7 +212,8 @@ class Users:
 
     def read(self):
         try:
-            text = open(self.path, encoding="utf-8").read()
+            with open(self.path, encoding="utf-8") as handle:
+                text = handle.read()
         except (OSError, UnicodeError) as err:
             raise UsersFileError(f"cannot read {self.path}: {err}") from None
         return parse_users(text, self.path)
@@ -269,7 +270,8 @@ class Users:
         name, password = given
         users = self.users
         # An unknown name is compared with a hash that matches nothing: it costs what a known one costs.
-        if any([verify_password(password, encoded) for encoded in users.get(name) or (dummy_hash(),)]) and name in users:
+        hashes = users.get(name) or (dummy_hash(),)
+        if any([verify_password(password, encoded) for encoded in hashes]) and name in users:
             return name
         self.limiter.fail(address, now)
         self.on_failure(name if name in users else UNKNOWN_USER)

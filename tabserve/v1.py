@@ -81,7 +81,7 @@ def parse_row(schema, index, row):
         return None, [field_error(where, f"must be a list of {count} {what} or an object with the names "
                                          f"{', '.join(names)}")]
     checked, errors = [], []
-    for item, field, value in zip(schema.inputs, fields, values):
+    for item, field, value in zip(schema.inputs, fields, values, strict=True):
         try:
             checked.append(item.parse_json(value))
         except ValueError as err:

@@ -11,10 +11,10 @@ The specification: kserve/open-inference-protocol (specification/protocol/infere
 tensor data extension (docs/protocol/extension_binary_data.md), which Triton's clients use by default: a JSON header,
 its length in Inference-Header-Content-Length, followed by raw little-endian tensors. The inputs are read by
 tensors.py: one tensor of shape [N, n] for a model of numbers only, one tensor per input for a model with
-categories; the model metadata lists them. The outputs are named as MLServer's scikit-learn runtime names them: predict (the class names), predict_proba (a column
-per class, in the model's order) and out_of_range (/api/v1.0's drift signal, counted in the same metrics). Errors
-are {"error": "..."} naming the tensor or field; the limits and the value rules are /api/v1.0's. The routes are
-in api.ROUTES, beside /api/v1.0's.
+categories; the model metadata lists them. The outputs are named as MLServer's scikit-learn runtime names them:
+predict (the class names), predict_proba (a column per class, in the model's order) and out_of_range (/api/v1.0's
+drift signal, counted in the same metrics). Errors are {"error": "..."} naming the tensor or field; the limits and the
+value rules are /api/v1.0's. The routes are in api.ROUTES, beside /api/v1.0's.
 """
 
 import functools
@@ -25,8 +25,8 @@ import bottle
 import numpy as np
 
 from tabserve import __version__, wsgi
-from tabserve.wsgi import RequestError, shorten
 from tabserve.tensors import INPUT_NAME, MAX_REPORTED, bad, check_parameters, expect, read_inputs
+from tabserve.wsgi import RequestError, shorten
 
 SERVER_METADATA = {"name": "tabserve", "version": __version__, "extensions": ["binary_tensor_data"]}
 PLATFORM = "sklearn_joblib"
@@ -160,7 +160,8 @@ def requested_outputs(header):
             raise bad(f"{where}.{shorten(unknown[0])}", "is not a field of a requested output; they are name and "
                                                         "parameters")
         if expect(f"{where}.name", output.get("name"), str) not in OUTPUTS:
-            raise bad(f"{where}.name", f"must be one of {', '.join(OUTPUTS)}, got {shorten(json.dumps(output['name']))}")
+            got = shorten(json.dumps(output["name"]))
+            raise bad(f"{where}.name", f"must be one of {', '.join(OUTPUTS)}, got {got}")
         parameters = check_parameters(f"{where}.parameters", output.get("parameters", {}), "binary_data")
         requested.append((output["name"], parameters.get("binary_data", default_binary)))
     return requested

@@ -12,9 +12,19 @@ import api
 import train
 import web
 from tabserve.settings import ApiSettings, WebSettings
-from tests.support import (PASSWORD, TESTS_FAILURES_PER_MINUTE, USERNAME, api_server, docker_available, free_port,
-                           remove_untagged_images, require, serve_in_thread, untagged_images,
-                           write_fruit_csv)
+from tests.support import (
+    PASSWORD,
+    TESTS_FAILURES_PER_MINUTE,
+    USERNAME,
+    api_server,
+    docker_available,
+    free_port,
+    remove_untagged_images,
+    require,
+    serve_in_thread,
+    untagged_images,
+    write_fruit_csv,
+)
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,8 @@
 a server hands to apps, for test_serve.py."""
 
 import json
-from tabserve import wsgi
 
+from tabserve import wsgi
 
 
 def echo(environ, start_response):

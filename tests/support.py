@@ -67,7 +67,7 @@ def auth_header(username=USERNAME, password=PASSWORD):
 def query(values):
     """A query string with the four measurements, in order: query(FLOWERS["setosa"])."""
     return "&".join(f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}"
-                    for name, value in zip(FEATURES, values))
+                    for name, value in zip(FEATURES, values, strict=True))
 
 
 def require(available, reason):
@@ -104,7 +104,8 @@ def remove_untagged_images(keep):
 def readme_curl(port):
     """The exact curl command of the README's quick start, pointed at this API port."""
     readme = (ROOT / "README.md").read_text()
-    command = next(line for line in readme.splitlines() if line.startswith('curl -i -H "Content-Type:application/json"'))
+    command = next(line for line in readme.splitlines()
+                   if line.startswith('curl -i -H "Content-Type:application/json"'))
     assert "localhost:8000/api/v1.0?sepal_length=1&sepal_width=1&petal_length=1&petal_width=1" in command
     return shlex.split(command.replace("localhost:8000", f"localhost:{port}"))
 
@@ -178,10 +179,11 @@ class Server:
     def __init__(self, module, env=None, command=None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = tempfile.NamedTemporaryFile(prefix="tabserve-server-", suffix=".log", delete=False)
+        log, self.log_path = tempfile.mkstemp(prefix="tabserve-server-", suffix=".log")
         environ = {**os.environ, **SERVER_SETTINGS, "HOST": "127.0.0.1", "PORT": str(self.port), **(env or {})}
         argv = command(self.port) if command else [sys.executable, "serve.py", module]
-        self.process = subprocess.Popen(argv, cwd=ROOT, env=environ, stdout=self.log, stderr=self.log)
+        self.process = subprocess.Popen(argv, cwd=ROOT, env=environ, stdout=log, stderr=log)
+        os.close(log)  # the server has its own copy
 
     def rss_mib(self):
         """Resident memory of the main process and of each worker, in MiB."""
@@ -189,7 +191,7 @@ class Server:
         return [rss_mib(pid) for pid in [self.process.pid, *map(int, children.split())]]
 
     def log_text(self):
-        return Path(self.log.name).read_text()
+        return Path(self.log_path).read_text()
 
     def stop(self):
         """Stop the server (SIGTERM, as docker stop does) and remove its log."""
@@ -200,8 +202,7 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-        self.log.close()
-        Path(self.log.name).unlink(missing_ok=True)
+        Path(self.log_path).unlink(missing_ok=True)
 
 
 def api_server(model_path, server="serve.py", **env):

@@ -16,12 +16,10 @@ from openapi_spec_validator import validate
 from sklearn.datasets import load_iris
 
 import api
-from tabserve import fastpaths, model, serving
+from tabserve import fastpaths, model, serving, users, wsgi
 from tabserve.batching import Overloaded
 from tabserve.model import Unpredictable
-from tabserve.settings import ApiSettings, DEFAULT_MODEL_PATH, read_api_settings
-from tabserve import users
-from tabserve import wsgi
+from tabserve.settings import DEFAULT_MODEL_PATH, ApiSettings, read_api_settings
 from tests.support import FEATURES, PASSWORD, USERNAME, auth_header
 
 README_QUERY = "sepal_length=1&sepal_width=1&petal_length=1&petal_width=1"
@@ -84,7 +82,8 @@ def test_boundary_values_are_accepted(api_client):
     ("sepal_length=1&sepal_width=1&petal_length=1", "petal_width", "is required"),
     (README_QUERY + "&sepal_lenght=1", "sepal_lenght", "the parameters are sepal_length, sepal_width"),
     (README_QUERY + "&petal_width=2", "petal_width", "was given 2 times"),
-    ("sepal_length=abc&sepal_width=1&petal_length=1&petal_width=1", "sepal_length", "must be a decimal number in cm, got 'abc'"),
+    ("sepal_length=abc&sepal_width=1&petal_length=1&petal_width=1", "sepal_length",
+     "must be a decimal number in cm, got 'abc'"),
     ("sepal_length=&sepal_width=1&petal_length=1&petal_width=1", "sepal_length", "must be a decimal number"),
     ("sepal_length=nan&sepal_width=1&petal_length=1&petal_width=1", "sepal_length", "must be a decimal number"),
     ("sepal_length=inf&sepal_width=1&petal_length=1&petal_width=1", "sepal_length", "must be a decimal number"),
@@ -93,7 +92,8 @@ def test_boundary_values_are_accepted(api_client):
     ("sepal_length=1_0&sepal_width=1&petal_length=1&petal_width=1", "sepal_length", "must be a decimal number"),
     ("sepal_length=%201&sepal_width=1&petal_length=1&petal_width=1", "sepal_length", "must be a decimal number"),
     ("sepal_length=%D9%A3&sepal_width=1&petal_length=1&petal_width=1", "sepal_length", "must be a decimal number"),
-    ("sepal_length=0&sepal_width=1&petal_length=1&petal_width=1", "sepal_length", "greater than 0 and at most 100 cm, got 0"),
+    ("sepal_length=0&sepal_width=1&petal_length=1&petal_width=1", "sepal_length",
+     "greater than 0 and at most 100 cm, got 0"),
     ("sepal_length=-1&sepal_width=1&petal_length=1&petal_width=1", "sepal_length", "greater than 0 and at most 100 cm"),
     ("sepal_length=100.5&sepal_width=1&petal_length=1&petal_width=1", "sepal_length", "at most 100 cm, got 100.5"),
     ("sepal_length=%ff&sepal_width=1&petal_length=1&petal_width=1", "query", "is not valid UTF-8"),
@@ -165,7 +165,8 @@ def test_right_credentials_work_on_every_protected_endpoint(credentials_app):
 
 def test_failed_login_logs_the_user_but_never_the_password(anonymous_api_client, caplog):
     caplog.set_level(logging.INFO)
-    anonymous_api_client.get(f"/api/v1.0?{README_QUERY}", headers={"Authorization": basic(b"mallory:hunter2")}, status=401)
+    anonymous_api_client.get(f"/api/v1.0?{README_QUERY}", headers={"Authorization": basic(b"mallory:hunter2")},
+                             status=401)
     assert "authentication failed for user 'mallory'" in caplog.text
     assert "hunter2" not in caplog.text
 
@@ -186,8 +187,8 @@ def test_batch_of_lists_and_objects(api_client):
 def test_batch_row_equals_the_single_answer(api_client):
     rows = [[1, 1, 1, 1], list(SETOSA.values()), list(VIRGINICA.values()), [6.0, 2.7, 4.2, 1.3], [50, 0.1, 9, 3]]
     batch = api_client.post_json("/api/v1.0/predict", {"instances": rows}).json["predictions"]
-    for row, answer in zip(rows, batch):
-        single = api_client.get("/api/v1.0?" + query(**dict(zip(FEATURES, row)))).json
+    for row, answer in zip(rows, batch, strict=True):
+        single = api_client.get("/api/v1.0?" + query(**dict(zip(FEATURES, row, strict=True)))).json
         assert answer == {key: single[key] for key in ("prediction", "probabilities", "warnings")}
 
 
@@ -232,7 +233,8 @@ def test_every_bad_row_is_named(api_client):
 
 
 def test_too_many_rows_gives_413(api_client):
-    response = api_client.post_json("/api/v1.0/predict", {"instances": [[1, 1, 1, 1]] * (model.MAX_ROWS + 1)}, status=413)
+    too_many = {"instances": [[1, 1, 1, 1]] * (model.MAX_ROWS + 1)}
+    response = api_client.post_json("/api/v1.0/predict", too_many, status=413)
     assert "at most 10000 instances" in response.json["detail"]
 
 
@@ -252,7 +254,8 @@ def test_body_not_sent_as_json_gives_415(api_client, content_type):
 
 
 def test_json_content_type_with_charset_is_accepted(api_client):
-    api_client.post("/api/v1.0/predict", '{"instances": [[1, 1, 1, 1]]}', content_type="application/json; charset=utf-8")
+    api_client.post("/api/v1.0/predict", '{"instances": [[1, 1, 1, 1]]}',
+                    content_type="application/json; charset=utf-8")
 
 
 # --- The other endpoints ---------------------------------------------------------------------------------------

@@ -13,10 +13,10 @@ import joblib
 import numpy as np
 import pytest
 
-from tabserve import batching
-from tabserve.settings import ApiSettings, read_api_settings
 import train
+from tabserve import batching
 from tabserve.batching import Batcher, Overloaded
+from tabserve.settings import ApiSettings, read_api_settings
 from tests.support import api_server, auth_header, query
 
 
@@ -75,7 +75,7 @@ def test_concurrent_requests_share_calls_and_get_their_own_rows():
     batcher = Batcher(predict_proba)
     rows = [np.array([[float(i), 1.0]] * (1 + i % 3)) for i in range(64)]
     answers = concurrently(batcher, rows)
-    for request, answer in zip(rows, answers):
+    for request, answer in zip(rows, answers, strict=True):
         assert answer.tolist() == np.column_stack([request[:, 0], -request[:, 0]]).tolist()
     assert len(calls) < 64 / 2 and sum(calls) == sum(map(len, rows))  # combined, and nothing lost or doubled
 
@@ -118,7 +118,7 @@ def expected_answers(forest, rows):
     """What /api/v1.0 must answer for these rows: the forest's own predict_proba, rounded as the API rounds."""
     estimator = joblib.load(forest)
     probabilities = np.round(estimator.predict_proba(np.array(rows)), 6)
-    return [dict(zip(estimator.classes_, row)) for row in probabilities.tolist()]
+    return [dict(zip(estimator.classes_, row, strict=True)) for row in probabilities.tolist()]
 
 
 def test_rows_of_thousands_of_concurrent_requests_never_mix(forest):

@@ -187,7 +187,8 @@ def test_every_page_passes_axe_core_at_desktop_and_phone_widths(chromium, web_ur
     try:
         for base in (web_url, fruit_web_url):
             path = PAGES[page] if base == web_url else PAGES[page].replace(
-                "sepal_length=5.1&sepal_width=3.5&petal_length=1.4&petal_width=0.2", "weight_g=9&colour=red&origin=Chile")
+                "sepal_length=5.1&sepal_width=3.5&petal_length=1.4&petal_width=0.2",
+                "weight_g=9&colour=red&origin=Chile")
             tab.goto(base + path)
             assert axe_violations(tab) == [], f"{base}{path} at {width} px"
     finally:

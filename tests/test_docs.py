@@ -107,7 +107,8 @@ def variables_of_the_deployment():
         names |= set(re.findall(r"\$\{([A-Z_]+)", (ROOT / path).read_text()))
     makefile = (ROOT / "Makefile").read_text()
     names |= set(re.findall(r"^([A-Z_]+) \?=", makefile, re.M))
-    names |= set(re.findall(r"\$\(if \$\(([A-Z_]+)\)", makefile)) | set(re.findall(r"--[a-z-]+ \$\(([A-Z_]+)\)", makefile))
+    names |= set(re.findall(r"\$\(if \$\(([A-Z_]+)\)", makefile))
+    names |= set(re.findall(r"--[a-z-]+ \$\(([A-Z_]+)\)", makefile))
     return names - variables_read_by_the_code()
 
 

@@ -16,10 +16,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tabserve import inputs
-from tabserve.settings import WebSettings
 import web
-from tabserve import client, wsgi
+from tabserve import client, inputs, wsgi
+from tabserve.settings import WebSettings
 from tests.support import FEATURES, PASSWORD, USERNAME
 
 AUTHORIZATION = client.basic_authorization(USERNAME, PASSWORD)
@@ -50,7 +49,8 @@ def run_schemathesis(document, base_url, seed, model_identity, workdir, *options
     result = subprocess.run(argv, cwd=workdir, env={**os.environ, **model_identity}, capture_output=True, text=True,
                             timeout=600)
     summary = result.stdout[result.stdout.rfind("SUMMARY"):]
-    failures = "\n".join(line[:300] for line in result.stdout.splitlines() if line.startswith(("___", "- ", "[", "    `")))
+    failures = "\n".join(line[:300] for line in result.stdout.splitlines()
+                         if line.startswith(("___", "- ", "[", "    `")))
     assert result.returncode == 0, failures + summary + result.stderr[-2000:]
     assert "No issues found" in summary or "passed" in summary, summary
     generated = re.search(r"(\d+) generated", summary)

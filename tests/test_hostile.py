@@ -3,6 +3,7 @@ loopback ports. Raw sockets, so that nothing between the test and the server tid
 """
 
 import base64
+import contextlib
 import json
 import signal
 import socket
@@ -31,10 +32,9 @@ def served_web(served_api):
 def exchange(port, data, timeout=10.0):
     """Send raw bytes and return all the server sends back until it closes the connection."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        try:
+        # The server may refuse to read more: what it answered, if anything, is still to be read.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             sock.sendall(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the server refused to read more: what it answered, if anything, is still to be read
         chunks = []
         try:
             while chunk := sock.recv(65536):

@@ -130,10 +130,10 @@ def test_every_iris_flower_gets_the_answer_of_api_v1(triton_client, served_api):
     rows = load_iris().data
     result = infer(triton_client, rows, "FP64")
     labels, probabilities = result.as_numpy("predict"), result.as_numpy("predict_proba")
-    for row, label, row_probabilities in zip(rows, labels, probabilities):
+    for row, label, row_probabilities in zip(rows, labels, probabilities, strict=True):
         answer = get(served_api, "/api/v1.0?" + query(tuple(float(value) for value in row)))
         assert label.decode() == answer["prediction"]
-        assert dict(zip(CLASSES, row_probabilities.tolist())) == answer["probabilities"]
+        assert dict(zip(CLASSES, row_probabilities.tolist(), strict=True)) == answer["probabilities"]
 
 
 def test_fp32_inputs_at_the_edge_of_the_training_range_are_not_out_of_range(triton_client, model_path):
@@ -190,20 +190,23 @@ def with_tensor(**changes):
     (with_tensor(data=[5.1, True, 1.4, 0.2]), "inputs[0].data[1] must be a number for FP64, got true"),
     (with_tensor(datatype="INT32", data=[5.1, 3, 1, 1]), "inputs[0].data[0] must be an integer for INT32"),
     (with_tensor(data=[5.1, 3.5, 0, 0.2]), "inputs[0][0][2] (petal_length) must be greater than 0 and at most 100"),
-    (with_tensor(data=[101, 3.5, 1.4, 0.2]), "inputs[0][0][0] (sepal_length) must be greater than 0 and at most 100 cm, got 101"),
+    (with_tensor(data=[101, 3.5, 1.4, 0.2]),
+     "inputs[0][0][0] (sepal_length) must be greater than 0 and at most 100 cm, got 101"),
     (b'{"inputs": [{"name": "x", "shape": [4], "datatype": "FP64", "data": [1e999, 3.5, 1.4, 0.2]}]}', "got inf"),
     # An FP32 tensor holds what the client's own FP32 array would: 5e-324 is 0 there (it was refused as "got nan").
     (with_tensor(datatype="FP32", data=[5e-324, 3.5, 1.4, 0.2]),
      "inputs[0][0][0] (sepal_length) must be greater than 0 and at most 100 cm, got 0 as FP32"),
-    (with_tensor(datatype="FP32", data=[5.1, 3.5, 1e39, 0.2]), "(petal_length) must be greater than 0 and at most 100 cm, "
-                                                            "got inf as FP32"),
+    (with_tensor(datatype="FP32", data=[5.1, 3.5, 1e39, 0.2]),
+     "(petal_length) must be greater than 0 and at most 100 cm, got inf as FP32"),
     (with_tensor(extra=1), "inputs[0].extra is not a field of a tensor"),
     (with_tensor(parameters={"binary_data_size": 32}), "inputs[0].data must be absent when the tensor's bytes follow"),
-    ({"inputs": [SETOSA_TENSOR], "outputs": [{"name": "probability"}]}, "outputs[0].name must be one of predict, predict_proba, out_of_range, contributions, got \"probability\""),
+    ({"inputs": [SETOSA_TENSOR], "outputs": [{"name": "probability"}]},
+     "outputs[0].name must be one of predict, predict_proba, out_of_range, contributions, got \"probability\""),
     ({"inputs": [SETOSA_TENSOR], "outputs": {"name": "predict"}}, "outputs must be an array, got an object"),
     ({"inputs": [SETOSA_TENSOR], "parameters": {"binary_data_output": "yes"}},
      "parameters.binary_data_output must be true or false"),
-    ({"inputs": [SETOSA_TENSOR], "parameters": {"deep": {"a": 1}}}, "parameters.deep must be a string, a number or a boolean, got an object"),
+    ({"inputs": [SETOSA_TENSOR], "parameters": {"deep": {"a": 1}}},
+     "parameters.deep must be a string, a number or a boolean, got an object"),
 ])
 def test_a_bad_inference_request_gets_a_400_naming_the_field(api_client, body, words):
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -300,7 +303,8 @@ def test_binary_sizes_that_do_not_add_up_get_a_400(api_client, size, tail, heade
 
 def test_binary_data_without_a_size_gets_a_400(api_client):
     header = json.dumps(with_tensor()).encode()
-    response = api_client.post(INFER, header + b"\x00" * 16, headers={"Inference-Header-Content-Length": str(len(header))},
+    response = api_client.post(INFER, header + b"\x00" * 16,
+                               headers={"Inference-Header-Content-Length": str(len(header))},
                                content_type="application/octet-stream", status=400)
     assert "no input names a binary_data_size" in error_of(response)
 
@@ -380,8 +384,9 @@ def test_v2_requests_and_predictions_are_counted(model_path):
     client.post(INFER, json.dumps(with_tensor(shape=[3, 4], data=rows)), content_type="application/json")
     client.post(INFER, "{", content_type="application/json", status=400)
     metrics = client.get("/metrics").text
-    assert 'tabserve_api_requests_total{endpoint="/v2/models/<name>/infer",method="POST",status="200",user="tester"} 1.0' in metrics
-    assert 'tabserve_api_requests_total{endpoint="/v2/models/<name>/infer",method="POST",status="400",user="tester"} 1.0' in metrics
+    for status in (200, 400):
+        assert ('tabserve_api_requests_total{endpoint="/v2/models/<name>/infer",method="POST",'
+                f'status="{status}",user="tester"}} 1.0') in metrics
     assert 'tabserve_api_predictions_total{class="setosa"} 2.0' in metrics
     assert 'tabserve_api_predictions_total{class="virginica"} 1.0' in metrics
     assert 'tabserve_api_inputs_out_of_range_total{feature="sepal_length"} 1.0' in metrics

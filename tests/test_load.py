@@ -1,4 +1,5 @@
-"""A smoke run of tools/load.py: a few thousand mixed requests through the production server, every answer checked, no 5xx."""
+"""A smoke run of tools/load.py: a few thousand mixed requests through the production server, every answer checked,
+no 5xx."""
 
 import subprocess
 import sys

@@ -28,7 +28,8 @@ def table_rows(name, model_files):
     if name in ("iris", "wine"):
         data = (load_iris if name == "iris" else load_wine)()
         features = json.loads(model_files[name].with_suffix(".json").read_text())["features"]
-        return [dict(zip(features, map(float, row))) for row in data.data], list(data.target_names[data.target])
+        rows = [dict(zip(features, map(float, row), strict=True)) for row in data.data]
+        return rows, list(data.target_names[data.target])
     with open(model_files[name].with_name("fruit.csv"), encoding="utf-8") as handle:
         records = list(csv.DictReader(handle))
     rows = [{"weight_g": float(record["Weight (g)"]), "colour": record["Colour"], "origin": record["Origin"]}
@@ -74,7 +75,7 @@ def test_every_training_row_gets_one_answer_from_get_the_batch_and_v2(served, mo
         assert {key: answer[key] for key in ("prediction", "probabilities", "warnings")} == batch[index]
         assert answer["features"] == row
         assert labels[index] == answer["prediction"]
-        assert dict(zip(metadata["classes"], probabilities[index].tolist())) == answer["probabilities"]
+        assert dict(zip(metadata["classes"], probabilities[index].tolist(), strict=True)) == answer["probabilities"]
 
 
 def test_the_model_is_good_at_its_own_table(served, model_files):
@@ -336,7 +337,7 @@ def test_v2_sends_contributions_only_when_asked_json_or_binary(served, model_fil
                                                                                    "out_of_range"]
     asked = client.post_json(path, {**request, "outputs": [{"name": "contributions"}]}).json["outputs"][0]
     assert asked["datatype"] == "FP64" and asked["shape"] == [5, len(metadata["features"])]
-    for row, values in zip(rows[:5], np.array(asked["data"]).reshape(5, -1)):
+    for row, values in zip(rows[:5], np.array(asked["data"]).reshape(5, -1), strict=True):
         expected = client.get("/api/v1.0/explain", params=row).json["contributions"]
         assert values.tolist() == list(expected.values())
     binary = client.post_json(path, {**request, "outputs": [{"name": "contributions",
@@ -375,7 +376,8 @@ def test_explanations_are_counted_like_predictions(model_files):
     metrics = client.get("/metrics").text
     assert 'tabserve_api_explanations_total{class="setosa"} 1.0' in metrics
     assert 'tabserve_api_explanations_total{class="virginica"} 1.0' in metrics
-    assert 'tabserve_api_requests_total{endpoint="/api/v1.0/explain",method="GET",status="200",user="tester"} 1.0' in metrics
+    assert ('tabserve_api_requests_total{endpoint="/api/v1.0/explain",method="GET",status="200",user="tester"} 1.0'
+            in metrics)
 
 
 def test_the_result_page_shows_why_and_the_most_similar_rows(site):
@@ -386,6 +388,6 @@ def test_the_result_page_shows_why_and_the_most_similar_rows(site):
     assert len(why) == len(metadata["features"])
     points = [float(li.select_one(".value").text.split()[0]) for li in why]
     assert points == sorted(points, key=abs, reverse=True)  # largest first
-    assert all(("toward" in li["class"]) == (p >= 0) for li, p in zip(why, points))
+    assert all(("toward" in li["class"]) == (p >= 0) for li, p in zip(why, points, strict=True))
     neighbours = page.html.select(".neighbours tbody tr")
     assert len(neighbours) == 3 and neighbours[0].find("td").text == species

@@ -13,9 +13,8 @@ import webtest
 from prometheus_client.parser import text_string_to_metric_families
 
 import api
-from tabserve import model
+from tabserve import logs, model, wsgi
 from tabserve.settings import ApiSettings, StartupError, read_api_settings
-from tabserve import logs, wsgi
 from tests.support import FLOWERS, PASSWORD, USERNAME, Server, api_server, auth_header, query, wait_ready
 
 AUTH = auth_header()
@@ -108,7 +107,8 @@ def test_in_process_metrics_count_this_app(model_path):
     client.get(f"/api/v1.0?{query(SETOSA)}")
     parsed = samples(client.get("/metrics").text)
     assert value(parsed, "tabserve_api_predictions_total", **{"class": "setosa"}) == 1
-    assert value(parsed, "tabserve_api_requests_total", endpoint="/api/v1.0", method="GET", status="200", user=USERNAME) == 1
+    assert value(parsed, "tabserve_api_requests_total", endpoint="/api/v1.0", method="GET", status="200",
+                 user=USERNAME) == 1
 
 
 # --- Request IDs and logs --------------------------------------------------------------------------------------

@@ -13,12 +13,11 @@ from urllib.parse import urlencode
 import pytest
 
 import api
-from tabserve import forms
-from tabserve.settings import ApiSettings, StartupError, read_web_settings
 import train
 import web
-from tests.support import (FEATURES, PASSWORD, ROOT, USERNAME, auth_header, free_port, serve_in_thread,
-                           write_fruit_csv)
+from tabserve import forms
+from tabserve.settings import ApiSettings, StartupError, read_web_settings
+from tests.support import FEATURES, PASSWORD, ROOT, USERNAME, auth_header, free_port, serve_in_thread, write_fruit_csv
 
 SETOSA = {"sepal_length": "5.1", "sepal_width": "3.5", "petal_length": "1.4", "petal_width": "0.2"}
 SECRETS = (PASSWORD, auth_header()["Authorization"].split()[1])
@@ -63,7 +62,8 @@ def test_submitting_the_form_shows_a_real_prediction(web_client):
     assert page.html.find("h1").text == "Iris setosa"
     bars = page.html.select(".chart svg rect.fill")
     assert len(bars) == 3 and max(float(bar["width"]) for bar in bars) > 90
-    assert [li.select_one(".label").text for li in page.html.select(".chart li")] == ["setosa", "versicolor", "virginica"]
+    labels = [li.select_one(".label").text for li in page.html.select(".chart li")]
+    assert labels == ["setosa", "versicolor", "virginica"]
     # Why lists each value entered, once, beside how far it moved the answer
     entered = {li.select_one(".label").text for li in page.html.select(".why li")}
     assert entered == {"Sepal length 5.1 cm", "Sepal width 3.5 cm", "Petal length 1.4 cm", "Petal width 0.2 cm"}

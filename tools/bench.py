@@ -28,8 +28,19 @@ from pathlib import Path
 import numpy as np
 
 from tabserve import users
-from tests.support import (FLOWERS, PASSWORD, ROOT, USERNAME, Server, auth_header, free_port, query,
-                           remove_untagged_images, untagged_images, wait_ready)
+from tests.support import (
+    FLOWERS,
+    PASSWORD,
+    ROOT,
+    USERNAME,
+    Server,
+    auth_header,
+    free_port,
+    query,
+    remove_untagged_images,
+    untagged_images,
+    wait_ready,
+)
 
 AUTH = auth_header()["Authorization"]
 SETOSA = query(FLOWERS["setosa"])

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import train
 from tests.support import FLOWERS, PASSWORD, USERNAME, Server, query, wait_ready
-from tools.bench import (MLSERVER_HOME, measure, mlserver_executable, post_script, print_table, start_mlserver, stop,
-                         wrk)
+from tools.bench import MLSERVER_HOME, measure, mlserver_executable, post_script, print_table, start_mlserver, stop, wrk
 
 SETOSA = query(FLOWERS["setosa"])
 # MLServer's adaptive batching as the issue measured it: up to 16 requests, waiting at most 2 ms for them.

@@ -46,7 +46,8 @@ def build_mix(model_path):
     def single(name):
         return lambda body: {k: body[k] for k in ("prediction", "probabilities", "warnings")} == answers[name]
 
-    mix = [("api", "GET", f"/api/v1.0?{query(values)}", AUTH, None, 200, single(name)) for name, values in FLOWERS.items()]
+    mix = [("api", "GET", f"/api/v1.0?{query(values)}", AUTH, None, 200, single(name))
+           for name, values in FLOWERS.items()]
     mix += [
         ("api", "POST", "/api/v1.0/predict", json_headers, json.dumps({"instances": batch}), 200,
          lambda body: body["predictions"] == batch_answers),
