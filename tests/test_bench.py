@@ -56,3 +56,17 @@ def test_the_web_page_bench_runs_and_prints_its_target(model_path):
     pages = [line for line in result.stdout.splitlines() if line.startswith(("| the page at HEAD", "| this tree"))]
     assert len(pages) == 2 and all(line.rstrip(" |").endswith("| 0") for line in pages), result.stdout
     assert "| the page with its \"Why\" costs the web app ≤ 110% of the page before |" in result.stdout
+
+
+def test_the_bench_beside_a_base_commit_runs_and_prints_both_columns():
+    """Against HEAD, which every clone has; the figures are printed, not asserted, but every request must succeed."""
+    require(shutil.which("wrk"), "wrk is not installed (apt-get install wrk)")
+    result = subprocess.run([sys.executable, "-m", "tools.bench_versus", "--base", "HEAD", "--duration", "1",
+                             "--rounds", "1", "--cold-starts", "1"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows[0] == "| figure | at HEAD | this tree | this / base |"
+    for figure in ("cold start", "GET /api/v1.0: req/s", "GET /api/v1.0/explain: p99", "POST /v2 infer, 1 row: req/s"):
+        assert any(row.startswith(f"| {figure} |") for row in rows), result.stdout
+    assert "failed" not in result.stdout
