@@ -1,17 +1,20 @@
-"""Train a classifier on a table and save it, with the metadata that every other part of the service reads.
+"""Train a model on a table and save it, with the model card that every other part of the service reads.
 
 Usage:
     python train.py                                     # iris, logistic regression, seed 42: model/iris.joblib
-    python train.py --dataset wine                      # or breast_cancer: scikit-learn's bundled tables
+    python train.py --dataset wine                      # or breast_cancer, or diabetes (a quantity to predict)
     python train.py --csv my.csv --target y --drop id   # a table of your own: model/my.joblib
-    python train.py --csv my.csv --target y --fitted mine.joblib   # adopt a classifier you fitted elsewhere
+    python train.py --csv my.csv --target y --fitted mine.joblib   # adopt a model you fitted elsewhere
     python train.py --model random_forest --seed 7 --output /tmp/rf.joblib
 
-It holds out a stratified test split, prints a report (held-out accuracy, 5-fold cross-validation, per-class
-precision/recall/F1, confusion matrix), and writes two files atomically: the joblib artifact (`--output`) and beside
-it its model card, a JSON file with the same name and a `.json` suffix (tabserve/card.py): the one description of
-the model that every other part reads. The API reads it first and checks the artifact's sha256 before it unpickles
-anything. A table that cannot make a model (tables.py says why) is refused in one line, and nothing is written.
+The task follows from the target: a numeric target with more than 20 distinct values (or with fractions) is a
+regression, any other a classification; --task overrides it, and a fitted model brings its own. It holds out a test
+split (stratified for classes), prints a report (held-out accuracy, or MAE, RMSE and R² beside a baseline that always
+predicts the mean; 5-fold cross-validation; per class precision, recall and F1, or a regressor's prediction interval
+and its coverage), and writes two files atomically: the joblib artifact (`--output`) and beside it its model card, a
+JSON file with the same name and a `.json` suffix (tabserve/card.py): the one description of the model that every
+other part reads. The API reads it first and checks the artifact's sha256 before it unpickles anything. A table
+that cannot make a model (tables.py says why) is refused in one line, and nothing is written.
 
 The work is the package's: tabserve/tables.py and datasets.py read the table, training.py fits and measures,
 describe.py writes the card, repository.py saves both, report.py words the report.
@@ -25,33 +28,53 @@ from tabserve.datasets import BUNDLED, DEFAULT_DATASET, load_bundled
 from tabserve.describe import build_card
 from tabserve.report import format_report
 from tabserve.repository import save
-from tabserve.tables import TableError, normalise, read_csv
-from tabserve.training import ALGORITHMS, DEFAULT_MODEL, fit
+from tabserve.tables import TASKS, TableError, normalise, read_csv
+from tabserve.training import (
+    ALGORITHMS,
+    DEFAULT_MODELS,
+    adopt,
+    algorithm_names,
+    choose_algorithm,
+    fit,
+    fitted_task,
+    load_fitted,
+)
 
 MODEL_FOLDER = Path(__file__).resolve().parent / "model"
 DEFAULT_SEED = 42
 DEFAULT_TEST_SIZE = 0.25
+DEFAULT_INTERVAL = 0.9  # a regressor's prediction interval covers the true value 9 times in 10
 
 
-def read_table(args):
-    """The table the command line names: a CSV file, or a bundled dataset."""
+def read_table(args, task):
+    """The table the command line names: a CSV file (its task given, or decided from its target), or a bundled
+    dataset (its own task)."""
     if args.csv:
-        return read_csv(args.csv, args.target, args.drop)
-    return load_bundled(args.dataset)
+        return read_csv(args.csv, args.target, args.drop, task=task)
+    table = load_bundled(args.dataset)
+    if task and task != table.task:
+        raise TableError(f"the {args.dataset} table is a {table.task}, not a {task}")
+    return table
 
 
 def train(args):
-    """Train (or adopt), evaluate and save as the parsed command line says; return the metadata written."""
-    table = read_table(args)
-    estimator, X_train, facts = fit(args, table)
-    facts["name"] = args.name or f"{table.name}-classifier"
+    """Train (or adopt), evaluate and save as the parsed command line says; return the card written."""
+    fitted = load_fitted(args.fitted) if args.fitted else None
+    table = read_table(args, fitted_task(fitted, args.fitted, args.task) if fitted is not None else args.task)
+    if fitted is not None:
+        estimator, train_split, facts = adopt(fitted, args.fitted, table, args.interval, args.seed)
+    else:
+        algorithm = choose_algorithm(table.task, args.model)
+        estimator, train_split, facts = fit(table, algorithm, args.seed, args.test_size, args.interval)
+    kind = "regressor" if table.task == "regression" else "classifier"
+    facts["name"] = args.name or f"{table.name}-{kind}"
     facts["seed"], facts["keep_rows"] = args.seed, not args.no_rows
     output = args.output or MODEL_FOLDER / f"{table.name}.joblib"
-    card = save(estimator, lambda sha256: build_card(table, estimator, X_train, facts, sha256), output)
+    card = save(estimator, lambda sha256: build_card(table, estimator, train_split, facts, sha256), output)
     return card, output
 
 
-def test_size_fraction(text):
+def fraction(text):
     """argparse type: a fraction strictly between 0 and 1."""
     value = float(text)
     if not 0 < value < 1:
@@ -74,20 +97,29 @@ def model_name(text):
 
 
 def parse_args(argv=None):
-    parser = OneLineErrorParser(description="Train a classifier on a table and save it, with its metadata, for api.py.")
+    parser = OneLineErrorParser(description="Train a model on a table and save it, with its model card, for api.py.")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--dataset", choices=sorted(BUNDLED), default=DEFAULT_DATASET,
                         help=f"one of scikit-learn's bundled tables (default: {DEFAULT_DATASET})")
     source.add_argument("--csv", type=Path, help="a table of your own: a CSV file in UTF-8 with a header row")
-    parser.add_argument("--target", help="with --csv: the column that holds the classes")
+    parser.add_argument("--target", help="with --csv: the column to predict (classes, or a quantity)")
+    parser.add_argument("--task", choices=TASKS,
+                        help="what to predict, if not what the target suggests (a numeric target with more than 20 "
+                             "distinct values, or with fractions, is a regression; any other a classification)")
     parser.add_argument("--drop", action="append", default=[], metavar="COLUMN",
                         help="with --csv: a column to leave out, such as an ID (repeatable)")
     parser.add_argument("--fitted", type=Path, metavar="FILE",
-                        help="with --csv: a classifier you fitted elsewhere (joblib), adopted instead of training one")
+                        help="with --csv: a model you fitted elsewhere (joblib), adopted instead of training one; a "
+                             "regressor's interval is calibrated on the table, so give it rows it was not fitted on")
     parser.add_argument("--name", type=model_name,
                         help="the model's name (default: from the dataset or file, e.g. iris-classifier)")
-    parser.add_argument("--model", choices=sorted(ALGORITHMS), default=DEFAULT_MODEL,
-                        help=f"algorithm to train (default: {DEFAULT_MODEL})")
+    parser.add_argument("--model", choices=algorithm_names(),
+                        help="algorithm to train: " + "; ".join(
+                            f"for a {task}, {', '.join(sorted(names))} (default: {DEFAULT_MODELS[task]})"
+                            for task, names in ALGORITHMS.items()))
+    parser.add_argument("--interval", type=fraction, default=DEFAULT_INTERVAL,
+                        help="a regressor's prediction interval: how often it should hold the true value "
+                             f"(default: {DEFAULT_INTERVAL})")
     parser.add_argument("--output", type=Path,
                         help="where to write the joblib artifact; the metadata goes beside it as .json "
                              "(default: model/<dataset or file name>.joblib next to this script)")
@@ -96,11 +128,13 @@ def parse_args(argv=None):
                              "explanations then have contributions and no neighbours")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
                         help=f"random seed for the split, cross-validation and the model (default: {DEFAULT_SEED})")
-    parser.add_argument("--test-size", type=test_size_fraction, default=DEFAULT_TEST_SIZE,
+    parser.add_argument("--test-size", type=fraction, default=DEFAULT_TEST_SIZE,
                         help=f"fraction of the data held out for testing (default: {DEFAULT_TEST_SIZE})")
     args = parser.parse_args(argv)
     if args.csv and not args.target:
-        parser.error("--csv needs --target, the column that holds the classes")
+        parser.error("--csv needs --target, the column to predict")
+    if args.fitted and args.model:
+        parser.error("--fitted adopts a model, --model trains one: give one of them")
     if not args.csv and (args.target or args.drop or args.fitted):
         parser.error("--target, --drop and --fitted go with --csv")
     return args
@@ -109,12 +143,12 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        metadata, output = train(args)
+        card, output = train(args)
     except TableError as err:
         sys.exit(f"train.py: {err}")
     except OSError as err:
         sys.exit(f"train.py: cannot write {err.filename or args.output}: {err.strerror}")
-    print(format_report(metadata, output))
+    print(format_report(card, output))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
-"""What train.py writes beside the artifact: the metadata, the one description of the model that every other part
-reads (the API, its contract, the page), computed from the table and the fitted estimator.
+"""What train.py writes in the model card (card.py), computed from the table and the fitted estimator.
 
-    metadata = build_card(table, estimator, X_train, facts, sha256)
+    card = build_card(table, estimator, (X_train, y_train), facts, sha256)
 
-Each input's name, label, kind, unit, allowed values and training range or categories; the classes and their
-labels; a typical row per class; a reference sample with the probabilities the model gives it (the API's
-self-test); what explanations need (explain.py); the page's words; metrics, versions and the artifact's sha256.
+The task and the target; each input's name, label, kind, unit, allowed values and training range or categories; a
+classifier's classes and their labels, a regressor's interval; typical rows (one per class, or across the target's
+range); a reference sample with the answers the model gives it (the API's self-test); what explanations need
+(explain.py); the page's words; metrics, versions and the artifact's sha256.
 """
 
 import math
@@ -17,7 +17,9 @@ import numpy as np
 import sklearn
 from sklearn.model_selection import train_test_split
 
-REFERENCE_ROWS = 50  # rows kept with their probabilities, for the API's self-test and its check of the fast path
+REFERENCE_ROWS = 50  # rows kept with the model's answers, for the API's self-test and its check of the fast path
+EXAMPLE_QUANTILES = (0.1, 0.5, 0.9)  # a regressor's example rows: near these quantiles of the target
+TARGET_QUANTILES = {"p05": 0.05, "p25": 0.25, "p50": 0.5, "p75": 0.75, "p95": 0.95}
 # A number with no bounds of its own may lie this many powers of ten beyond the largest magnitude seen in training.
 # "Any finite number" let 1e308 through, and a linear model's arithmetic overflowed into NaN probabilities.
 HEADROOM_DECADES = 6
@@ -26,11 +28,15 @@ MAX_EXPLANATION_ROWS = 5_000  # training rows kept for the explanations' neighbo
 
 def page_texts(table):
     """The words of the page for this table: its own where it has them, else made from its names."""
-    what = table.target_label.lower()
-    return {"title": f"{table.name.replace('-', ' ').capitalize()} classifier", "question": f"Which {what} is this?",
-            "lead": f"Enter the {len(table.columns)} values of one row and the model names its {what}.",
-            "submit": f"Predict the {what}", "source": table.source,
-            "change": "Change these values", **table.texts}
+    what, count, name = table.target_label.lower(), len(table.columns), table.name.replace("-", " ").capitalize()
+    if table.task == "regression":
+        words = {"title": f"{name} regressor", "question": f"What is its {what}?",
+                 "lead": f"Enter the {count} values of one row and the model predicts its {what}, with an interval."}
+    else:
+        words = {"title": f"{name} classifier", "question": f"Which {what} is this?",
+                 "lead": f"Enter the {count} values of one row and the model names its {what}."}
+    return {**words, "submit": f"Predict the {what}", "source": table.source, "change": "Change these values",
+            **table.texts}
 
 
 def describe(estimator):
@@ -73,8 +79,12 @@ def json_row(table, row):
 
 
 def typical_rows(table, X):
-    """For each class, the row of that class nearest to the class's median (numbers, in standard deviations) and
-    most frequent values (categories): the form's example links."""
+    """The form's example links: for each class, the row of that class nearest to the class's median (numbers, in
+    standard deviations) and most frequent values (categories); for a quantity, the rows whose target is nearest to
+    its EXAMPLE_QUANTILES, named by their target."""
+    if table.task == "regression":
+        chosen = [int(np.argmin(np.abs(table.target - np.quantile(table.target, q)))) for q in EXAMPLE_QUANTILES]
+        return {f"{table.target[i]:g}": json_row(table, X[i]) for i in chosen}
     examples = {}
     for name in sorted(set(table.target)):
         rows = X[table.target == name]
@@ -110,37 +120,63 @@ def explanation_facts(table, X, seed, keep_rows):
     if keep_rows:
         chosen = np.arange(len(X))
         if len(X) > MAX_EXPLANATION_ROWS:
-            chosen, _ = train_test_split(chosen, train_size=MAX_EXPLANATION_ROWS, stratify=table.target,
+            stratify = table.target if table.task == "classification" else None
+            chosen, _ = train_test_split(chosen, train_size=MAX_EXPLANATION_ROWS, stratify=stratify,
                                          random_state=seed)
             chosen.sort()
         facts.update(sampled=bool(len(chosen) < len(X)),
-                     rows=[list(json_row(table, row).values()) for row in X[chosen]],
-                     row_classes=[str(name) for name in table.target[chosen]])
+                     rows=[list(json_row(table, row).values()) for row in X[chosen]])
+        if table.task == "regression":
+            facts["row_targets"] = [float(value) for value in table.target[chosen]]
+        else:
+            facts["row_classes"] = [str(name) for name in table.target[chosen]]
     return facts
 
 
 def reference_sample(table, X, estimator):
-    """Evenly spaced rows of the table with the probabilities the trained model gives them."""
+    """Evenly spaced rows of the table with what the trained model answers: probabilities, or predictions."""
     rows = X[np.linspace(0, len(X) - 1, min(len(X), REFERENCE_ROWS)).astype(int)]
-    return {"rows": [list(json_row(table, row).values()) for row in rows],
-            "probabilities": estimator.predict_proba(rows).tolist()}
+    sample = {"rows": [list(json_row(table, row).values()) for row in rows]}
+    if table.task == "regression":
+        return {**sample, "predictions": np.asarray(estimator.predict(rows), dtype=float).tolist()}
+    return {**sample, "probabilities": estimator.predict_proba(rows).tolist()}
 
 
-def build_card(table, estimator, X_train, facts, sha256):
-    """Everything a person or the API needs to know about the artifact, readable without unpickling it."""
+def describe_target(table, y_train):
+    """What the model predicts: the target column's name and label, and a quantity's unit, range and quantiles."""
+    target = {"name": table.target_name, "label": table.target_label}
+    if table.task == "classification":
+        return target
+    values = np.asarray(y_train, dtype=float)
+    return {**target, "unit": table.target_unit,
+            "training_range": {"min": float(values.min()), "max": float(values.max())},
+            "quantiles": {key: float(np.quantile(values, q)) for key, q in TARGET_QUANTILES.items()}}
+
+
+def task_facts(table, estimator, interval):
+    """What the card says of the answers: a classifier's classes and their labels, or a regressor's interval."""
+    if table.task == "regression":
+        return {"classes": [], "class_labels": {}, "interval": interval}
     classes = [str(name) for name in estimator.classes_]
+    return {"classes": classes, "class_labels": {name: table.class_labels.get(name, name) for name in classes}}
+
+
+def build_card(table, estimator, train_split, facts, sha256):
+    """Everything a person or the API needs to know about the artifact, readable without unpickling it."""
+    X_train, y_train = train_split
     X = table.matrix()
     return {
         "name": facts["name"],
         # The version is derived from the artifact's bytes, so it changes exactly when the artifact does.
         "version": sha256[:12],
+        "task": table.task,
         "algorithm": facts["algorithm"],
         "estimator": describe(estimator),
         "parameters": simple_params(estimator),
+        "target": describe_target(table, y_train),
         "features": [column.name for column in table.columns],
         "inputs": [describe_input(column, X_train[:, i]) for i, column in enumerate(table.columns)],
-        "classes": classes,
-        "class_labels": {name: table.class_labels.get(name, name) for name in classes},
+        **task_facts(table, estimator, facts["interval"]),
         "examples": typical_rows(table, X),
         "reference": reference_sample(table, X, estimator),
         "explanation": explanation_facts(table, X, facts["seed"], facts["keep_rows"]),

@@ -3,17 +3,14 @@
 from tabserve.card import card_path
 
 
-def format_report(metadata, output):
-    """The human-readable training report."""
-    metrics = metadata["metrics"]
-    lines = [f"Trained {metadata['algorithm']} ({metadata['name']} version {metadata['version']}) on "
-             f"{metadata['training']['dataset']}"]
+def classification_lines(metrics):
+    """Accuracy, cross-validation, each class's precision, recall and F1, and the confusion matrix."""
     if "table_accuracy" in metrics:
-        lines.append(f"Accuracy on the whole table: {metrics['table_accuracy']:.3f}")
+        lines = [f"Accuracy on the whole table: {metrics['table_accuracy']:.3f}"]
     else:
-        lines += [f"Held-out accuracy:  {metrics['test_accuracy']:.3f}",
-                  f"{metrics['cv_folds']}-fold CV accuracy: {metrics['cv_accuracy_mean']:.3f} "
-                  f"± {metrics['cv_accuracy_std']:.3f}"]
+        lines = [f"Held-out accuracy:  {metrics['test_accuracy']:.3f}",
+                 f"{metrics['cv_folds']}-fold CV accuracy: {metrics['cv_accuracy_mean']:.3f} "
+                 f"± {metrics['cv_accuracy_std']:.3f}"]
     width = max(12, *(len(name) + 2 for name in metrics["per_class"]))
     lines += ["", f"{'class':<{width}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
     for name, scores in metrics["per_class"].items():
@@ -24,5 +21,35 @@ def format_report(metadata, output):
               " " * width + "".join(f"{n:>{width}}" for n in labels)]
     for name, row in zip(labels, metrics["confusion_matrix"]["matrix"], strict=True):
         lines.append(f"{name:<{width}}" + "".join(f"{count:>{width}}" for count in row))
+    return lines
+
+
+def regression_lines(metrics, unit):
+    """The errors beside the baseline's, cross-validation, and the interval with its coverage."""
+    unit = f" {unit}" if unit else ""
+    where = "table" if "table_mae" in metrics else "test"
+    lines = [f"{'':<16}{'model':>12}{'the mean':>12}" if where == "test" else f"{'':<16}{'on the table':>12}"]
+    for name, key in (("MAE", "mae"), ("RMSE", "rmse"), ("R²", "r2")):
+        row = f"{('Held-out ' if where == 'test' else '') + name:<16}{metrics[f'{where}_{key}']:>12.4g}"
+        lines.append(row + (f"{metrics[f'baseline_{key}']:>12.4g}" if where == "test" else ""))
+    if where == "test":
+        lines.append(f"{metrics['cv_folds']}-fold CV R²: {metrics['cv_r2_mean']:.3f} ± {metrics['cv_r2_std']:.3f}")
+    level, width = metrics["interval_level"], metrics["interval_width"]
+    return lines + ["", f"Prediction interval: ± {width / 2:.4g}{unit} (width {width:.4g}{unit}), for {level:.0%} of "
+                        "rows",
+                    f"Its coverage on the held-out rows: {metrics['interval_coverage']:.1%} (each fifth of them judged "
+                    "by the interval calibrated on the other four)"]
+
+
+def format_report(card, output):
+    """The human-readable training report."""
+    task = card.get("task", "classification")
+    lines = [f"Trained {card['algorithm']} ({card['name']} version {card['version']}) on "
+             f"{card['training']['dataset']}",
+             f"Task: {task} ({card['training'].get('task_decided', '')})", ""]
+    if task == "regression":
+        lines += regression_lines(card["metrics"], card["target"].get("unit"))
+    else:
+        lines += classification_lines(card["metrics"])
     lines += ["", f"Saved {output}", f"  and {card_path(output)}"]
     return "\n".join(lines)

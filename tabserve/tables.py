@@ -7,7 +7,8 @@ dataset that train.py hands over as arrays.
 
 A column whose every value is a number becomes a numeric feature; any other becomes a categorical one. Column names
 are normalised (lower case, each run of characters other than a-z and 0-9 one "_", trimmed); the name as written is
-kept as the label. Everything that cannot make a model is refused with TableError, one line that names the column.
+kept as the label. The task follows from the target (decide_task): a quantity to predict (regression) or classes.
+Everything that cannot make a model is refused with TableError, one line that names the column.
 """
 
 import csv
@@ -22,6 +23,10 @@ from tabserve.inputs import DECIMAL  # a cell is a number if the API would take 
 
 MAX_CLASSES = 50  # a target with more distinct values is a quantity (a price), not classes
 MIN_ROWS_PER_CLASS = 10  # enough for a stratified held-out split and 5-fold cross-validation
+# A numeric target with more distinct values than this, or with a fraction among them, is a quantity to predict.
+MAX_CLASS_NUMBERS = 20
+MIN_QUANTITY_ROWS = 40  # a held-out quarter of 10 rows, enough for a 90 % interval, and 5-fold cross-validation
+TASKS = ("classification", "regression")
 NOT_NAME = re.compile(r"[^a-z0-9]+")
 
 
@@ -52,9 +57,13 @@ class Table:
 
     name: str
     columns: list
-    target: np.ndarray  # class names, as strings
+    target: np.ndarray  # class names as strings (classification), or floats (regression)
     source: str  # where the rows came from, in words
     target_label: str = "class"  # what a class is, in words: the target column's name as written
+    target_name: str = "class"  # the target column's name, normalised
+    task: str = "classification"
+    task_reason: str = ""  # why this task, in words, for the report
+    target_unit: str = None
     class_labels: dict = field(default_factory=dict)  # class -> display label, where one is nicer than the name
     texts: dict = field(default_factory=dict)  # the page's words (title, question, lead, submit)
 
@@ -87,6 +96,36 @@ def check_names(labels):
     return list(names)
 
 
+def is_number(cell):
+    return bool(DECIMAL.fullmatch(cell)) and math.isfinite(float(cell))
+
+
+def decide_task(name, cells, requested=None):
+    """(task, why) of a target column: a numeric target with more than MAX_CLASS_NUMBERS distinct values, or with a
+    fraction among them, is a regression; any other a classification. requested (--task) overrides it."""
+    numeric = all(is_number(cell) for cell in cells)
+    if requested == "regression" and not numeric:
+        where = next(number for number, cell in enumerate(cells, start=2) if not is_number(cell))
+        raise TableError(f"target {name!r} holds {cells[where - 2]!r} on line {where}: a regression predicts numbers")
+    if requested:
+        return requested, "as --task chose"
+    distinct = len(set(cells))
+    if numeric and (distinct > MAX_CLASS_NUMBERS or any(not float(cell).is_integer() for cell in cells)):
+        return "regression", f"target {name!r} holds {distinct} distinct numbers; --task classification overrides"
+    what = f"{distinct} distinct whole numbers" if numeric else f"{distinct} distinct values, not all numbers"
+    return "classification", f"target {name!r} holds {what}; --task regression overrides"
+
+
+def check_quantity(name, cells):
+    """The target's values as floats; TableError when they cannot be learnt as a quantity."""
+    if len(cells) < MIN_QUANTITY_ROWS:
+        raise TableError(f"target {name!r} has {len(cells)} rows; a regression needs at least {MIN_QUANTITY_ROWS}")
+    values = np.array([float(cell) for cell in cells])
+    if values.min() == values.max():
+        raise TableError(f"target {name!r} is {values[0]:g} in every row: there is nothing to predict")
+    return values
+
+
 def check_target(name, values):
     """The target's values as class names; TableError when they cannot be classes."""
     counts = Counter(values)
@@ -104,7 +143,7 @@ def check_target(name, values):
 
 def typed_column(name, label, cells):
     """A column of numbers if every cell is a plain finite decimal, else of categories."""
-    if all(DECIMAL.fullmatch(cell) and math.isfinite(float(cell)) for cell in cells):
+    if all(is_number(cell) for cell in cells):
         return Column(name, label, "number", [float(cell) for cell in cells])
     return Column(name, label, "category", list(cells))
 
@@ -129,8 +168,9 @@ def read_rows(path):
     return header, rows[1:]
 
 
-def read_csv(path, target, drop=(), name=None):
-    """A Table from a CSV file: the target column as classes, every other column not dropped as a feature."""
+def read_csv(path, target, drop=(), name=None, task=None):
+    """A Table from a CSV file: the target column as classes or a quantity (task: --task, or decided from it), every
+    other column not dropped as a feature."""
     header, rows = read_rows(path)
     names = check_names(header)
     by_name = dict(zip(header, range(len(header)), strict=True))
@@ -146,5 +186,8 @@ def read_csv(path, target, drop=(), name=None):
     if not columns:
         raise TableError(f"{path} has no feature column left beside the target {target!r}")
     stem = normalise(name or path.stem).replace("_", "-")
-    return Table(name=stem, columns=columns, target=check_target(target, [row[by_name[target]] for row in rows]),
-                 source=f"{path.name} ({len(rows)} rows)", target_label=target)
+    cells = [row[by_name[target]] for row in rows]
+    task, why = decide_task(target, cells, task)
+    values = check_quantity(target, cells) if task == "regression" else check_target(target, cells)
+    return Table(name=stem, columns=columns, target=values, source=f"{path.name} ({len(rows)} rows)",
+                 target_label=target, target_name=normalise(target), task=task, task_reason=why)

@@ -1,9 +1,10 @@
-"""Fitting a model to a table, measuring it, or adopting one fitted elsewhere: what train.py runs.
+"""Fitting a model to a table and measuring it, or adopting one fitted elsewhere: what train.py runs.
 
-    estimator, X_train, facts = fit(table, algorithm="logistic_regression", seed=42, test_size=0.25)
-    estimator, X, facts = adopt(Path("mine.joblib"), table)
+    estimator, (X_train, y_train), facts = fit(table, algorithm="ridge", seed=42, test_size=0.25, level=0.9)
+    estimator, (X, y), facts = adopt(load_fitted(path), path, table, level=0.9, seed=42)
 
-facts holds what the card records of the fitting: the algorithm, the metrics and the training's own figures.
+facts holds what the card records of the fitting: the algorithm, the metrics, the training's own figures and, for a
+regressor, its interval (intervals.py). The algorithms go by the same names for both tasks where both have them.
 """
 
 import time
@@ -11,34 +12,74 @@ from pathlib import Path
 
 import joblib
 import numpy as np
+from sklearn.base import is_regressor
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import RandomForestClassifier
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, classification_report, confusion_matrix
-from sklearn.model_selection import StratifiedKFold, cross_val_score, train_test_split
-from sklearn.neighbors import KNeighborsClassifier
+from sklearn.ensemble import (
+    HistGradientBoostingClassifier,
+    HistGradientBoostingRegressor,
+    RandomForestClassifier,
+    RandomForestRegressor,
+)
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.metrics import (
+    accuracy_score,
+    classification_report,
+    confusion_matrix,
+    mean_absolute_error,
+    mean_squared_error,
+    r2_score,
+)
+from sklearn.model_selection import KFold, StratifiedKFold, cross_val_score, train_test_split
+from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 from sklearn.svm import SVC
 
+from tabserve.intervals import TooFewRows, conformal_half_width, cross_fitted_coverage
 from tabserve.tables import TableError
 
 CV_FOLDS = 5
-DEFAULT_MODEL = "logistic_regression"
+DEFAULT_MODELS = {"classification": "logistic_regression", "regression": "ridge"}
+FIGURES = 6  # significant digits a regression metric keeps
 
 # Scaling sits in a pipeline wherever the algorithm is sensitive to feature scale; trees are not.
 ALGORITHMS = {
-    "logistic_regression": lambda seed: make_pipeline(
-        StandardScaler(), LogisticRegression(max_iter=1000, random_state=seed)
-    ),
-    "random_forest": lambda seed: RandomForestClassifier(n_estimators=100, random_state=seed),
-    "knn": lambda seed: make_pipeline(StandardScaler(), KNeighborsClassifier(n_neighbors=5)),
-    # SVC has no probabilities of its own: calibrate its scores (scikit-learn 1.9's advice over probability=True).
-    "svc": lambda seed: make_pipeline(
-        StandardScaler(), CalibratedClassifierCV(SVC(random_state=seed), ensemble=False)
-    ),
+    "classification": {
+        "logistic_regression": lambda seed: make_pipeline(StandardScaler(),
+                                                          LogisticRegression(max_iter=1000, random_state=seed)),
+        "random_forest": lambda seed: RandomForestClassifier(n_estimators=100, random_state=seed),
+        "gradient_boosting": lambda seed: HistGradientBoostingClassifier(random_state=seed),
+        "knn": lambda seed: make_pipeline(StandardScaler(), KNeighborsClassifier(n_neighbors=5)),
+        # SVC has no probabilities of its own: calibrate its scores (scikit-learn 1.9's advice over probability=True).
+        "svc": lambda seed: make_pipeline(StandardScaler(),
+                                          CalibratedClassifierCV(SVC(random_state=seed), ensemble=False)),
+    },
+    "regression": {
+        "ridge": lambda seed: make_pipeline(StandardScaler(), Ridge()),
+        "random_forest": lambda seed: RandomForestRegressor(n_estimators=100, random_state=seed),
+        "gradient_boosting": lambda seed: HistGradientBoostingRegressor(random_state=seed),
+        "knn": lambda seed: make_pipeline(StandardScaler(), KNeighborsRegressor(n_neighbors=5)),
+    },
 }
+NATIVE_CATEGORIES = {"gradient_boosting"}  # these take categories as codes, not one-hot columns
+
+
+def algorithm_names():
+    return sorted({name for algorithms in ALGORITHMS.values() for name in algorithms})
+
+
+def choose_algorithm(task, requested):
+    """The algorithm for this task: requested, or the task's default; TableError for one of the other task."""
+    algorithm = requested or DEFAULT_MODELS[task]
+    if algorithm not in ALGORITHMS[task]:
+        raise TableError(f"--model {algorithm} does not predict a {'quantity' if task == 'regression' else 'class'}: "
+                         f"for this {task}, choose {', '.join(sorted(ALGORITHMS[task]))}")
+    return algorithm
+
+
+def significant(value):
+    return float(f"{float(value):.{FIGURES}g}")
 
 
 def report_classes(y_true, predicted):
@@ -54,68 +95,118 @@ def report_classes(y_true, predicted):
     }
 
 
-def evaluate(estimator, X_train, X_test, y_train, y_test, seed):
-    """Fit on the training split and measure on the held-out split and by cross-validation."""
-    folds = StratifiedKFold(n_splits=CV_FOLDS, shuffle=True, random_state=seed)
-    cv_scores = cross_val_score(estimator, X_train, y_train, cv=folds)
-    estimator.fit(X_train, y_train)
-    predicted = estimator.predict(X_test)
-    return {
-        "test_accuracy": round(float(accuracy_score(y_test, predicted)), 4),
-        "cv_folds": CV_FOLDS,
-        "cv_accuracy_mean": round(float(cv_scores.mean()), 4),
-        "cv_accuracy_std": round(float(cv_scores.std()), 4),
-        **report_classes(y_test, predicted),
-    }
+def regression_errors(y_true, predicted, prefix):
+    return {f"{prefix}_mae": significant(mean_absolute_error(y_true, predicted)),
+            f"{prefix}_rmse": significant(np.sqrt(mean_squared_error(y_true, predicted))),
+            f"{prefix}_r2": round(float(r2_score(y_true, predicted)), 4)}
+
+
+def interval_facts(residuals, level, seed):
+    """(metrics, card entry) of the split conformal interval calibrated on these held-out residuals."""
+    try:
+        half_width = conformal_half_width(residuals, level)
+    except TooFewRows as err:
+        raise TableError(str(err)) from None
+    coverage = cross_fitted_coverage(residuals, level, seed=seed)
+    metrics = {"interval_level": level, "interval_width": significant(2 * half_width),
+               "interval_coverage": round(coverage, 4)}
+    entry = {"level": level, "half_width": half_width, "calibration_rows": len(residuals),
+             "method": "split conformal: the ceil((n + 1) x level)-th smallest absolute residual of the n held-out "
+                       "rows, either side of the prediction"}
+    return metrics, entry
+
+
+def evaluate(estimator, split, seed, task, level):
+    """Fit on the training split; measure on the held-out split and by cross-validation. (metrics, interval)."""
+    X_train, X_test, y_train, y_test = split
+    if task == "classification":
+        folds = StratifiedKFold(n_splits=CV_FOLDS, shuffle=True, random_state=seed)
+        cv_scores = cross_val_score(estimator, X_train, y_train, cv=folds)
+        predicted = estimator.fit(X_train, y_train).predict(X_test)
+        return {"test_accuracy": round(float(accuracy_score(y_test, predicted)), 4), "cv_folds": CV_FOLDS,
+                "cv_accuracy_mean": round(float(cv_scores.mean()), 4),
+                "cv_accuracy_std": round(float(cv_scores.std()), 4), **report_classes(y_test, predicted)}, None
+    folds = KFold(n_splits=CV_FOLDS, shuffle=True, random_state=seed)
+    cv_scores = cross_val_score(estimator, X_train, y_train, cv=folds, scoring="r2")
+    predicted = estimator.fit(X_train, y_train).predict(X_test)
+    interval_metrics, interval = interval_facts(y_test - predicted, level, seed)
+    return {**regression_errors(y_test, predicted, "test"),
+            **regression_errors(y_test, np.full(len(y_test), y_train.mean()), "baseline"),
+            "cv_folds": CV_FOLDS, "cv_r2_mean": round(float(cv_scores.mean()), 4),
+            "cv_r2_std": round(float(cv_scores.std()), 4), **interval_metrics}, interval
 
 
 def build_estimator(table, algorithm, seed):
-    """The algorithm's estimator for this table: categories one-hot encoded inside the pipeline, so that the artifact
-    takes the raw values; an all-numeric table gets the algorithm as it is."""
-    estimator = ALGORITHMS[algorithm](seed)
+    """The algorithm's estimator for this table, taking the raw values: categories one-hot encoded inside the
+    pipeline (or, for gradient boosting, as codes it splits on natively); an all-numeric table gets it as it is."""
+    estimator = ALGORITHMS[table.task][algorithm](seed)
     kinds = [column.kind for column in table.columns]
     if "category" not in kinds:
         return estimator
     numbers = [i for i, kind in enumerate(kinds) if kind == "number"]
     categories = [i for i, kind in enumerate(kinds) if kind == "category"]
+    if algorithm in NATIVE_CATEGORIES:
+        codes = OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1)
+        encode = ColumnTransformer([("categories", codes, categories), ("numbers", "passthrough", numbers)])
+        estimator.set_params(categorical_features=list(range(len(categories))))
+        return make_pipeline(encode, estimator)
     one_hot = OneHotEncoder(handle_unknown="ignore", sparse_output=False)
     encode = ColumnTransformer([("numbers", StandardScaler(), numbers), ("categories", one_hot, categories)])
     return make_pipeline(encode, estimator)
 
 
-def fit(args, table):
-    """(estimator, training split, facts): a model trained and evaluated on the table, or the user's own adopted."""
+def fit(table, algorithm, seed, test_size, level):
+    """(estimator, (X_train, y_train), facts): a model trained on the table and measured."""
     X, y = table.matrix(), table.target
-    if args.fitted:
-        return adopt(args.fitted, X, y)
-    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=args.test_size, stratify=y,
-                                                        random_state=args.seed)
-    estimator = build_estimator(table, args.model, args.seed)
+    stratify = y if table.task == "classification" else None
+    split = train_test_split(X, y, test_size=test_size, stratify=stratify, random_state=seed)
+    estimator = build_estimator(table, algorithm, seed)
     started = time.perf_counter()
-    metrics = evaluate(estimator, X_train, X_test, y_train, y_test, args.seed)
-    training = {"seed": args.seed, "test_size": args.test_size, "train_samples": int(len(X_train)),
-                "training_seconds": round(time.perf_counter() - started, 3)}
-    return estimator, X_train, {"algorithm": args.model, "metrics": metrics, "training": training}
+    metrics, interval = evaluate(estimator, split, seed, table.task, level)
+    training = {"seed": seed, "test_size": test_size, "train_samples": int(len(split[0])),
+                "training_seconds": round(time.perf_counter() - started, 3), "task_decided": table.task_reason}
+    return estimator, (split[0], split[2]), {"algorithm": algorithm, "metrics": metrics, "training": training,
+                                             "interval": interval}
 
 
-def adopt(path, X, y):
-    """A classifier the user fitted elsewhere, checked on every row of the table; its metrics are the table's."""
+def load_fitted(path):
+    """A model the user fitted elsewhere (their own joblib file, named on their own command line)."""
     try:
-        estimator = joblib.load(path)  # the user's own file, named on their own command line
+        return joblib.load(path)
     except Exception as err:
         raise TableError(f"cannot load --fitted {path}: {err}") from None
-    if not hasattr(estimator, "predict_proba") or not hasattr(estimator, "classes_"):
+
+
+def fitted_task(estimator, path, requested):
+    """The task of a fitted model; TableError when --task asks for the other one."""
+    task = "regression" if is_regressor(estimator) else "classification"
+    if requested and requested != task:
+        raise TableError(f"--fitted {path} is a {'regressor' if task == 'regression' else 'classifier'}, "
+                         f"but --task says {requested}")
+    return task
+
+
+def adopt(estimator, path, table, level, seed):
+    """A model fitted elsewhere, checked on every row of the table; its metrics are the table's. A regressor's
+    interval is calibrated on the table's rows, which must be rows it was not fitted on."""
+    X, y = table.matrix(), table.target
+    if table.task == "classification" and not (hasattr(estimator, "predict_proba") and hasattr(estimator, "classes_")):
         raise TableError(f"--fitted {path} is not a fitted classifier with predict_proba")
     try:
-        predicted = np.asarray(estimator.predict(X)).astype(str)
-        estimator.predict_proba(X[:1])
+        predicted = np.asarray(estimator.predict(X))
+        if table.task == "classification":
+            estimator.predict_proba(X[:1])
     except Exception as err:
         raise TableError(f"--fitted {path} cannot predict this table's rows: {str(err).splitlines()[0]}") from None
+    training = {"fitted": Path(path).name, "train_samples": int(len(X)), "task_decided": "the fitted model's"}
+    facts = {"algorithm": "fitted elsewhere", "interval": None, "training": training}
+    if table.task == "regression":
+        interval_metrics, facts["interval"] = interval_facts(y - predicted.astype(float), level, seed)
+        return estimator, (X, y), {**facts, "metrics": {**regression_errors(y, predicted, "table"),
+                                                        **interval_metrics}}
     unknown = sorted(set(y) - {str(name) for name in estimator.classes_})
     if unknown:
         raise TableError(f"--fitted {path} does not know the table's class {unknown[0]!r}")
-    metrics = {"table_accuracy": round(float(accuracy_score(y, predicted)), 4), **report_classes(y, predicted)}
-    return estimator, X, {"algorithm": "fitted elsewhere", "metrics": metrics,
-                          "training": {"fitted": Path(path).name, "train_samples": int(len(X))}}
-
-
+    predicted = predicted.astype(str)
+    return estimator, (X, y), {**facts, "metrics": {"table_accuracy": round(float(accuracy_score(y, predicted)), 4),
+                                                    **report_classes(y, predicted)}}

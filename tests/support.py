@@ -55,6 +55,32 @@ def write_fruit_csv(path, rows=120):
     return path
 
 
+# The regression CSV of the contract suites: homes with an area, rooms and a district (a category), and a price.
+HOMES_COLUMNS = ("ID", "Area (m2)", "Rooms", "District", "Price (k€)")
+HOMES_FEATURES = ("area_m2", "rooms", "district")
+DISTRICTS = {"centre": 120.0, "north": 40.0, "south": 0.0}
+
+
+def homes(rows, seed=0):
+    """Deterministic homes: (area, rooms, district, price), the price linear in them plus noise of 25 k€."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    area = np.round(rng.uniform(30, 200, rows), 1)
+    rooms = rng.integers(1, 7, rows)
+    district = rng.choice(sorted(DISTRICTS), rows)
+    price = 50 + 3.2 * area + 15 * rooms + np.array([DISTRICTS[d] for d in district]) + rng.normal(0, 25, rows)
+    return [(float(a), int(r), str(d), round(float(p), 1)) for a, r, d, p in zip(area, rooms, district, price,
+                                                                                  strict=True)]
+
+
+def write_homes_csv(path, rows=300, seed=0):
+    """A CSV of homes() for train.py, with an ID column to drop."""
+    lines = [",".join(HOMES_COLUMNS)] + [f"{index},{a},{r},{d},{p}" for index, (a, r, d, p) in
+                                         enumerate(homes(rows, seed))]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
 # As in Dockerfile.api and Dockerfile.web; THREADS and friends pass through from the environment.
 SERVER_SETTINGS = {"WORKERS": "2", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import joblib
 import numpy as np
 import pytest
-from sklearn.datasets import load_iris
+from sklearn.datasets import load_diabetes, load_iris
 
 import train
-from tests.support import FEATURES, write_fruit_csv
+from tests.support import FEATURES, homes, write_fruit_csv, write_homes_csv
 
 TRAIN = str(Path(train.__file__))
 
@@ -23,7 +23,7 @@ def run_train(tmp_path, *args):
     return output, json.loads(output.with_suffix(".json").read_text())
 
 
-@pytest.mark.parametrize("algorithm", sorted(train.ALGORITHMS))
+@pytest.mark.parametrize("algorithm", sorted(train.ALGORITHMS["classification"]))
 def test_each_algorithm_trains_and_reports(tmp_path, capsys, algorithm):
     output, metadata = run_train(tmp_path, "--model", algorithm)
     report = capsys.readouterr().out
@@ -120,8 +120,12 @@ def rows_of(header, make, count=30):
 
 
 @pytest.mark.parametrize("text, args, message", [
-    (rows_of("size,price", lambda i: f"{i},{i * 1.5}"), ["--target", "price"],
+    (rows_of("size,price", lambda i: f"{i},{i * 1.5}"), ["--target", "price", "--task", "classification"],
      "target 'price' has 30 distinct values in 30 rows: too many to be classes"),
+    (rows_of("size,price", lambda i: f"{i},{i * 1.5}"), ["--target", "price"],
+     "target 'price' has 30 rows; a regression needs at least 40"),
+    (rows_of("size,kind", lambda i: f"{i},{'ab'[i % 2]}"), ["--target", "kind", "--task", "regression"],
+     "target 'kind' holds 'a' on line 2: a regression predicts numbers"),
     (rows_of("size,kind", lambda i: f"{i},a"), ["--target", "kind"], "target 'kind' has 1 distinct value"),
     (rows_of("size,kind", lambda i: f"{'' if i == 7 else i},{'ab'[i % 2]}"), ["--target", "kind"],
      "column 'size' has an empty value on line 9"),
@@ -154,6 +158,9 @@ def test_a_file_that_is_not_utf8_is_refused(tmp_path):
     (["--target", "y"], "--target, --drop and --fitted go with --csv"),
     (["--dataset", "mnist"], "invalid choice: 'mnist'"),
     (["--name", "My Model"], "must be lower-case letters, digits and '-'"),
+    (["--task", "clustering"], "invalid choice: 'clustering'"),
+    (["--interval", "1"], "--interval: must be between 0 and 1, got 1"),
+    (["--csv", "x.csv", "--target", "y", "--fitted", "m.joblib", "--model", "ridge"], "--fitted adopts a model"),
 ])
 def test_a_bad_command_line_is_one_line(tmp_path, args, message):
     code, stderr, written = run_cli(tmp_path, *args)
@@ -218,3 +225,98 @@ def test_a_fitted_file_that_cannot_predict_the_table_is_refused(tmp_path):
     code, stderr, written = run_cli(tmp_path, "--csv", str(table), "--target", "Fruit", "--drop", "ID",
                                     "--fitted", str(iris_model))
     assert code == 1 and "cannot predict this table's rows" in stderr and stderr.count("\n") == 1 and written == []
+
+
+# --- A quantity to predict ----------------------------------------------------------------------------------------
+
+
+def test_a_numeric_target_with_many_values_is_a_regression_and_the_report_says_so(tmp_path, capsys):
+    table = write_homes_csv(tmp_path / "homes.csv")
+    output = tmp_path / "homes.joblib"
+    train.main(["--csv", str(table), "--target", "Price (k€)", "--drop", "ID", "--output", str(output)])
+    report = capsys.readouterr().out
+    distinct = len({price for *_, price in homes(300)})
+    assert (f"Task: regression (target 'Price (k€)' holds {distinct} distinct numbers; --task classification "
+            "overrides)") in report
+    for words in ("Held-out MAE", "Held-out RMSE", "Held-out R²", "the mean", "5-fold CV R²", "Prediction interval: ±",
+                  "for 90% of rows", "Its coverage on the held-out rows"):
+        assert words in report
+    card = json.loads(output.with_suffix(".json").read_text())
+    assert (card["task"], card["name"], card["algorithm"]) == ("regression", "homes-regressor", "ridge")
+    assert card["target"]["name"] == "price_k" and card["target"]["label"] == "Price (k€)"
+    assert set(card["target"]["quantiles"]) == {"p05", "p25", "p50", "p75", "p95"}
+    interval = card["interval"]
+    assert interval["level"] == 0.9 and interval["calibration_rows"] == 75  # a quarter of 300 held out
+    assert set(card["metrics"]) >= {"test_mae", "test_rmse", "test_r2", "baseline_mae", "baseline_rmse",
+                                    "baseline_r2", "cv_r2_mean", "cv_r2_std", "interval_width", "interval_coverage"}
+    assert len(card["reference"]["predictions"]) == len(card["reference"]["rows"])
+    assert "row_targets" in card["explanation"] and card["classes"] == []
+
+
+def test_the_interval_is_the_finite_sample_quantile_of_the_held_out_residuals(tmp_path):
+    """Recomputed here from the held-out split: the ceil((n + 1) x 0.8)-th smallest absolute residual."""
+    from sklearn.model_selection import train_test_split
+    train.main(["--dataset", "diabetes", "--interval", "0.8", "--output", str(tmp_path / "d.joblib")])
+    card = json.loads((tmp_path / "d.json").read_text())
+    data = load_diabetes(scaled=False)
+    _, X_test, _, y_test = train_test_split(data.data, data.target, test_size=0.25, random_state=42)
+    residuals = np.sort(np.abs(y_test - joblib.load(tmp_path / "d.joblib").predict(X_test)))
+    rank = int(np.ceil((len(residuals) + 1) * 0.8))
+    assert card["interval"]["half_width"] == pytest.approx(residuals[rank - 1])
+    assert residuals[rank - 2] < card["interval"]["half_width"]  # not the plain quantile one place lower
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dataset", "diabetes", "--model", "svc"], "--model svc does not predict a quantity: for this regression, "
+                                                  "choose gradient_boosting, knn, random_forest, ridge"),
+    (["--model", "ridge"], "--model ridge does not predict a class: for this classification, choose "
+                           "gradient_boosting, knn, logistic_regression, random_forest, svc"),
+    (["--dataset", "diabetes", "--task", "classification"], "the diabetes table is a regression, not a classification"),
+    (["--dataset", "diabetes", "--test-size", "0.01"], "5 held-out rows are too few for a 90% interval: it needs at "
+                                                        "least 9"),
+])
+def test_an_algorithm_or_task_that_does_not_fit_is_refused_in_one_line(tmp_path, args, message):
+    code, stderr, written = run_cli(tmp_path, *args)
+    assert code == 1 and message in stderr and stderr.count("\n") == 1 and written == []
+
+
+@pytest.mark.parametrize("algorithm", sorted(train.ALGORITHMS["regression"]))
+def test_each_regression_algorithm_trains_on_numbers_and_categories(tmp_path, algorithm):
+    table = write_homes_csv(tmp_path / "homes.csv")
+    output = tmp_path / "homes.joblib"
+    train.main(["--csv", str(table), "--target", "Price (k€)", "--drop", "ID", "--model", algorithm,
+                "--output", str(output)])
+    card = json.loads(output.with_suffix(".json").read_text())
+    assert card["metrics"]["test_r2"] > 0.8 and card["metrics"]["test_mae"] < card["metrics"]["baseline_mae"]
+    estimator = joblib.load(output)
+    assert estimator.predict(np.array([[100.0, 3.0, "centre"]], dtype=object))[0] > 300  # 50 + 320 + 45 + 120
+
+
+def test_gradient_boosting_splits_on_categories_natively(tmp_path):
+    table = write_homes_csv(tmp_path / "homes.csv")
+    train.main(["--csv", str(table), "--target", "Price (k€)", "--drop", "ID", "--model", "gradient_boosting",
+                "--output", str(tmp_path / "homes.joblib")])
+    booster = joblib.load(tmp_path / "homes.joblib")[-1]
+    assert booster.is_categorical_.tolist() == [True, False, False]  # district, then area and rooms
+
+
+def test_a_regressor_fitted_elsewhere_is_adopted_and_calibrated_on_the_table(tmp_path):
+    from sklearn.ensemble import RandomForestRegressor
+
+    from tests.support import homes
+    fitted_on = homes(600, seed=3)
+    X = np.array([[a, r, d == "centre", d == "north"] for a, r, d, _ in fitted_on], dtype=float)
+    mine = RandomForestRegressor(n_estimators=20, random_state=0).fit(X, [p for *_, p in fitted_on])
+    joblib.dump(mine, tmp_path / "mine.joblib")
+    lines = ["area,rooms,centre,north,price"] + [f"{a},{r},{int(d == 'centre')},{int(d == 'north')},{p}"
+                                                 for a, r, d, p in homes(200, seed=4)]
+    (tmp_path / "unseen.csv").write_text("\n".join(lines) + "\n")
+    output = tmp_path / "adopted.joblib"
+    train.main(["--csv", str(tmp_path / "unseen.csv"), "--target", "price", "--fitted", str(tmp_path / "mine.joblib"),
+                "--output", str(output)])
+    card = json.loads(output.with_suffix(".json").read_text())
+    assert card["task"] == "regression" and card["algorithm"] == "fitted elsewhere"
+    assert card["interval"]["calibration_rows"] == 200 and card["metrics"]["table_r2"] > 0.8
+    code, stderr, _ = run_cli(tmp_path, "--csv", str(tmp_path / "unseen.csv"), "--target", "price", "--fitted",
+                              str(tmp_path / "mine.joblib"), "--task", "classification")
+    assert code == 1 and "is a regressor, but --task says classification" in stderr
