@@ -4,19 +4,20 @@ the artifact as JSON (model/iris.joblib -> model/iris.json).
     card = read_card(card_path("model/iris.joblib"))    # a dict; CardError says what is wrong
     public_view(card)                                    # what GET /api/v1.0/model answers
 
-Its keys: name and version; algorithm, estimator and parameters; task; features and inputs (each input's name, label,
-kind, unit, allowed values and training range or categories); classes and class_labels; examples (a typical row
-per class); reference (rows with the answers the model gives them: the API's self-test); explanation (what
-explain.py needs); texts (the page's words); metrics, training, versions (of Python and the libraries) and the
-artifact's sha256. tabserve/describe.py computes them; docs/models.md explains them. Reading a card needs only the
-standard library, so the web app can use this module without NumPy.
+Its keys: name and version; task ("classification" or "regression"); algorithm, estimator and parameters; target
+(what is predicted: a quantity's unit, training range and quantiles); features and inputs (each input's name, label,
+kind, unit, allowed values and training range or categories); a classifier's classes and class_labels, a
+regressor's interval; examples (typical rows); reference (rows with the answers the model gives them: the API's
+self-test); explanation (what explain.py needs); texts (the page's words); metrics, training, versions (of Python and
+the libraries) and the artifact's sha256. tabserve/describe.py computes them; docs/models.md explains them. Reading a
+card needs only the standard library, so the web app can use this module without NumPy.
 """
 
 import json
 from pathlib import Path
 
-REQUIRED = ("name", "version", "algorithm", "features", "inputs", "classes", "class_labels", "reference",
-            "explanation", "versions", "sha256")
+REQUIRED = ("name", "version", "algorithm", "features", "inputs", "reference", "explanation", "versions", "sha256")
+REQUIRED_FOR = {"classification": ("classes", "class_labels"), "regression": ("target", "interval")}
 PRIVATE = ("reference",)  # kept for the API's own checks, never answered
 PRIVATE_EXPLANATION = ("rows", "row_classes")  # the training rows behind the neighbours
 
@@ -38,7 +39,9 @@ def read_card(path):
         raise CardError(f"model metadata {path} not found: train a model first with 'python train.py'") from None
     except (OSError, ValueError) as err:
         raise CardError(f"cannot read model metadata {path}: {err}") from None
-    missing = [key for key in REQUIRED if key not in card]
+    if task_of(card) not in REQUIRED_FOR:
+        raise CardError(f"model metadata {path} has the task {card['task']!r}: retrain with 'python train.py'")
+    missing = [key for key in REQUIRED + REQUIRED_FOR[task_of(card)] if key not in card]
     if missing:
         raise CardError(f"model metadata {path} lacks {', '.join(missing)}: retrain with 'python train.py'")
     return card
@@ -48,6 +51,11 @@ def public_view(card):
     """The card as GET /api/v1.0/model answers it: less the rows kept for the self-test and the neighbours."""
     explanation = {key: value for key, value in card["explanation"].items() if key not in PRIVATE_EXPLANATION}
     return {**{key: value for key, value in card.items() if key not in PRIVATE}, "explanation": explanation}
+
+
+def task_of(card):
+    """What the model predicts: "classification" (cards written before regressors say nothing) or "regression"."""
+    return card.get("task", "classification")
 
 
 def identity(card):

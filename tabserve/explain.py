@@ -1,14 +1,15 @@
 """Why the model gave an answer: what each feature contributed, and the most similar rows it learned from.
 
     explainer = Explainer(schema, metadata["explanation"])      # once, at start-up (None rows: no neighbours)
-    contributions = explainer.contributions(model, rows)        # (N, inputs), in feature order
+    contributions = explainer.contributions(compute, rows, best)  # (N, inputs), in feature order
     neighbours = explainer.neighbours(rows[0])                  # the NEIGHBOURS nearest training rows
 
 Exactly, so that anyone can recompute it (train.py keeps what it needs in the metadata):
 - the contribution of feature f to row x, whose predicted class is k, is p(k | x) - p(k | x with f replaced by its
   baseline), the baseline being the training table's median of a number and most frequent value of a category;
-  rounded to CONTRIBUTION_DIGITS. Positive: this value pushed the answer toward k. One vectorised call predicts
-  x and its n variants (n + 1 rows per row).
+  rounded to CONTRIBUTION_DIGITS. Positive: this value pushed the answer toward k. For a regressor it is
+  f(x) - f(x with f at its baseline), in the target's unit: how far this value moved the prediction. One
+  vectorised call predicts x and its n variants (n + 1 rows per row).
 - the distance from x to a training row t is sqrt(sum over numbers ((x_f - t_f) / s_f)^2 + sum over categories
   [x_f != t_f]), s_f the table's standard deviation of f (ddof 0); a number with s_f = 0 cannot tell rows apart
   and is left out. The nearest come first, ties in table order; rounded to DISTANCE_DIGITS.
@@ -33,7 +34,9 @@ class Explainer:
         self.categories = [i for i, item in enumerate(schema.inputs) if item.kind == "category"]
         rows = facts.get("rows") if facts.get("neighbours") else None
         self.rows = schema.matrix(rows) if rows else None
-        self.row_classes = facts.get("row_classes", [])
+        # What each training row was: its class, or its target's value.
+        self.row_answers = [("class", name) for name in facts["row_classes"]] if "row_classes" in facts else [
+            ("target", value) for value in facts.get("row_targets", [])]
         if self.rows is not None:
             self.row_numbers = self.rows[:, self.distance_numbers].astype(float)
             self.row_categories = self.rows[:, self.categories]
@@ -46,11 +49,15 @@ class Explainer:
             stacked[:, feature + 1, feature] = self.baselines[feature]
         return stacked.reshape(count * (width + 1), width)
 
-    def contributions(self, predict_proba, rows, best):
-        """(N, inputs): p(k | x) - p(k | x with f at its baseline), k each row's predicted class (best)."""
+    def contributions(self, compute, rows, best=None):
+        """(N, inputs): p(k | x) - p(k | x with f at its baseline), k each row's predicted class (best); for a
+        regressor (best None), f(x) - f(x with f at its baseline), in the target's unit."""
         count, width = rows.shape
-        probabilities = predict_proba(self.variants(rows)).reshape(count, width + 1, -1)
-        chosen = probabilities[np.arange(count), :, best]  # (N, n + 1): p(k | x), then p(k | each variant)
+        answers = compute(self.variants(rows))
+        if best is None:
+            chosen = np.asarray(answers, dtype=float).reshape(count, width + 1)  # f(x), then f(each variant)
+        else:
+            chosen = answers.reshape(count, width + 1, -1)[np.arange(count), :, best]  # p(k | x), p(k | variants)
         return np.round(chosen[:, :1] - chosen[:, 1:], CONTRIBUTION_DIGITS)
 
     def neighbours(self, row):
@@ -62,5 +69,6 @@ class Explainer:
         squares += (self.row_categories != row[self.categories]).sum(axis=1)
         nearest = np.argsort(squares, kind="stable")[:NEIGHBOURS]  # stable: ties keep the table's order
         names = self.schema.names
-        return [{"features": dict(zip(names, self.rows[i].tolist(), strict=True)), "class": self.row_classes[i],
+        return [{"features": dict(zip(names, self.rows[i].tolist(), strict=True)),
+                 self.row_answers[i][0]: self.row_answers[i][1],
                  "distance": round(float(np.sqrt(squares[i])), DISTANCE_DIGITS)} for i in nearest.tolist()]

@@ -56,7 +56,8 @@ class ApiMetrics:
             f"{PREFIX}_api_request_duration_seconds", "Time to answer a request, by endpoint", ["endpoint"],
             buckets=LATENCY_BUCKETS, registry=registry))
         self.predictions = cached_labels(Counter(
-            f"{PREFIX}_api_predictions", "Predictions made, by predicted class", ["class"], registry=registry))
+            f"{PREFIX}_api_predictions", "Predictions made, by predicted class (empty for a regressor)", ["class"],
+            registry=registry))
         self.explanations = cached_labels(Counter(
             f"{PREFIX}_api_explanations", "Predictions explained (contributions, and neighbours on "
             "/api/v1.0/explain), by predicted class", ["class"], registry=registry))
@@ -86,13 +87,15 @@ class ApiMetrics:
         self.latency(endpoint).observe(seconds)
 
     def count_predictions(self, model, predictions, explained=False):
-        """Predictions (or explanations) by class, and out-of-range numbers by feature, from any endpoint."""
+        """Predictions (or explanations) by class (a regressor's with no class), and out-of-range numbers by feature,
+        from any endpoint."""
         counter = self.explanations if explained else self.predictions
-        best = predictions.best.tolist()
-        if len(best) == 1:  # the usual request needs no tally
-            counter(model.classes[best[0]]).inc()
+        if predictions.task == "regression":
+            counter("").inc(len(predictions.values))
+        elif len(predictions.best) == 1:  # the usual request needs no tally
+            counter(model.classes[predictions.best[0]]).inc()
         else:
-            for index, count in collections.Counter(best).items():
+            for index, count in collections.Counter(predictions.best.tolist()).items():
                 counter(model.classes[index]).inc(count)
         if explained or not predictions.outside.any():
             return

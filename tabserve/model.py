@@ -12,20 +12,27 @@ that trained it (scikit-learn's model persistence guide). The path comes from co
 import hashlib
 import hmac
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import joblib
 import numpy as np
 import sklearn
+from sklearn.base import is_regressor
 
-from tabserve.card import CardError, card_path, identity, read_card
+from tabserve.card import CardError, card_path, identity, read_card, task_of
 from tabserve.explain import Explainer
 from tabserve.fastpaths import choose_predictor
 from tabserve.inputs import Schema
 
 MAX_ROWS = 10_000  # rows predicted in one call, at most
 PROBABILITY_DIGITS = 6
+# A regressor's numbers keep this many significant digits at the scale of the target's training range: a batch and a
+# single row go through different BLAS paths and differ in the last bits, and an answer must not depend on the
+# company it came in.
+PREDICTION_DIGITS = 10
 SELF_TEST_TOLERANCE = 1e-6  # another machine's floating point may differ in the last digits, never by this much
 
 logger = logging.getLogger(__name__)
@@ -46,10 +53,12 @@ class Model:
     estimator: object
     card: dict
     schema: Schema  # the inputs and their rules
-    classes: tuple
-    compute: object  # rows -> the estimator's answer: each class's probability (see fastpaths.choose_predictor)
+    task: str  # "classification" or "regression"
+    classes: tuple  # a classifier's classes, in its order; () for a regressor
+    compute: object  # rows -> each class's probability, or the predicted number (see fastpaths.choose_predictor)
     engine: str  # "numpy" (the linear fast path), "numpy forest" (the forest's) or "scikit-learn"
     explainer: Explainer  # contributions and neighbours (explain.py)
+    decimals: int = None  # a regressor's numbers are rounded to these decimal places (PREDICTION_DIGITS)
 
     @property
     def identity(self):
@@ -57,21 +66,31 @@ class Model:
 
 
 @dataclass(frozen=True)
-class Predictions:
-    """What the model says of n rows, as arrays, for any protocol to present."""
+class ClassPredictions:
+    """What a classifier says of n rows, as arrays, for any protocol to present."""
 
+    task: ClassVar[str] = "classification"
     classes: tuple  # the model's classes, in its order
     best: np.ndarray  # (n,): index of the most probable class in classes
     probabilities: np.ndarray  # (n, classes), rounded to PROBABILITY_DIGITS
     outside: np.ndarray  # (n, inputs) booleans: the number lies outside the range seen in training
 
-    @property
-    def task(self):
-        return "classification"
-
     def labels(self):
         """The predicted class of each row."""
         return [self.classes[i] for i in self.best.tolist()]
+
+
+@dataclass(frozen=True)
+class NumberPredictions:
+    """What a regressor says of n rows: each number, with the interval that holds the truth at the card's level."""
+
+    task: ClassVar[str] = "regression"
+    values: np.ndarray  # (n,)
+    low: np.ndarray  # (n,): the interval's ends
+    high: np.ndarray
+    level: float  # the share of true values the intervals hold (intervals.py)
+    beyond: np.ndarray  # (n,) booleans: the prediction lies outside the target's range in training
+    outside: np.ndarray  # (n, inputs) booleans, as for a classifier
 
 
 def verify_artifact(model_path, card):
@@ -91,12 +110,15 @@ def verify_artifact(model_path, card):
 
 
 def check_fit(model_path, estimator, schema, card):
-    """Refuse an estimator that does not take the card's inputs or answer its classes."""
+    """Refuse an estimator that does not take the card's inputs or answer its task and classes."""
     classes = tuple(str(name) for name in getattr(estimator, "classes_", ()))
     if list(schema.names) != card["features"] or getattr(estimator, "n_features_in_", None) not in (
             None, len(schema.inputs)):
         raise ModelError(f"model {model_path} does not take the inputs its metadata describes "
                          f"({', '.join(schema.names)}): retrain it with 'python train.py'")
+    if is_regressor(estimator) != (task_of(card) == "regression"):
+        raise ModelError(f"model {model_path} is not the {task_of(card)} its metadata describes: retrain it with "
+                         "'python train.py'")
     if list(classes) != card["classes"]:
         raise ModelError(f"model {model_path} answers the classes {', '.join(classes)}, its metadata "
                          f"{', '.join(map(str, card['classes']))}: retrain it with 'python train.py'")
@@ -119,13 +141,21 @@ def load_model(model_path):
     schema = Schema(card["inputs"])
     classes = check_fit(model_path, estimator, schema, card)
     compute, engine = choose_predictor(estimator, schema, reference_rows(schema, card))
-    return Model(estimator=estimator, card=card, schema=schema, classes=classes, compute=compute, engine=engine,
-                 explainer=Explainer(schema, card["explanation"]))
+    return Model(estimator=estimator, card=card, schema=schema, task=task_of(card), classes=classes, compute=compute,
+                 engine=engine, explainer=Explainer(schema, card["explanation"]), decimals=decimals_for(card))
 
 
 def reference_rows(schema, card):
     """The reference rows that train.py kept, as the estimator takes them."""
     return schema.matrix(card["reference"]["rows"])
+
+
+def decimals_for(card):
+    """The decimal places that keep PREDICTION_DIGITS significant digits of the target's largest training value."""
+    if task_of(card) != "regression":
+        return None
+    largest = max(abs(card["target"]["training_range"]["min"]), abs(card["target"]["training_range"]["max"]))
+    return PREDICTION_DIGITS - 1 - (math.floor(math.log10(largest)) if largest > 0 else 0)
 
 
 def out_of_range(model, rows):
@@ -142,22 +172,34 @@ def out_of_range(model, rows):
 
 def predict(model, rows):
     """Predictions for an (n, inputs) array of checked rows, computed with one vectorised call."""
-    probabilities = model.compute(rows)
-    if not np.isfinite(probabilities).all():  # the inputs' bounds are set to prevent it; never serve a NaN
-        wrong = np.flatnonzero(~np.isfinite(probabilities).all(axis=1))
-        raise Unpredictable(f"The model cannot compute probabilities for row {int(wrong[0])} (of {len(wrong)} "
-                            "such rows): its values lie too far outside what it was trained on.")
-    return Predictions(classes=model.classes, best=probabilities.argmax(axis=1),
-                       probabilities=np.round(probabilities, PROBABILITY_DIGITS), outside=out_of_range(model, rows))
+    answers = model.compute(rows)
+    finite = np.isfinite(answers) if answers.ndim == 1 else np.isfinite(answers).all(axis=1)
+    if not finite.all():  # the inputs' bounds are set to prevent it; never serve a NaN
+        wrong = np.flatnonzero(~finite)
+        what = "a prediction" if model.task == "regression" else "probabilities"
+        raise Unpredictable(f"The model cannot compute {what} for row {int(wrong[0])} (of {len(wrong)} such rows): "
+                            "its values lie too far outside what it was trained on.")
+    if model.task == "regression":
+        values = np.round(np.asarray(answers, dtype=float).reshape(len(rows)), model.decimals)
+        interval, target = model.card["interval"], model.card["target"]["training_range"]
+        # Element by element, the ends follow from the rounded value exactly, whatever company it came in.
+        low, high = values - interval["half_width"], values + interval["half_width"]
+        return NumberPredictions(values=values, low=low, high=high, level=interval["level"],
+                                 beyond=(values < target["min"]) | (values > target["max"]),
+                                 outside=out_of_range(model, rows))
+    return ClassPredictions(classes=model.classes, best=answers.argmax(axis=1),
+                            probabilities=np.round(answers, PROBABILITY_DIGITS), outside=out_of_range(model, rows))
 
 
 def self_test(model):
     """Predict the reference rows: a model that does not give the answers it gave in training must not serve."""
     rows = reference_rows(model.schema, model.card)
+    what = "predictions" if model.task == "regression" else "probabilities"
+    recorded = np.array(model.card["reference"][what])
     try:
-        gap = float(np.abs(model.compute(rows) - np.array(model.card["reference"]["probabilities"])).max())
+        gap = float(np.abs(model.compute(rows) - recorded).max())
     except Exception as err:
         raise ModelError(f"the model failed its self-test prediction: {err}") from None
-    if not gap <= SELF_TEST_TOLERANCE:
-        raise ModelError(f"the model failed its self-test: its probabilities for the reference rows differ from "
-                         f"those recorded in training by {gap:g}")
+    if not gap <= SELF_TEST_TOLERANCE * max(1.0, float(np.abs(recorded).max())):  # relative, for a quantity
+        raise ModelError(f"the model failed its self-test: its {what} for the reference rows differ from those "
+                         f"recorded in training by {gap:g}")

@@ -10,8 +10,10 @@ model of numbers only, one tensor per feature (named by it) for a model with cat
 
 import json
 
+from tabserve.card import task_of
 from tabserve.inputs import Schema
 from tabserve.model import MAX_ROWS
+from tabserve.v2 import OUTPUTS
 
 NUMBER_TYPES = ["FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"]
 
@@ -104,6 +106,46 @@ def inputs_schema(schema):
             "description": f"One tensor per input, named by it ({', '.join(schema.names)}), each of the same N rows"}
 
 
+def answer_schema(metadata, schema):
+    """One row's answer: a classifier's class and probabilities, or a regressor's number and interval; with at
+    most a warning per number (and, for a regressor, one for a prediction beyond the target's range)."""
+    numbers = sum(item.kind == "number" for item in schema.inputs)
+    warnings = {"type": "array", "items": {"type": "string"}, "maxItems": numbers,
+                "description": "One sentence per input outside the range seen in training (at most one per input)"}
+    if task_of(metadata) == "classification":
+        classes = metadata["classes"]
+        return {"type": "object", "required": ["prediction", "probabilities", "warnings"], "properties": {
+            "prediction": {"enum": classes},
+            "probabilities": {"type": "object", "required": classes, "additionalProperties": False,
+                              "properties": {name: {"type": "number", "minimum": 0, "maximum": 1} for name in classes}},
+            "warnings": warnings}}
+    level = metadata["interval"]["level"]
+    return {"type": "object", "required": ["prediction", "interval", "warnings"], "properties": {
+        "prediction": {"type": "number", "description": f"The predicted {metadata['target']['label']}"},
+        "interval": {"type": "object", "required": ["low", "high", "level"], "additionalProperties": False,
+                     "description": f"Holds the true value for {level:.0%} of rows like the training data (split "
+                                    "conformal prediction: docs/models.md)",
+                     "properties": {"low": {"type": "number"}, "high": {"type": "number"}, "level": {"const": level}}},
+        "warnings": {**warnings, "maxItems": numbers + 1,
+                     "description": "One sentence per input outside the range seen in training, and one when the "
+                                    "prediction lies outside the target's"}}}
+
+
+def explanation_schema(metadata):
+    """The explain endpoint's additions: contributions (probability points, or the target's unit) and neighbours
+    (with their class, or their target's value)."""
+    regression = task_of(metadata) == "regression"
+    contribution = {"type": "number"} if regression else {"type": "number", "minimum": -1, "maximum": 1}
+    answer = ("target", {"type": "number"}) if regression else ("class", {"type": "string"})
+    return {"type": "object", "required": ["contributions", "neighbours"], "properties": {
+        "contributions": {"type": "object", "additionalProperties": contribution,
+                          "description": "Feature name -> contribution, in feature order"},
+        "neighbours": {"type": "array", "maxItems": 3, "items": {
+            "type": "object", "required": ["features", answer[0], "distance"],
+            "properties": {"features": {"$ref": "#/components/schemas/Features"}, answer[0]: answer[1],
+                           "distance": {"type": "number", "minimum": 0}}}}}}
+
+
 def served_document(path, metadata):
     """The OpenAPI document for the model this metadata describes, as the bytes /openapi.json answers."""
     document = json.loads(path.read_text(encoding="utf-8"))
@@ -113,7 +155,9 @@ def served_document(path, metadata):
     for path in ("/api/v1.0", "/api/v1.0/explain"):
         document["paths"][path]["get"]["parameters"] = [query_parameter(item) for item in schema.inputs]
     schemas["Features"], schemas["Row"] = rows_schemas(schema)
-    schemas["Answer"]["properties"]["warnings"]["maxItems"] = sum(item.kind == "number" for item in schema.inputs)
+    schemas["Answer"] = answer_schema(metadata, schema)
+    schemas["Explanation"]["allOf"][1] = explanation_schema(metadata)
+    schemas["OutputTensor"]["properties"]["name"] = {"enum": list(OUTPUTS[task_of(metadata)])}
     schemas["InferenceRequest"]["properties"]["inputs"] = inputs_schema(schema)
     if schema.numeric:
         schemas["InputTensor"] = matrix_tensor(schema)

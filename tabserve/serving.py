@@ -45,7 +45,8 @@ class Serving:
 
     def contributions(self, rows, predictions):
         """What each value contributed to each row's answer (explain.py), counted as explanations."""
-        contributions = self.model.explainer.contributions(self.model.compute, rows, predictions.best)
+        best = predictions.best if predictions.task == "classification" else None
+        contributions = self.model.explainer.contributions(self.model.compute, rows, best)
         self.metrics.count_predictions(self.model, predictions, explained=True)
         return contributions
 

@@ -139,25 +139,37 @@ def range_warnings(schema, row, outside):
 
 
 def answers(model, rows, predictions):
-    """A dict per row: the prediction, each class's probability, and a warning per number out of range."""
-    classes, outside = predictions.classes, predictions.outside
+    """A dict per row: the prediction, with each class's probability or the interval, and a warning per number out
+    of range (and, for a regressor, when the prediction lies outside the target's training range)."""
+    outside = predictions.outside
     unusual = outside.any(axis=1).tolist()
-    return [
-        {
-            "prediction": classes[choice],
-            "probabilities": dict(zip(classes, row_probabilities, strict=True)),
-            "warnings": range_warnings(model.schema, rows[i], outside[i]) if unusual[i] else [],
-        }
-        for i, (choice, row_probabilities) in enumerate(zip(predictions.best.tolist(),
-                                                            predictions.probabilities.tolist(), strict=True))
-    ]
+    warnings = [range_warnings(model.schema, rows[i], outside[i]) if unusual[i] else [] for i in range(len(rows))]
+    if predictions.task == "regression":
+        return number_answers(model.card["target"], predictions, warnings)
+    classes = predictions.classes
+    return [{"prediction": classes[choice], "probabilities": dict(zip(classes, row_probabilities, strict=True)),
+             "warnings": warnings[i]}
+            for i, (choice, row_probabilities) in enumerate(zip(predictions.best.tolist(),
+                                                                predictions.probabilities.tolist(), strict=True))]
+
+
+def number_answers(target, predictions, warnings):
+    """A regressor's answers: each number with its interval, warned when it lies beyond the target's training range."""
+    unit = f" {target['unit']}" if target.get("unit") else ""
+    low, high = target["training_range"]["min"], target["training_range"]["max"]
+    level, beyond = predictions.level, predictions.beyond.tolist()
+    return [{"prediction": value, "interval": {"low": lower, "high": upper, "level": level},
+             "warnings": warnings[i] + ([f"The prediction {value:g}{unit} lies outside the {low:g} to {high:g}{unit} "
+                                         f"of {target['label']} seen in training."] if beyond[i] else [])}
+            for i, (value, lower, upper) in enumerate(zip(predictions.values.tolist(), predictions.low.tolist(),
+                                                          predictions.high.tolist(), strict=True))]
 
 
 def answer(model, features, rows, predictions):
     """GET /api/v1.0's answer for the one row of a query: what answers() says of it, the values read, the model."""
     first = answers(model, rows, predictions)[0]
-    return {"prediction": first["prediction"], "probabilities": first["probabilities"], "features": features,
-            "warnings": first["warnings"], "model": model.identity}
+    warnings = first.pop("warnings")
+    return {**first, "features": features, "warnings": warnings, "model": model.identity}
 
 
 def explanation(model, contributions, neighbours):

@@ -12,9 +12,10 @@ tensor data extension (docs/protocol/extension_binary_data.md), which Triton's c
 its length in Inference-Header-Content-Length, followed by raw little-endian tensors. The inputs are read by
 tensors.py: one tensor of shape [N, n] for a model of numbers only, one tensor per input for a model with
 categories; the model metadata lists them. The outputs are named as MLServer's scikit-learn runtime names them:
-predict (the class names), predict_proba (a column per class, in the model's order) and out_of_range (/api/v1.0's
-drift signal, counted in the same metrics). Errors are {"error": "..."} naming the tensor or field; the limits and the
-value rules are /api/v1.0's. The routes are in api.ROUTES, beside /api/v1.0's.
+predict (a classifier's class names as BYTES, a regressor's numbers as FP64 [N, 1]), predict_proba (a column per
+class, in the model's order) or a regressor's interval (FP64 [N, 2]: low, high), out_of_range (/api/v1.0's drift
+signal, counted in the same metrics) and contributions (when asked for). Errors are {"error": "..."} naming the
+tensor or field; the limits and the value rules are /api/v1.0's. The routes are in api.ROUTES, beside /api/v1.0's.
 """
 
 import functools
@@ -30,8 +31,9 @@ from tabserve.wsgi import RequestError, shorten
 
 SERVER_METADATA = {"name": "tabserve", "version": __version__, "extensions": ["binary_tensor_data"]}
 PLATFORM = "sklearn_joblib"
-OUTPUTS = ("predict", "predict_proba", "out_of_range", "contributions")
-DEFAULT_OUTPUTS = OUTPUTS[:3]  # contributions (explain.py) cost n + 1 predictions a row: sent only when asked for
+# Each task's outputs; the last, contributions (explain.py), costs n + 1 predictions a row: sent only when asked for.
+OUTPUTS = {"classification": ("predict", "predict_proba", "out_of_range", "contributions"),
+           "regression": ("predict", "interval", "out_of_range", "contributions")}
 REQUEST_FIELDS = {"id", "parameters", "inputs", "outputs", "model_name", "model_version"}
 JSON_TYPE, BINARY_TYPE = "application/json", "application/octet-stream"
 HEADER_LENGTH = "HTTP_INFERENCE_HEADER_CONTENT_LENGTH"
@@ -91,15 +93,26 @@ def input_metadata(schema):
              "parameters": {"content_type": "str" if item.kind == "category" else "np"}} for item in schema.inputs]
 
 
+def answer_metadata(model):
+    """The outputs that say the answer: a classifier's class and probabilities, or a regressor's number and
+    interval (at the card's level)."""
+    if model.task == "regression":
+        level = str(model.card["interval"]["level"])
+        return [{"name": "predict", "datatype": "FP64", "shape": [-1, 1]},
+                {"name": "interval", "datatype": "FP64", "shape": [-1, 2],
+                 "parameters": {"columns": "low,high", "level": level}}]
+    return [{"name": "predict", "datatype": "BYTES", "shape": [-1]},
+            {"name": "predict_proba", "datatype": "FP64", "shape": [-1, len(model.classes)],
+             "parameters": {"classes": ",".join(model.classes)}}]
+
+
 def model_metadata(api, name, version=None):
     model = find_model(api, name, version)
-    features, classes = ",".join(model.schema.names), ",".join(model.classes)
+    features = ",".join(model.schema.names)
     return {
         "name": model.card["name"], "versions": [model.card["version"]], "platform": PLATFORM,
         "inputs": input_metadata(model.schema),
-        "outputs": [{"name": "predict", "datatype": "BYTES", "shape": [-1]},
-                    {"name": "predict_proba", "datatype": "FP64", "shape": [-1, len(model.classes)],
-                     "parameters": {"classes": classes}},
+        "outputs": [*answer_metadata(model),
                     {"name": "out_of_range", "datatype": "BOOL", "shape": [-1, len(model.schema.inputs)],
                      "parameters": {"features": features}},
                     {"name": "contributions", "datatype": "FP64", "shape": [-1, len(model.schema.inputs)],
@@ -144,14 +157,15 @@ def parse_header(text):
     return header
 
 
-def requested_outputs(header):
-    """[(output name, as binary data?)] in the order asked, every output when none is named."""
+def requested_outputs(header, task):
+    """[(output name, as binary data?)] in the order asked, every output but contributions when none is named."""
     default_binary = header.get("parameters", {}).get("binary_data_output", False)
+    names = OUTPUTS[task]
     if "outputs" not in header:
-        return [(name, default_binary) for name in DEFAULT_OUTPUTS]
+        return [(name, default_binary) for name in names[:-1]]
     outputs = expect("outputs", header["outputs"], list)
-    if len(outputs) > len(OUTPUTS):
-        raise bad("outputs", f"names at most {len(OUTPUTS)} outputs, got {len(outputs)}")
+    if len(outputs) > len(names):
+        raise bad("outputs", f"names at most {len(names)} outputs, got {len(outputs)}")
     requested = []
     for index, output in enumerate(outputs):
         where = f"outputs[{index}]"
@@ -159,9 +173,9 @@ def requested_outputs(header):
         if unknown:
             raise bad(f"{where}.{shorten(unknown[0])}", "is not a field of a requested output; they are name and "
                                                         "parameters")
-        if expect(f"{where}.name", output.get("name"), str) not in OUTPUTS:
+        if expect(f"{where}.name", output.get("name"), str) not in names:
             got = shorten(json.dumps(output["name"]))
-            raise bad(f"{where}.name", f"must be one of {', '.join(OUTPUTS)}, got {got}")
+            raise bad(f"{where}.name", f"must be one of {', '.join(names)}, got {got}")
         parameters = check_parameters(f"{where}.parameters", output.get("parameters", {}), "binary_data")
         requested.append((output["name"], parameters.get("binary_data", default_binary)))
     return requested
@@ -178,12 +192,16 @@ def length_prefixed(classes):
 
 def output_data(name, predictions, contributions, binary):
     """(datatype, shape, data) of one output: data as bytes when binary, else as a flat list for JSON."""
-    if name == "predict":
+    if name == "predict" and predictions.task == "regression":
+        values, datatype, dtype = predictions.values.reshape(-1, 1), "FP64", "<f8"
+    elif name == "interval":
+        values, datatype, dtype = np.column_stack([predictions.low, predictions.high]), "FP64", "<f8"
+    elif name == "predict":
         indices = predictions.best.tolist()
         if binary:
             return "BYTES", [len(indices)], b"".join(map(length_prefixed(predictions.classes).__getitem__, indices))
         return "BYTES", [len(indices)], predictions.labels()
-    if name == "predict_proba":
+    elif name == "predict_proba":
         values, datatype, dtype = predictions.probabilities, "FP64", "<f8"
     elif name == "contributions":
         values, datatype, dtype = contributions, "FP64", "<f8"
@@ -220,7 +238,7 @@ def infer(api, name, version=None):
     model = find_model(api, name, version)
     header, binary = read_request(bottle.request.environ)
     rows = read_inputs(model.schema, header, binary)
-    requested = requested_outputs(header)
+    requested = requested_outputs(header, model.task)
     predictions = api.serving.predict(rows)
     contributions = None
     if any(output == "contributions" for output, _ in requested):  # n + 1 predictions a row: only when asked

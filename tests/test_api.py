@@ -502,6 +502,17 @@ def test_default_linear_model_uses_the_numpy_fast_path_and_matches_scikit_learn(
     assert np.abs(loaded.compute(rows) - loaded.estimator.predict_proba(rows)).max() <= 1e-9
 
 
+def test_a_two_class_linear_model_uses_the_fast_path_too(tmp_path):
+    """scikit-learn 1.9 gives two classes the logistic function of one score; the fast path had the softmax of
+    (-s, s), twice too steep, and so never passed its check: breast cancer went through scikit-learn."""
+    import train
+    train.main(["--dataset", "breast_cancer", "--output", str(tmp_path / "bc.joblib")])
+    loaded = model.load_model(tmp_path / "bc.joblib")
+    assert loaded.engine == "numpy"
+    rows = np.random.default_rng(1).uniform(0, 30, size=(2000, 30))
+    assert np.abs(loaded.compute(rows) - loaded.estimator.predict_proba(rows)).max() <= 1e-9
+
+
 def test_other_estimators_go_through_scikit_learn_unchanged(knn_path):
     loaded = model.load_model(knn_path)
     assert loaded.engine == "scikit-learn"
