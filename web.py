@@ -28,6 +28,7 @@ import prometheus_client
 
 from tabserve import server
 from tabserve.client import ApiUnavailable, api_opener, basic_authorization, call_api
+from tabserve.figures import interval_picture, number_text, percent, unit_suffix, why_rows
 from tabserve.forms import FormSource, query_link, value_text
 from tabserve.metrics import WebMetrics, exposition
 from tabserve.settings import WebSettings, read_web_settings
@@ -78,10 +79,6 @@ def form_values(query_string, names):
     return [(name, value) for name, value in pairs if name in names]
 
 
-def percent(probability):
-    return f"{100 * probability:.1f}\u00a0%"  # a no-break space keeps "91.8 %" on one line
-
-
 class Template(bottle.SimpleTemplate):
     """Bottle's SimpleTemplate, escaping each {{value}} in one call rather than two.
 
@@ -103,7 +100,7 @@ def escape_text(value):
 def render(site, form, name, title, **context):
     """A page; before the form is learnt, in the plain dress of a service whose model is not known yet."""
     model = form.context if form else {"inputs": [], "examples": [], "class_labels": {},
-                                       "texts": {"title": UNKNOWN_MODEL_TITLE},
+                                       "texts": {"title": UNKNOWN_MODEL_TITLE}, "task": "classification", "target": {},
                                        "description": UNKNOWN_MODEL_DESCRIPTION}
     return site.templates[name].render(title=title, **site.common, **model, **context)
 
@@ -168,18 +165,14 @@ def result_page(site, answer):
     site.forms.notice(answer["model"]["version"])
     form = site.forms.form
     edit_link = query_link("/", [(name, value_text(value)) for name, value in answer["features"].items()])
-    label = form.context["class_labels"].get(answer["prediction"], answer["prediction"])
+    context = form.context
+    if context["task"] == "regression":
+        label = f"{number_text(answer['prediction'])}{unit_suffix(context['target'])}"
+        picture = interval_picture(context["target"], answer)
+    else:
+        label, picture = context["class_labels"].get(answer["prediction"], answer["prediction"]), None
     return render(site, form, "result", label, answer=answer, label=label, edit_link=edit_link,
-                  why=why_rows(form.context["inputs"], answer))
-
-
-def why_rows(inputs, answer):
-    """The Why list, largest first: (each value entered as the page names it, percentage points it moved the
-    probability of the answer by)."""
-    contributions, features = answer["contributions"], answer["features"]
-    rows = [(f"{item['label']} {value_text(features.get(item['name']))}{item['suffix']}",
-             100 * contributions.get(item["name"], 0)) for item in inputs]
-    return sorted(rows, key=lambda row: -abs(row[1]))
+                  why=why_rows(context, answer), picture=picture)
 
 
 def form_with_errors(site, form, values, errors):
@@ -292,7 +285,7 @@ def create_app(settings):
         templates={name: Template(name=f"{name}.tpl", lookup=[str(VIEWS)])
                    for name in ("form", "result", "failure")},
         common={"stylesheet": f"/static/style.css?v={stylesheet_hash}", "percent": percent,
-                "value_text": value_text},
+                "value_text": value_text, "number_text": number_text},
         forms=FormSource(functools.partial(counted_call, settings, opener, authorization, metrics, "/api/v1.0/model")),
     )
     site.forms.current()  # learnt now if the API answers; the pages say it is unavailable until it does

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
+from tabserve.card import task_of
 from tabserve.client import ApiUnavailable
 
 FORM_REFRESH_SECONDS = 30  # how often the form is learnt again, so that a new model rolled out gets its own form
@@ -52,8 +53,8 @@ class Form:
                     for name, row in description["examples"].items()]
         texts = description["texts"]
         return cls(str(description["version"]), names,
-                   {"inputs": inputs, "examples": examples, "texts": texts,
-                    "class_labels": description["class_labels"],
+                   {"inputs": inputs, "examples": examples, "texts": texts, "task": task_of(description),
+                    "target": description.get("target", {}), "class_labels": description["class_labels"],
                     # What the page is for, in the card's words, for search engines and link previews.
                     "description": f"{texts['title']}. {texts['lead']}"})
 

@@ -213,3 +213,48 @@ def test_the_similar_rows_table_scrolls_by_keyboard_at_375_pixels(chromium, web_
         assert tab.evaluate("document.querySelector('.table-scroll').scrollLeft") > 0
     finally:
         context.close()
+
+
+@pytest.fixture(scope="module")
+def diabetes_web_url(tmp_path_factory):
+    """The web app in front of the API serving the diabetes regressor; yields its URL."""
+    import train
+    path = tmp_path_factory.mktemp("diabetes") / "diabetes.joblib"
+    train.main(["--dataset", "diabetes", "--output", str(path)])
+    api_app = api.create_app(ApiSettings(username=USERNAME, password=PASSWORD, model_path=path))
+    with serve_in_thread(api_app) as api_url:
+        settings = WebSettings(api_url=api_url, username=USERNAME, password=PASSWORD)
+        with serve_in_thread(web.create_app(settings)) as url:
+            yield url
+
+
+def test_a_regressors_page_draws_the_number_and_its_interval(tab, diabetes_web_url, screenshot):
+    tab.goto(f"{diabetes_web_url}/")
+    assert tab.locator("h1").inner_text() == "How far will the disease progress in a year?"
+    tab.locator(".examples a").nth(1).click()  # the row of typical progression
+    tab.click("button[type=submit]")
+    tab.wait_for_url("**/prediction?**")
+    assert float(tab.locator("h1.answer").inner_text().replace(",", "")) > 0
+    picture = tab.locator(".interval svg").bounding_box()
+    band = tab.locator(".interval rect.band").bounding_box()
+    assert picture["width"] > 300 and 10 < band["width"] < picture["width"]  # drawn, and narrower than the scale
+    assert "interval" in tab.locator(".interval figcaption").inner_text()
+    assert tab.locator(".why li").count() == 10 and "points" not in tab.locator(".why").inner_text()
+    assert tab.console_errors == []
+    screenshot(tab, "prediction-regression.png")
+
+
+@pytest.mark.parametrize("width", [1280, 375])
+def test_a_regressors_pages_pass_axe_core(chromium, diabetes_web_url, width):
+    context = chromium.new_context(viewport={"width": width, "height": 800})
+    tab = context.new_page()
+    try:
+        tab.goto(f"{diabetes_web_url}/")
+        assert axe_violations(tab) == []
+        tab.locator(".examples a").first.click()
+        tab.click("button[type=submit]")
+        tab.wait_for_url("**/prediction?**")
+        assert axe_violations(tab) == [], f"the result page at {width} px"
+        assert tab.evaluate("document.documentElement.scrollWidth") <= width
+    finally:
+        context.close()

@@ -4,7 +4,11 @@
 % rebase("layout.tpl", title=title, stylesheet=stylesheet, texts=texts, description=description)
   <h1>{{texts["question"]}}</h1>
   <p class="lead">{{texts["lead"]}}</p>
+  % if task == "regression":
+  <p class="examples">Or start from a training row whose {{target["label"]}} is
+  % else:
   <p class="examples">Or start from a typical
+  % end
   % for i, (name, link) in enumerate(examples):
     <a href="{{link}}">{{name}}</a>{{"," if i < len(examples) - 2 else (" or" if i == len(examples) - 2 else ".")}}
   % end
