@@ -20,7 +20,7 @@ import tritonclient.http as triton
 from tritonclient.http.auth import BasicAuth
 
 import train
-from tests.support import FLOWERS, ROOT, free_port, query, readme_curl, require, write_fruit_csv
+from tests.support import FLOWERS, ROOT, free_port, query, readme_curl, require, write_fruit_csv, write_homes_csv
 
 SETOSA_QUERY = query(FLOWERS["setosa"])
 UP_TIMEOUT = 900  # a first build on a fresh machine downloads scikit-learn and friends
@@ -180,16 +180,41 @@ def test_a_bundled_dataset_is_served_by_a_build_argument(docker_engine):
         assert status == 200 and '<h1 class="answer">class_1</h1>' in page
 
 
-def test_a_model_of_your_own_is_served_from_a_read_only_mount(docker_engine, tmp_path):
-    """The README's three commands: train on a CSV, start the stack with deploy/own-model.yml, ask the page."""
-    train.main(["--csv", str(write_fruit_csv(tmp_path / "fruit.csv")), "--target", "Fruit", "--drop", "ID",
-                "--output", str(tmp_path / "fruit.joblib")])
+def test_a_regressor_is_served_by_a_build_argument(docker_engine):
+    """DATASET=diabetes docker compose up --build: the image trains the task's default algorithm (ridge), and the API
+    and the page answer a number with its interval."""
+    with running(Stack({"DATASET": "diabetes"})) as diabetes:
+        description = diabetes.api("/api/v1.0/model")
+        assert (description["name"], description["task"], description["algorithm"]) == (
+            "diabetes-regressor", "regression", "ridge")
+        example = next(iter(description["examples"].values()))
+        answer = diabetes.api("/api/v1.0?" + urllib.parse.urlencode(example))
+        assert answer["interval"]["low"] < answer["prediction"] < answer["interval"]["high"]
+        status, page = diabetes.web("/prediction?" + urllib.parse.urlencode(example))
+        assert status == 200 and '<h1 class="answer number">' in page and '<figure class="interval">' in page
+
+
+OWN_MODELS = {  # a CSV, its target, the name train.py gives the model, a question to the page and its answer
+    "fruit": (write_fruit_csv, "Fruit", "fruit-classifier", "weight_g=8&colour=dark+red&origin=Chile",
+              '<h1 class="answer">cherry</h1>'),
+    "homes": (write_homes_csv, "Price (k€)", "homes-regressor", "area_m2=100&rooms=3&district=centre",
+              '<h1 class="answer number">5'),  # about 50 + 320 + 45 + 120 k€
+}
+
+
+@pytest.mark.parametrize("table", OWN_MODELS)
+def test_a_model_of_your_own_is_served_from_a_read_only_mount(docker_engine, tmp_path, table):
+    """The README's three commands: train on a CSV, start the stack with deploy/own-model.yml, ask the page; for a
+    table of classes and one of a quantity alike."""
+    write, target, name, question, answer = OWN_MODELS[table]
+    train.main(["--csv", str(write(tmp_path / f"{table}.csv")), "--target", target, "--drop", "ID",
+                "--output", str(tmp_path / f"{table}.joblib")])
     tmp_path.chmod(0o755)  # the API runs as UID 10001 and reads the mounted folder
-    own = Stack({"MODEL_DIR": str(tmp_path), "MODEL_FILE": "fruit.joblib"}, files=("docker-compose.yml",
-                                                                                     "deploy/own-model.yml"))
+    own = Stack({"MODEL_DIR": str(tmp_path), "MODEL_FILE": f"{table}.joblib"}, files=("docker-compose.yml",
+                                                                                        "deploy/own-model.yml"))
     with running(own):
-        assert own.api("/api/v1.0/model")["name"] == "fruit-classifier"
-        status, page = own.web("/prediction?weight_g=8&colour=dark+red&origin=Chile")
-        assert status == 200 and '<h1 class="answer">cherry</h1>' in page
+        assert own.api("/api/v1.0/model")["name"] == name
+        status, page = own.web(f"/prediction?{question}")
+        assert status == 200 and answer in page
         touch = own.compose("exec", "-T", "api", "touch", "/models/written", check=False)
         assert touch.returncode != 0 and "Read-only file system" in touch.stderr
