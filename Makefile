@@ -15,7 +15,7 @@ API_USERS_SECRET ?= $(abspath $(STACK_FILES))/api_users
 # The address other swarm nodes reach this one at: the source address of this machine's default route.
 ADVERTISE_ADDR ?= $(shell ip route get 1.1.1.1 2>/dev/null | sed -n 's/.* src \([0-9.]*\).*/\1/p')
 
-.PHONY: test lint train api web screenshots bench bench-batching bench-web bench-versus load images stack stack-down clean
+.PHONY: test lint train api web screenshots bench bench-batching bench-web bench-versus bench-models load images stack stack-down clean
 
 $(VENV)/installed: requirements.txt requirements-web.txt requirements-test.txt
 	$(PYTHON) -m venv $(VENV)
@@ -57,6 +57,9 @@ bench-batching: $(VENV)/installed  # the adaptive batching table: a random fores
 
 bench-web: $(VENV)/installed  # the result page's CPU beside the page before explanations (needs wrk, 2 cores, a model)
 	$(VENV)/bin/python -m tools.bench_web
+
+bench-models: $(VENV)/installed  # several models side by side, same run: the default classifier, regressors (needs wrk)
+	$(VENV)/bin/python -m tools.bench_models
 
 bench-versus: $(VENV)/installed  # this tree's API beside BASE's, same run: make bench-versus BASE=509470e (needs wrk)
 	$(VENV)/bin/python -m tools.bench_versus $(if $(BASE),--base $(BASE))

@@ -70,3 +70,15 @@ def test_the_bench_beside_a_base_commit_runs_and_prints_both_columns():
     for figure in ("cold start", "GET /api/v1.0: req/s", "GET /api/v1.0/explain: p99", "POST /v2 infer, 1 row: req/s"):
         assert any(row.startswith(f"| {figure} |") for row in rows), result.stdout
     assert "failed" not in result.stdout
+
+
+def test_the_bench_of_several_models_runs_and_reads_each_against_the_default():
+    require(shutil.which("wrk"), "wrk is not installed (apt-get install wrk)")
+    result = subprocess.run([sys.executable, "-m", "tools.bench_models", "--duration", "1", "--rounds", "1"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.count("|") == 8 and "---" not in line][1:]
+    assert len(rows) == 10, result.stdout  # five models, two endpoints each
+    assert any(row.startswith("| diabetes, ridge (a linear regressor) | numpy | GET /api/v1.0 |") for row in rows)
+    assert all(row.rstrip(" |").endswith("| 0") for row in rows), result.stdout
+    assert "| the linear regressor at least as fast as the linear classifier on the same inputs" in result.stdout
