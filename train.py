@@ -26,9 +26,10 @@ from pathlib import Path
 
 from tabserve.datasets import BUNDLED, DEFAULT_DATASET, load_bundled
 from tabserve.describe import build_card
+from tabserve.packages import PackageError, needed_packages
 from tabserve.report import format_report
 from tabserve.repository import save
-from tabserve.tables import TASKS, TableError, normalise, read_csv
+from tabserve.tables import MISSING_MARKERS, TASKS, TableError, normalise, read_csv
 from tabserve.training import (
     ALGORITHMS,
     DEFAULT_MODELS,
@@ -50,7 +51,7 @@ def read_table(args, task):
     """The table the command line names: a CSV file (its task given, or decided from its target), or a bundled
     dataset (its own task)."""
     if args.csv:
-        return read_csv(args.csv, args.target, args.drop, task=task)
+        return read_csv(args.csv, args.target, args.drop, task=task, missing=args.missing)
     table = load_bundled(args.dataset)
     if task and task != table.task:
         raise TableError(f"the {args.dataset} table is a {table.task}, not a {task}")
@@ -62,10 +63,14 @@ def train(args):
     fitted = load_fitted(args.fitted) if args.fitted else None
     table = read_table(args, fitted_task(fitted, args.fitted, args.task) if fitted is not None else args.task)
     if fitted is not None:
-        estimator, train_split, facts = adopt(fitted, args.fitted, table, args.interval, args.seed)
+        estimator, train_split, facts = adopt(fitted, args.fitted, table, args.interval, args.seed, args.labels)
     else:
         algorithm = choose_algorithm(table.task, args.model)
         estimator, train_split, facts = fit(table, algorithm, args.seed, args.test_size, args.interval)
+    try:
+        facts["requires"] = needed_packages(estimator, facts["frame"])
+    except PackageError as err:
+        raise TableError(f"--fitted {args.fitted}: {err}") from None
     kind = "regressor" if table.task == "regression" else "classifier"
     facts["name"] = args.name or f"{table.name}-{kind}"
     facts["seed"], facts["keep_rows"] = args.seed, not args.no_rows
@@ -96,8 +101,8 @@ def model_name(text):
     return text
 
 
-def parse_args(argv=None):
-    parser = OneLineErrorParser(description="Train a model on a table and save it, with its model card, for api.py.")
+def add_table_options(parser):
+    """Where the rows come from, and what to predict."""
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--dataset", choices=sorted(BUNDLED), default=DEFAULT_DATASET,
                         help=f"one of scikit-learn's bundled tables (default: {DEFAULT_DATASET})")
@@ -108,9 +113,19 @@ def parse_args(argv=None):
                              "distinct values, or with fractions, is a regression; any other a classification)")
     parser.add_argument("--drop", action="append", default=[], metavar="COLUMN",
                         help="with --csv: a column to leave out, such as an ID (repeatable)")
+    parser.add_argument("--missing", action="append", metavar="TEXT",
+                        help="with --csv: a cell that means no value (repeatable; default: "
+                             f"{', '.join(MISSING_MARKERS)}); an empty cell always does")
+
+
+def add_model_options(parser):
+    """Which model: trained here, or fitted elsewhere; its name and where it goes."""
     parser.add_argument("--fitted", type=Path, metavar="FILE",
                         help="with --csv: a model you fitted elsewhere (joblib), adopted instead of training one; a "
                              "regressor's interval is calibrated on the table, so give it rows it was not fitted on")
+    parser.add_argument("--labels", type=lambda text: text.split(","), metavar="A,B,C",
+                        help="with --fitted: the class names of a classifier fitted on the codes 0, 1, 2, ... "
+                             "(default: the table's classes in sorted order, as LabelEncoder numbers them)")
     parser.add_argument("--name", type=model_name,
                         help="the model's name (default: from the dataset or file, e.g. iris-classifier)")
     parser.add_argument("--model", choices=algorithm_names(),
@@ -121,22 +136,31 @@ def parse_args(argv=None):
                         help="a regressor's prediction interval: how often it should hold the true value "
                              f"(default: {DEFAULT_INTERVAL})")
     parser.add_argument("--output", type=Path,
-                        help="where to write the joblib artifact; the metadata goes beside it as .json "
+                        help="where to write the joblib artifact; the card goes beside it as .json "
                              "(default: model/<dataset or file name>.joblib next to this script)")
     parser.add_argument("--no-rows", action="store_true",
-                        help="keep no training rows in the metadata (a table that must not ship inside an image): "
+                        help="keep no training rows in the card (a table that must not ship inside an image): "
                              "explanations then have contributions and no neighbours")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
                         help=f"random seed for the split, cross-validation and the model (default: {DEFAULT_SEED})")
     parser.add_argument("--test-size", type=fraction, default=DEFAULT_TEST_SIZE,
                         help=f"fraction of the data held out for testing (default: {DEFAULT_TEST_SIZE})")
+
+
+def parse_args(argv=None):
+    parser = OneLineErrorParser(description="Train a model on a table and save it, with its model card, for api.py.")
+    add_table_options(parser)
+    add_model_options(parser)
     args = parser.parse_args(argv)
     if args.csv and not args.target:
         parser.error("--csv needs --target, the column to predict")
     if args.fitted and args.model:
         parser.error("--fitted adopts a model, --model trains one: give one of them")
-    if not args.csv and (args.target or args.drop or args.fitted):
-        parser.error("--target, --drop and --fitted go with --csv")
+    if args.labels and not args.fitted:
+        parser.error("--labels goes with --fitted")
+    if not args.csv and (args.target or args.drop or args.fitted or args.missing):
+        parser.error("--target, --drop, --missing and --fitted go with --csv")
+    args.missing = tuple(args.missing) if args.missing is not None else MISSING_MARKERS
     return args
 
 

@@ -17,6 +17,9 @@ import numpy as np
 import sklearn
 from sklearn.model_selection import train_test_split
 
+from tabserve.frames import frame_maker
+from tabserve.training import MISSING_LEVEL
+
 REFERENCE_ROWS = 50  # rows kept with the model's answers, for the API's self-test and its check of the fast path
 EXAMPLE_QUANTILES = (0.1, 0.5, 0.9)  # a regressor's example rows: near these quantiles of the target
 TARGET_QUANTILES = {"p05": 0.05, "p25": 0.25, "p50": 0.5, "p75": 0.75, "p95": 0.95}
@@ -54,28 +57,49 @@ def simple_params(estimator):
             if value is None or isinstance(value, (bool, int, float, str))}
 
 
-def describe_input(column, values):
-    """One input as the metadata describes it; values are the training split's, for a number's range."""
-    entry = {"name": column.name, "label": column.label, "kind": column.kind, "unit": column.unit}
+def describe_input(column, values, policy):
+    """One input as the card describes it; values are the training split's, for a number's range and for what a
+    missing value becomes (policy: "impute", "native" or "adopted": training.missing_policy)."""
+    entry = {"name": column.name, "label": column.label, "kind": column.kind, "unit": column.unit,
+             "optional": bool(column.missing)}
+    if column.missing:
+        entry["missing"] = missing_facts(column, values, policy)
     if column.kind == "category":
         return {**entry, "categories": column.categories}
     numbers = np.asarray(values, dtype=float)
     allowed = dict(column.allowed) or headroom(numbers)
-    return {**entry, "allowed": allowed, "training_range": {"min": float(numbers.min()), "max": float(numbers.max())}}
+    return {**entry, "allowed": allowed,
+            "training_range": {"min": float(np.nanmin(numbers)), "max": float(np.nanmax(numbers))}}
+
+
+def missing_facts(column, values, policy):
+    """How often an input was missing in the table, and what the model assumes when it is: the value the pipeline
+    fills in (a number's training median, a category's level of its own), or that the model handles it itself."""
+    facts = {"rows": int(column.missing)}
+    if policy == "native":
+        return {**facts, "assumed": "handled by the model, which learnt where a missing value goes"}
+    if policy == "adopted":
+        return {**facts, "assumed": "handled by the model as it was fitted"}
+    if column.kind == "category":
+        return {**facts, "value": MISSING_LEVEL, "assumed": "a level of its own for a missing value"}
+    median = float(np.nanmedian(np.asarray(values, dtype=float)))
+    unit = f" {column.unit}" if column.unit else ""
+    return {**facts, "value": median, "assumed": f"{median:g}{unit}, the median in training"}
 
 
 def headroom(numbers):
     """Bounds for a number that has none of its own: ± a power of ten, HEADROOM_DECADES above the training data's
     largest magnitude (proline up to 1680: ± 1e10). Wide enough for any real value, narrow enough for the model's
     arithmetic to stay finite."""
-    bound = 10.0 ** (math.ceil(math.log10(max(1.0, float(np.abs(numbers).max())))) + HEADROOM_DECADES)
+    bound = 10.0 ** (math.ceil(math.log10(max(1.0, float(np.nanmax(np.abs(numbers)))))) + HEADROOM_DECADES)
     return {"minimum": -bound, "maximum": bound}
 
 
 def json_row(table, row):
-    """A row of the table as JSON values, by feature name: floats for numbers, strings for categories."""
-    return {column.name: (float(value) if column.kind == "number" else str(value))
-            for column, value in zip(table.columns, row, strict=True)}
+    """A row of the table as JSON values, by feature name: floats for numbers, strings for categories, None for a
+    missing value."""
+    return {column.name: None if value is None or value != value else float(value) if column.kind == "number"
+            else str(value) for column, value in zip(table.columns, row, strict=True)}
 
 
 def typical_rows(table, X):
@@ -91,11 +115,11 @@ def typical_rows(table, X):
         distance = np.zeros(len(rows))
         for index, column in enumerate(table.columns):
             values = rows[:, index]
-            if column.kind == "number":
+            if column.kind == "number":  # a missing value counts as two deviations away: typical rows are whole
                 values = values.astype(float)
-                distance += ((values - np.median(values)) / (values.std() or 1.0)) ** 2
+                distance += np.nan_to_num(((values - np.nanmedian(values)) / (np.nanstd(values) or 1.0)) ** 2, nan=4.0)
             else:
-                common = max(sorted(set(values)), key=list(values).count)
+                common = max(sorted({value for value in values if value == value}), key=list(values).count)
                 distance += values != common
         examples[name] = json_row(table, rows[int(np.argmin(distance))])
     return examples
@@ -111,8 +135,8 @@ def explanation_facts(table, X, seed, keep_rows):
         values = X[:, index]
         if column.kind == "number":
             numbers = values.astype(float)
-            baselines[column.name] = float(np.median(numbers))
-            means[column.name], deviations[column.name] = float(numbers.mean()), float(numbers.std())
+            baselines[column.name] = float(np.nanmedian(numbers))
+            means[column.name], deviations[column.name] = float(np.nanmean(numbers)), float(np.nanstd(numbers))
         else:
             baselines[column.name] = max(column.categories, key=list(values).count)
     facts = {"baselines": baselines, "means": means, "deviations": deviations, "table_rows": int(len(X)),
@@ -133,10 +157,13 @@ def explanation_facts(table, X, seed, keep_rows):
     return facts
 
 
-def reference_sample(table, X, estimator):
-    """Evenly spaced rows of the table with what the trained model answers: probabilities, or predictions."""
+def reference_sample(table, X, estimator, frame):
+    """Evenly spaced rows of the table with what the trained model answers: probabilities, or predictions (a model
+    fitted on a DataFrame asked with one: frames.py)."""
     rows = X[np.linspace(0, len(X) - 1, min(len(X), REFERENCE_ROWS)).astype(int)]
     sample = {"rows": [list(json_row(table, row).values()) for row in rows]}
+    if frame:
+        rows = frame_maker([(column.label, column.kind) for column in table.columns], frame)(rows)
     if table.task == "regression":
         return {**sample, "predictions": np.asarray(estimator.predict(rows), dtype=float).tolist()}
     return {**sample, "probabilities": estimator.predict_proba(rows).tolist()}
@@ -153,12 +180,20 @@ def describe_target(table, y_train):
             "quantiles": {key: float(np.quantile(values, q)) for key, q in TARGET_QUANTILES.items()}}
 
 
-def task_facts(table, estimator, interval):
-    """What the card says of the answers: a classifier's classes and their labels, or a regressor's interval."""
+def task_facts(table, estimator, facts):
+    """What the card says of the answers: a classifier's classes, their labels and (for a model of class codes) the
+    codes, or a regressor's interval."""
     if table.task == "regression":
-        return {"classes": [], "class_labels": {}, "interval": interval}
-    classes = [str(name) for name in estimator.classes_]
-    return {"classes": classes, "class_labels": {name: table.class_labels.get(name, name) for name in classes}}
+        return {"classes": [], "class_labels": {}, "interval": facts["interval"]}
+    classes = facts.get("classes") or [str(name) for name in estimator.classes_]
+    codes = {"class_codes": facts["class_codes"]} if facts.get("class_codes") else {}
+    return {"classes": classes, "class_labels": {name: table.class_labels.get(name, name) for name in classes}, **codes}
+
+
+def model_needs(facts):
+    """The card's "frame" (the columns a model fitted on a DataFrame takes) and "requires" (packages.py)."""
+    frame = {"frame": {"columns": facts["frame"]}} if facts.get("frame") else {}
+    return {**frame, "requires": facts["requires"]}
 
 
 def build_card(table, estimator, train_split, facts, sha256):
@@ -175,10 +210,11 @@ def build_card(table, estimator, train_split, facts, sha256):
         "parameters": simple_params(estimator),
         "target": describe_target(table, y_train),
         "features": [column.name for column in table.columns],
-        "inputs": [describe_input(column, X_train[:, i]) for i, column in enumerate(table.columns)],
-        **task_facts(table, estimator, facts["interval"]),
+        "inputs": [describe_input(column, X_train[:, i], facts["missing"]) for i, column in enumerate(table.columns)],
+        **task_facts(table, estimator, facts),
+        **model_needs(facts),
         "examples": typical_rows(table, X),
-        "reference": reference_sample(table, X, estimator),
+        "reference": reference_sample(table, X, estimator, facts.get("frame")),
         "explanation": explanation_facts(table, X, facts["seed"], facts["keep_rows"]),
         "texts": page_texts(table),
         "metrics": facts["metrics"],

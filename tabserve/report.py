@@ -41,12 +41,30 @@ def regression_lines(metrics, unit):
                     "by the interval calibrated on the other four)"]
 
 
+def missing_lines(card):
+    """The rows left out for want of a target, and each input's missing values with what the model assumes."""
+    lines = []
+    left_out = card["training"].get("rows_without_target")
+    if left_out:
+        lines.append(f"Left out {left_out} rows without a value of {card['target']['label']}.")
+    for item in card["inputs"]:
+        if item.get("optional"):
+            missing = item["missing"]
+            lines.append(f"Missing: {item['name']} in {missing['rows']} rows; the model assumes {missing['assumed']}.")
+    return [*lines, ""] if lines else []
+
+
 def format_report(card, output):
     """The human-readable training report."""
     task = card.get("task", "classification")
     lines = [f"Trained {card['algorithm']} ({card['name']} version {card['version']}) on "
              f"{card['training']['dataset']}",
              f"Task: {task} ({card['training'].get('task_decided', '')})", ""]
+    if card.get("class_codes"):
+        pairs = ", ".join(f"{code} = {name}" for code, name in zip(card["class_codes"], card["classes"], strict=True))
+        lines += [f"Classes: {pairs} (the table's classes in sorted order, as LabelEncoder numbers them; --labels "
+                  "names them otherwise)", ""]
+    lines += missing_lines(card)
     if task == "regression":
         lines += regression_lines(card["metrics"], card["target"].get("unit"))
     else:

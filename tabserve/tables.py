@@ -5,10 +5,12 @@ dataset that train.py hands over as arrays.
     table.columns[0].name, table.columns[0].kind      # "age", "number"
     table.matrix()                                      # (rows, columns): floats, or objects where a category is
 
-A column whose every value is a number becomes a numeric feature; any other becomes a categorical one. Column names
-are normalised (lower case, each run of characters other than a-z and 0-9 one "_", trimmed); the name as written is
-kept as the label. The task follows from the target (decide_task): a quantity to predict (regression) or classes.
-Everything that cannot make a model is refused with TableError, one line that names the column.
+A column whose every value is a number becomes a numeric feature; any other becomes a categorical one, whatever holes
+either has: a cell that says nothing (MISSING_MARKERS, or those given with --missing) is a missing value, NaN in the
+matrix, and a row whose target is missing is left out. Column names are normalised (lower case, each run of characters
+other than a-z and 0-9 one "_", trimmed); the name as written is kept as the label. The task follows from the target
+(decide_task): a quantity to predict (regression) or classes. Everything that cannot make a model is refused with
+TableError, one line that names the column.
 """
 
 import csv
@@ -28,6 +30,9 @@ MAX_CLASS_NUMBERS = 20
 MIN_QUANTITY_ROWS = 40  # a held-out quarter of 10 rows, enough for a 90 % interval, and 5-fold cross-validation
 TASKS = ("classification", "regression")
 NOT_NAME = re.compile(r"[^a-z0-9]+")
+# The cells that mean "no value": what spreadsheets, R (NA) and pandas (NaN, None) write; --missing replaces all but
+# the empty cell, which always means missing.
+MISSING_MARKERS = ("NA", "N/A", "NaN", "null", "None")
 
 
 class TableError(Exception):
@@ -41,14 +46,19 @@ class Column:
     name: str
     label: str
     kind: str  # "number" or "category"
-    values: list
+    values: list  # floats (NaN where missing) or strings (None where missing)
     unit: str = None
     allowed: dict = field(default_factory=dict)  # JSON Schema bounds of a number: exclusiveMinimum, maximum, ...
 
     @property
     def categories(self):
         """The distinct values of a categorical column, sorted (the order of the form's choices)."""
-        return sorted(set(self.values)) if self.kind == "category" else []
+        return sorted({value for value in self.values if value is not None}) if self.kind == "category" else []
+
+    @property
+    def missing(self):
+        """How many rows lack this column's value."""
+        return sum(value is None or value != value for value in self.values)  # NaN is the one value != itself
 
 
 @dataclass
@@ -63,6 +73,7 @@ class Table:
     target_name: str = "class"  # the target column's name, normalised
     task: str = "classification"
     task_reason: str = ""  # why this task, in words, for the report
+    dropped_rows: int = 0  # rows left out because their target is missing
     target_unit: str = None
     class_labels: dict = field(default_factory=dict)  # class -> display label, where one is nicer than the name
     texts: dict = field(default_factory=dict)  # the page's words (title, question, lead, submit)
@@ -73,7 +84,7 @@ class Table:
             return np.array([column.values for column in self.columns], dtype=float).T
         matrix = np.empty((len(self.target), len(self.columns)), dtype=object)
         for index, column in enumerate(self.columns):
-            matrix[:, index] = column.values
+            matrix[:, index] = [np.nan if value is None else value for value in column.values]
         return matrix
 
 
@@ -142,9 +153,12 @@ def check_target(name, values):
 
 
 def typed_column(name, label, cells):
-    """A column of numbers if every cell is a plain finite decimal, else of categories."""
-    if all(is_number(cell) for cell in cells):
-        return Column(name, label, "number", [float(cell) for cell in cells])
+    """A column of numbers if every cell given is a plain finite decimal, else of categories (None: missing)."""
+    given = [cell for cell in cells if cell is not None]
+    if not given:
+        raise TableError(f"column {label!r} has no value in any row: --drop it")
+    if all(is_number(cell) for cell in given):
+        return Column(name, label, "number", [math.nan if cell is None else float(cell) for cell in cells])
     return Column(name, label, "category", list(cells))
 
 
@@ -168,19 +182,21 @@ def read_rows(path):
     return header, rows[1:]
 
 
-def read_csv(path, target, drop=(), name=None, task=None):
+def read_csv(path, target, drop=(), name=None, task=None, missing=MISSING_MARKERS):
     """A Table from a CSV file: the target column as classes or a quantity (task: --task, or decided from it), every
-    other column not dropped as a feature."""
+    other column not dropped as a feature; the cells in missing (and empty ones) as missing values."""
     header, rows = read_rows(path)
+    markers = {"", *missing}
+    rows = [[None if cell in markers else cell for cell in row] for row in rows]
     names = check_names(header)
     by_name = dict(zip(header, range(len(header)), strict=True))
     for column in (target, *drop):
         if column not in by_name:
             raise TableError(f"{column!r} is not a column of {path}; its columns are {', '.join(header)}")
-    for index, label in enumerate(header):
-        empty = next((number for number, row in enumerate(rows, start=2) if not row[index]), None)
-        if empty is not None and label not in drop:
-            raise TableError(f"column {label!r} has an empty value on line {empty}: fill it or --drop the column")
+    kept = [row for row in rows if row[by_name[target]] is not None]
+    if not kept:
+        raise TableError(f"target {target!r} has no value in any row")
+    dropped, rows = len(rows) - len(kept), kept
     columns = [typed_column(names[index], label, [row[index] for row in rows])
                for index, label in enumerate(header) if label != target and label not in drop]
     if not columns:
@@ -189,5 +205,6 @@ def read_csv(path, target, drop=(), name=None, task=None):
     cells = [row[by_name[target]] for row in rows]
     task, why = decide_task(target, cells, task)
     values = check_quantity(target, cells) if task == "regression" else check_target(target, cells)
-    return Table(name=stem, columns=columns, target=values, source=f"{path.name} ({len(rows)} rows)",
-                 target_label=target, target_name=normalise(target), task=task, task_reason=why)
+    source = f"{path.name} ({len(rows)} rows" + (f", {dropped} more without a {target})" if dropped else ")")
+    return Table(name=stem, columns=columns, target=values, source=source, target_label=target,
+                 target_name=normalise(target), task=task, task_reason=why, dropped_rows=dropped)

@@ -21,6 +21,7 @@ from sklearn.ensemble import (
     RandomForestClassifier,
     RandomForestRegressor,
 )
+from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import (
     accuracy_score,
@@ -36,6 +37,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 from sklearn.svm import SVC
 
+from tabserve.frames import FrameError, frame_columns, frame_maker
 from tabserve.intervals import TooFewRows, conformal_half_width, cross_fitted_coverage
 from tabserve.tables import TableError
 
@@ -62,7 +64,8 @@ ALGORITHMS = {
         "knn": lambda seed: make_pipeline(StandardScaler(), KNeighborsRegressor(n_neighbors=5)),
     },
 }
-NATIVE_CATEGORIES = {"gradient_boosting"}  # these take categories as codes, not one-hot columns
+NATIVE_CATEGORIES = {"gradient_boosting"}  # these take categories as codes, and missing values, themselves
+MISSING_LEVEL = "(missing)"  # the category a missing category becomes, for the models that need one
 
 
 def algorithm_names():
@@ -138,21 +141,34 @@ def evaluate(estimator, split, seed, task, level):
 
 def build_estimator(table, algorithm, seed):
     """The algorithm's estimator for this table, taking the raw values: categories one-hot encoded inside the
-    pipeline (or, for gradient boosting, as codes it splits on natively); an all-numeric table gets it as it is."""
+    pipeline (or, for gradient boosting, as codes it splits on natively); an all-numeric table gets it as it is.
+    Where training had missing values, a missing number becomes the training split's median with an indicator that
+    it was missing, and a missing category a level of its own (MISSING_LEVEL); gradient boosting needs neither."""
     estimator = ALGORITHMS[table.task][algorithm](seed)
     kinds = [column.kind for column in table.columns]
-    if "category" not in kinds:
-        return estimator
     numbers = [i for i, kind in enumerate(kinds) if kind == "number"]
     categories = [i for i, kind in enumerate(kinds) if kind == "category"]
-    if algorithm in NATIVE_CATEGORIES:
-        codes = OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1)
+    native = algorithm in NATIVE_CATEGORIES
+    holes = {kind for column, kind in zip(table.columns, kinds, strict=True) if column.missing} if not native else set()
+    median = SimpleImputer(strategy="median", add_indicator=True)
+    if not categories:
+        return make_pipeline(median, estimator) if holes else estimator
+    if native:
+        codes = OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1)  # NaN stays NaN: missing
         encode = ColumnTransformer([("categories", codes, categories), ("numbers", "passthrough", numbers)])
         estimator.set_params(categorical_features=list(range(len(categories))))
         return make_pipeline(encode, estimator)
-    one_hot = OneHotEncoder(handle_unknown="ignore", sparse_output=False)
-    encode = ColumnTransformer([("numbers", StandardScaler(), numbers), ("categories", one_hot, categories)])
+    scale, one_hot = StandardScaler(), OneHotEncoder(handle_unknown="ignore", sparse_output=False)
+    level = SimpleImputer(strategy="constant", fill_value=MISSING_LEVEL)
+    encode = ColumnTransformer([
+        ("numbers", make_pipeline(median, scale) if "number" in holes else scale, numbers),
+        ("categories", make_pipeline(level, one_hot) if "category" in holes else one_hot, categories)])
     return make_pipeline(encode, estimator)
+
+
+def missing_policy(algorithm):
+    """What the model assumes of a missing value, as the card says it (describe.describe_input)."""
+    return "native" if algorithm in NATIVE_CATEGORIES else "impute"
 
 
 def fit(table, algorithm, seed, test_size, level):
@@ -164,15 +180,21 @@ def fit(table, algorithm, seed, test_size, level):
     started = time.perf_counter()
     metrics, interval = evaluate(estimator, split, seed, table.task, level)
     training = {"seed": seed, "test_size": test_size, "train_samples": int(len(split[0])),
-                "training_seconds": round(time.perf_counter() - started, 3), "task_decided": table.task_reason}
+                "training_seconds": round(time.perf_counter() - started, 3), "task_decided": table.task_reason,
+                "rows_without_target": table.dropped_rows}
     return estimator, (split[0], split[2]), {"algorithm": algorithm, "metrics": metrics, "training": training,
-                                             "interval": interval}
+                                             "interval": interval, "missing": missing_policy(algorithm), "frame": None}
 
 
 def load_fitted(path):
     """A model the user fitted elsewhere (their own joblib file, named on their own command line)."""
     try:
         return joblib.load(path)
+    except ModuleNotFoundError as err:
+        raise TableError(f"cannot load --fitted {path}: it needs the module {err.name!r}: pip install it") from None
+    except AttributeError as err:  # pickle's "Can't get attribute 'f' on <module '__main__' ...>"
+        raise TableError(f"cannot load --fitted {path}: it refers to something defined where it was fitted, not in "
+                         f"an installed package (a notebook's function?): {err}") from None
     except Exception as err:
         raise TableError(f"cannot load --fitted {path}: {err}") from None
 
@@ -186,27 +208,52 @@ def fitted_task(estimator, path, requested):
     return task
 
 
-def adopt(estimator, path, table, level, seed):
+def class_names(estimator, y, path, labels=None):
+    """The table's class names of a classifier's classes, and its class codes when they differ: a model fitted on
+    the codes 0..k-1 of the table's k classes (as XGBoost requires) gets them in sorted order (LabelEncoder's), or as
+    labels gives them. TableError for classes the model does not know."""
+    classes = [str(name) for name in estimator.classes_]
+    if labels is None and set(y) <= set(classes):
+        return classes, None
+    codes = [int(code) if float(code).is_integer() else None for code in estimator.classes_]
+    if codes != list(range(len(codes))):
+        unknown = sorted(set(y) - set(classes))
+        raise TableError(f"--fitted {path} does not know the table's class {unknown[0]!r}")
+    names = list(labels) if labels is not None else sorted(set(y))
+    if len(names) != len(codes) or not set(y) <= set(names):
+        raise TableError(f"--fitted {path} answers {len(codes)} class codes; the table has the classes "
+                         f"{', '.join(sorted(set(y)))}" + (f" and --labels names {', '.join(names)}" if labels else ""))
+    return names, codes
+
+
+def adopt(estimator, path, table, level, seed, labels=None):
     """A model fitted elsewhere, checked on every row of the table; its metrics are the table's. A regressor's
-    interval is calibrated on the table's rows, which must be rows it was not fitted on."""
+    interval is calibrated on the table's rows, which must be rows it was not fitted on. A model fitted on a
+    DataFrame is given one (frames.py); a classifier of class codes gets the table's class names."""
     X, y = table.matrix(), table.target
+    try:
+        columns = frame_columns(estimator, [column.label for column in table.columns])
+    except FrameError as err:
+        raise TableError(f"--fitted {path} {err}") from None
+    data = X if columns is None else frame_maker([(c.label, c.kind) for c in table.columns], columns)(X)
     if table.task == "classification" and not (hasattr(estimator, "predict_proba") and hasattr(estimator, "classes_")):
         raise TableError(f"--fitted {path} is not a fitted classifier with predict_proba")
     try:
-        predicted = np.asarray(estimator.predict(X))
+        predicted = np.asarray(estimator.predict(data))
         if table.task == "classification":
-            estimator.predict_proba(X[:1])
+            estimator.predict_proba(data[:1])
     except Exception as err:
         raise TableError(f"--fitted {path} cannot predict this table's rows: {str(err).splitlines()[0]}") from None
-    training = {"fitted": Path(path).name, "train_samples": int(len(X)), "task_decided": "the fitted model's"}
-    facts = {"algorithm": "fitted elsewhere", "interval": None, "training": training}
+    training = {"fitted": Path(path).name, "train_samples": int(len(X)), "task_decided": "the fitted model's",
+                "rows_without_target": table.dropped_rows}
+    facts = {"algorithm": "fitted elsewhere", "interval": None, "training": training, "missing": "adopted",
+             "frame": columns}
     if table.task == "regression":
         interval_metrics, facts["interval"] = interval_facts(y - predicted.astype(float), level, seed)
         return estimator, (X, y), {**facts, "metrics": {**regression_errors(y, predicted, "table"),
                                                         **interval_metrics}}
-    unknown = sorted(set(y) - {str(name) for name in estimator.classes_})
-    if unknown:
-        raise TableError(f"--fitted {path} does not know the table's class {unknown[0]!r}")
-    predicted = predicted.astype(str)
-    return estimator, (X, y), {**facts, "metrics": {"table_accuracy": round(float(accuracy_score(y, predicted)), 4),
-                                                    **report_classes(y, predicted)}}
+    names, codes = class_names(estimator, y, path, labels)
+    predicted = np.array([names[int(code)] for code in predicted] if codes else predicted.astype(str))
+    return estimator, (X, y), {**facts, "classes": names, "class_codes": codes,
+                               "metrics": {"table_accuracy": round(float(accuracy_score(y, predicted)), 4),
+                                           **report_classes(y, predicted)}}

@@ -81,6 +81,45 @@ def write_homes_csv(path, rows=300, seed=0):
     return path
 
 
+# A table with holes, like the Palmer penguins exported from R: sex missing here and there (NA), two rows with no
+# measurement at all, and a few empty cells; island and year are always there.
+PENGUIN_COLUMNS = ("species", "island", "bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g", "sex",
+                   "year")
+PENGUIN_FEATURES = ("island", "bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g", "sex", "year")
+SPECIES = {  # islands; mean and spread of bill length, bill depth, flipper length, body mass
+    "Adelie": (("Biscoe", "Dream", "Torgersen"), (38.8, 2.7), (18.3, 1.2), (190.0, 6.5), (3700.0, 460.0)),
+    "Chinstrap": (("Dream",), (48.8, 3.3), (18.4, 1.1), (196.0, 7.0), (3733.0, 384.0)),
+    "Gentoo": (("Biscoe",), (47.5, 3.1), (15.0, 1.0), (217.0, 6.5), (5076.0, 504.0)),
+}
+
+
+def penguins(rows=344, seed=0):
+    """Deterministic penguin rows as CSV cells (strings): NA where R writes it, "" where a cell is empty."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    lines = []
+    for index in range(rows):
+        species = ("Adelie", "Gentoo", "Chinstrap")[index % 3]
+        islands, *measures = SPECIES[species]
+        cells = [species, islands[index % len(islands)],
+                 *(f"{rng.normal(mean, spread):.1f}" for mean, spread in measures), ("male", "female")[index % 2],
+                 str(2007 + index % 3)]
+        if index % 31 == 5:
+            cells[6] = "NA"  # sex unknown: 11 rows
+        if index in (3, 271):
+            cells[2:7] = ["NA"] * 5  # nothing measured
+        if index % 97 == 40:
+            cells[3] = ""  # an empty cell
+        lines.append(cells)
+    return lines
+
+
+def write_penguins_csv(path, rows=344, seed=0):
+    path.write_text("\n".join(",".join(row) for row in [list(PENGUIN_COLUMNS), *penguins(rows, seed)]) + "\n",
+                    encoding="utf-8")
+    return path
+
+
 # As in Dockerfile.api and Dockerfile.web; THREADS and friends pass through from the environment.
 SERVER_SETTINGS = {"WORKERS": "2", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 

@@ -127,8 +127,9 @@ def rows_of(header, make, count=30):
     (rows_of("size,kind", lambda i: f"{i},{'ab'[i % 2]}"), ["--target", "kind", "--task", "regression"],
      "target 'kind' holds 'a' on line 2: a regression predicts numbers"),
     (rows_of("size,kind", lambda i: f"{i},a"), ["--target", "kind"], "target 'kind' has 1 distinct value"),
-    (rows_of("size,kind", lambda i: f"{'' if i == 7 else i},{'ab'[i % 2]}"), ["--target", "kind"],
-     "column 'size' has an empty value on line 9"),
+    (rows_of("size,colour,kind", lambda i: f"{i},NA,{'ab'[i % 2]}"), ["--target", "kind"],
+     "column 'colour' has no value in any row: --drop it"),
+    (rows_of("size,kind", lambda i: f"{i},"), ["--target", "kind"], "target 'kind' has no value in any row"),
     (rows_of("Mean radius,mean_radius,kind", lambda i: f"{i},{i},{'ab'[i % 2]}"), ["--target", "kind"],
      "columns 'Mean radius' and 'mean_radius' both become the feature name 'mean_radius'"),
     (rows_of("size,kind", lambda i: f"{i},{'ab'[i % 2]}"), ["--target", "Kind"], "'Kind' is not a column of"),
@@ -155,7 +156,7 @@ def test_a_file_that_is_not_utf8_is_refused(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--csv", "x.csv"], "--csv needs --target"),
-    (["--target", "y"], "--target, --drop and --fitted go with --csv"),
+    (["--target", "y"], "--target, --drop, --missing and --fitted go with --csv"),
     (["--dataset", "mnist"], "invalid choice: 'mnist'"),
     (["--name", "My Model"], "must be lower-case letters, digits and '-'"),
     (["--task", "clustering"], "invalid choice: 'clustering'"),
