@@ -164,7 +164,8 @@ def result_page(site, answer):
     """The answer; a new model version that gave it is learnt first, so the page names its own inputs."""
     site.forms.notice(answer["model"]["version"])
     form = site.forms.form
-    edit_link = query_link("/", [(name, value_text(value)) for name, value in answer["features"].items()])
+    edit_link = query_link("/", [(name, value_text(value)) for name, value in answer["features"].items()
+                                 if value is not None])
     context = form.context
     if context["task"] == "regression":
         label = f"{number_text(answer['prediction'])}{unit_suffix(context['target'])}"

@@ -10,12 +10,15 @@ Exactly, so that anyone can recompute it (train.py keeps what it needs in the me
   rounded to CONTRIBUTION_DIGITS. Positive: this value pushed the answer toward k. For a regressor it is
   f(x) - f(x with f at its baseline), in the target's unit: how far this value moved the prediction. One
   vectorised call predicts x and its n variants (n + 1 rows per row).
-- the distance from x to a training row t is sqrt(sum over numbers ((x_f - t_f) / s_f)^2 + sum over categories
-  [x_f != t_f]), s_f the table's standard deviation of f (ddof 0); a number with s_f = 0 cannot tell rows apart
-  and is left out. The nearest come first, ties in table order; rounded to DISTANCE_DIGITS.
+- the distance from x to a training row t is sqrt(sum over numbers ((x_f - t_f) / s_f)^2 + sum over categories [x_f !=
+  t_f]), s_f the table's standard deviation of f (ddof 0); a number with s_f = 0 cannot tell rows apart and is left out;
+  a missing value counts 1 against a value, 0 against another missing one. The nearest come first, ties in table order;
+  rounded to DISTANCE_DIGITS.
 """
 
 import numpy as np
+
+from tabserve.inputs import is_missing
 
 CONTRIBUTION_DIGITS = 6
 DISTANCE_DIGITS = 4
@@ -40,6 +43,7 @@ class Explainer:
         if self.rows is not None:
             self.row_numbers = self.rows[:, self.distance_numbers].astype(float)
             self.row_categories = self.rows[:, self.categories]
+            self.row_categories_missing = schema.missing(self.rows)[:, self.categories]
 
     def variants(self, rows):
         """Each row followed by its n copies with one feature replaced by its baseline: (N * (n + 1), inputs)."""
@@ -65,10 +69,17 @@ class Explainer:
         if self.rows is None:
             return []
         numbers = np.asarray(row[self.distance_numbers], dtype=float)
-        squares = (((self.row_numbers - numbers) / self.deviations) ** 2).sum(axis=1)
-        squares += (self.row_categories != row[self.categories]).sum(axis=1)
+        gaps = (self.row_numbers - numbers) / self.deviations
+        categories = row[self.categories]
+        differ = self.row_categories != categories
+        if self.schema.optional:  # a missing value is one deviation from any value, none from another missing one
+            gaps = np.where(np.isnan(gaps), np.isnan(self.row_numbers) ^ np.isnan(numbers), gaps)
+            missing = np.array([is_missing(value) for value in categories], dtype=bool)
+            differ &= ~(self.row_categories_missing & missing)
+        squares = (gaps ** 2).sum(axis=1) + differ.sum(axis=1)
         nearest = np.argsort(squares, kind="stable")[:NEIGHBOURS]  # stable: ties keep the table's order
-        names = self.schema.names
-        return [{"features": dict(zip(names, self.rows[i].tolist(), strict=True)),
+        names, shown = self.schema.names, (lambda value: None if is_missing(value) else value)
+        return [{"features": dict(zip(names, map(shown, self.rows[i].tolist()) if self.schema.optional
+                                      else self.rows[i].tolist(), strict=True)),
                  self.row_answers[i][0]: self.row_answers[i][1],
                  "distance": round(float(np.sqrt(squares[i])), DISTANCE_DIGITS)} for i in nearest.tolist()]

@@ -46,7 +46,8 @@ def why_rows(context, answer):
     else:
         scaled = [(c, 100 * abs(c), f"{100 * c:+.1f} points") for c in contributions.values()]
     by_name = dict(zip(contributions, scaled, strict=True))
-    rows = [(f"{item['label']} {value_text(features.get(item['name']))}{item['suffix']}",
+    rows = [(f"{item['label']} {value_text(features.get(item['name']))}"
+             f"{item['suffix'] if features.get(item['name']) is not None else ''}",
              *by_name.get(item["name"], (0.0, 0.0, "0"))) for item in context["inputs"]]
     rows.sort(key=lambda row: -abs(row[1]))
     return [(entered, min(100.0, length), words, contribution >= 0) for entered, contribution, length, words in rows]

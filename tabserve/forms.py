@@ -25,8 +25,14 @@ FORM_RETRY_SECONDS = 1  # while the API has not answered: how often a page asks 
 logger = logging.getLogger(__name__)
 
 
+NOT_GIVEN = "not given"  # how the pages write a missing value
+
+
 def value_text(value):
-    """A value as the page writes it: a category as it is, a number as 5.1, not 5.1000000000000001 or 5.0e+00."""
+    """A value as the page writes it: a category as it is, a number as 5.1, not 5.1000000000000001 or 5.0e+00, a
+    missing one as NOT_GIVEN."""
+    if value is None:
+        return NOT_GIVEN
     return value if isinstance(value, str) else f"{value:g}"
 
 
@@ -62,9 +68,13 @@ class Form:
 def hint(entry):
     """The line under an input: its typical range (a number) or how many choices it has (a category)."""
     if entry["kind"] == "category":
-        return f"One of {len(entry['categories'])}"
-    low, high = entry["training_range"]["min"], entry["training_range"]["max"]
-    return f"Typically {value_text(low)} to {value_text(high)}{entry['suffix']}"
+        typical = f"One of {len(entry['categories'])}"
+    else:
+        low, high = entry["training_range"]["min"], entry["training_range"]["max"]
+        typical = f"Typically {value_text(low)} to {value_text(high)}{entry['suffix']}"
+    if entry.get("optional"):
+        return f"{typical}; optional: if not given, the model assumes {entry['missing']['assumed']}"
+    return typical
 
 
 class FormSource:

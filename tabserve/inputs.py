@@ -7,7 +7,9 @@
 
 A number is a plain finite decimal within the bounds its metadata allows (JSON Schema's exclusiveMinimum, minimum,
 maximum, exclusiveMaximum; iris: greater than 0 and at most 100 cm); a category is exactly one of its categories.
-/api/v1.0, its batch and /v2 all check through this module, so each rule is written once.
+An input that was missing in training is optional: a missing value (MISSING, NaN in the matrices) is then a value
+too, and the card says what the model assumes of it. /api/v1.0, its batch and /v2 all check through this module, so
+each rule is written once.
 """
 
 import json
@@ -22,6 +24,12 @@ DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")  
 BOUNDS = {"exclusiveMinimum": "greater than", "minimum": "at least", "maximum": "at most",
           "exclusiveMaximum": "less than"}
 MAX_SHOWN = 40  # characters of a refused value repeated in a message
+MISSING = math.nan  # a missing value, in the rows the model takes (NumPy, scikit-learn and pandas read NaN so)
+
+
+def is_missing(value):
+    """Whether a value of a row is missing: None (JSON's null) or NaN (the one value unequal to itself)."""
+    return value is None or value != value
 
 
 def shown(text):
@@ -40,13 +48,16 @@ class Input:
     allowed: tuple = ()  # ((JSON Schema keyword, bound), ...) of a number
     training_range: tuple = None  # (min, max) of a number in the training split
     categories: tuple = ()
+    optional: bool = False  # it was missing in training: the model takes a missing value
+    assumed: str = None  # what the model assumes of a missing value, in words
 
     @classmethod
     def from_metadata(cls, entry):
         training = entry.get("training_range")
         return cls(entry["name"], entry.get("label", entry["name"]), entry["kind"], entry.get("unit"),
                    tuple((key, float(value)) for key, value in entry.get("allowed", {}).items() if key in BOUNDS),
-                   (training["min"], training["max"]) if training else None, tuple(entry.get("categories", ())))
+                   (training["min"], training["max"]) if training else None, tuple(entry.get("categories", ())),
+                   bool(entry.get("optional")), entry.get("missing", {}).get("assumed"))
 
     @property
     def in_unit(self):
@@ -74,7 +85,9 @@ class Input:
         return value
 
     def parse_text(self, text):
-        """A query-string or form value, as the model takes it."""
+        """A query-string or form value, as the model takes it; "" is a missing value, where one may be."""
+        if text == "" and self.optional:
+            return MISSING
         if self.kind == "category":
             if text not in self.categories:
                 raise ValueError(f"{self.rule()}, got {shown(text)}")
@@ -84,7 +97,10 @@ class Input:
         return self.check_number(float(text))
 
     def parse_json(self, value):
-        """A JSON value, as the model takes it: a number (not true or false) or one of the categories' strings."""
+        """A JSON value, as the model takes it: a number (not true or false) or one of the categories' strings;
+        null is a missing value, where one may be."""
+        if value is None and self.optional:
+            return MISSING
         if self.kind == "category":
             if not isinstance(value, str) or value not in self.categories:
                 raise ValueError(f"{self.rule()}, got {json.dumps(value)[:MAX_SHOWN]}")
@@ -119,10 +135,15 @@ class Schema:
         self.bounds = {key: np.array([dict(item.allowed).get(key, math.nan) for item in numbers]) for key in BOUNDS}
         self.low = np.array([item.training_range[0] for item in numbers])
         self.high = np.array([item.training_range[1] for item in numbers])
+        self.optional_numbers = np.array([item.optional for item in numbers], dtype=bool)
+        self.optional = any(item.optional for item in self.inputs)
 
     def invalid(self, numbers):
-        """(n, numeric inputs) booleans: true where a number is not finite or breaks its bounds (nan: no bound)."""
+        """(n, numeric inputs) booleans: true where a number is not finite (but for a missing value where one may
+        be) or breaks its bounds (nan: no bound)."""
         bad = ~np.isfinite(numbers)
+        if self.optional:
+            bad &= ~(np.isnan(numbers) & self.optional_numbers)
         with np.errstate(invalid="ignore"):
             bad |= numbers <= self.bounds["exclusiveMinimum"]
             bad |= numbers < self.bounds["minimum"]
@@ -131,8 +152,19 @@ class Schema:
         return bad
 
     def matrix(self, rows):
-        """Checked rows (lists in input order) as the estimator takes them: floats, or objects beside categories."""
-        return np.array(rows, dtype=float if self.numeric else object).reshape(len(rows), len(self.inputs))
+        """Checked rows (lists in input order) as the estimator takes them: floats, or objects beside categories;
+        a missing value (None in JSON) as NaN."""
+        matrix = np.array(rows, dtype=float if self.numeric else object).reshape(len(rows), len(self.inputs))
+        if self.optional and not self.numeric:
+            matrix[matrix == None] = MISSING  # noqa: E711 - an elementwise comparison, which "is None" is not
+        return matrix
+
+    def missing(self, matrix):
+        """(n, inputs) booleans: true where a value is missing."""
+        if self.numeric:
+            return np.isnan(matrix)
+        return np.array([[is_missing(value) for value in row] for row in matrix.tolist()], dtype=bool).reshape(
+            matrix.shape)
 
     def numbers_of(self, matrix):
         """The numeric columns of a matrix, as floats."""

@@ -16,7 +16,7 @@ import struct
 import numpy as np
 
 from tabserve import wsgi
-from tabserve.inputs import json_kind
+from tabserve.inputs import MISSING, is_missing, json_kind
 from tabserve.model import MAX_ROWS
 from tabserve.wsgi import RequestError, shorten
 
@@ -27,6 +27,7 @@ DATATYPES = {"FP32": "<f4", "FP64": "<f8", "INT8": "i1", "INT16": "<i2", "INT32"
 TENSOR_FIELDS = {"name", "shape", "datatype", "parameters", "data"}
 FP32_DIGITS = 7  # significant digits an FP32 value is read to (see shortest_decimals)
 MAX_REPORTED = 5
+MISSING_REQUIRED = "is missing (null, NaN or an empty string), but the model needs it"
 
 
 def bad(field, message):
@@ -129,16 +130,17 @@ def json_data(where, tensor, rows, columns, what="values"):
     return data
 
 
-def numbers(where, data, datatype):
-    """JSON numbers as a float64 array, refusing any other value (and a fraction for an INT or UINT datatype)."""
+def numbers(where, data, datatype, nullable=lambda index: False):
+    """JSON numbers as a float64 array, null as NaN where nullable(index) says a value may be missing, refusing any
+    other value (and a fraction for an INT or UINT datatype)."""
     integers = datatype.startswith(("INT", "UINT"))
-    wrong = next((i for i, value in enumerate(data) if type(value) not in (int, float)
-                  or (integers and type(value) is float and not value.is_integer())), None)
+    wrong = next((i for i, value in enumerate(data) if not (value is None and nullable(i)) and (
+        type(value) not in (int, float) or (integers and type(value) is float and not value.is_integer()))), None)
     if wrong is not None:
         kind = "an integer" if integers else "a number"  # 7.0 is an integer, as JSON Schema says
         raise bad(f"{where}.data[{wrong}]", f"must be {kind} for {datatype}, got {shorten(json.dumps(data[wrong]))}")
     try:
-        return np.array(data, dtype=np.float64)
+        return np.array([np.nan if value is None else value for value in data], dtype=np.float64)
     except OverflowError:
         raise bad(f"{where}.data", "holds an integer too large for a float") from None
 
@@ -203,7 +205,9 @@ def matrix_tensor(schema, header, body):
     raw = raw_data(where, inputs[0], parameters, body, rows * columns * itemsize,
                    f" ({rows} x {columns} x {itemsize} bytes)")
     if raw is None:
-        values = numbers(where, json_data(where, inputs[0], rows, columns, "numbers"), datatype)
+        optional = [item.optional for item in schema.inputs]
+        values = numbers(where, json_data(where, inputs[0], rows, columns, "numbers"), datatype,
+                         lambda index: optional[index % columns])
     else:
         values = np.frombuffer(raw, dtype=DATATYPES[datatype]).astype(np.float64)
     values = values.reshape(rows, columns)
@@ -220,10 +224,11 @@ def feature_column(item, where, tensor, body, rows):
         raise bad(f"{where}.shape", f"says {count} rows; the other inputs have {rows}")
     size = None if datatype == "BYTES" else count * np.dtype(datatypes[datatype]).itemsize
     raw = raw_data(where, tensor, parameters, body, size)
-    if datatype == "BYTES":
-        return (json_data(where, tensor, count, 1) if raw is None else bytes_elements(where, raw, count)), False
+    if datatype == "BYTES":  # an empty string (or JSON's null) is a missing value
+        values = json_data(where, tensor, count, 1) if raw is None else bytes_elements(where, raw, count)
+        return [MISSING if value in ("", None) else value for value in values], False
     if raw is None:
-        values = numbers(where, json_data(where, tensor, count, 1), datatype)
+        values = numbers(where, json_data(where, tensor, count, 1), datatype, lambda index: item.optional)
     else:
         values = np.frombuffer(raw, dtype=datatypes[datatype]).astype(np.float64)
     return (as_fp32(values) if datatype == "FP32" else values).tolist(), datatype == "FP32"
@@ -257,13 +262,16 @@ def check_values(schema, matrix, where_of, fp32=()):
     problems = []
     numbers = schema.numbers_of(matrix)
     for row, column in np.argwhere(schema.invalid(numbers))[:MAX_REPORTED].tolist():
-        item = schema.inputs[schema.number_columns[column]]
-        read = f"{numbers[row, column]:g}{' as FP32' if item.name in fp32 else ''}"
-        problems.append((row, schema.number_columns[column], f"{item.rule()}, got {read}"))
+        item, value = schema.inputs[schema.number_columns[column]], numbers[row, column]
+        read = f"{value:g}{' as FP32' if item.name in fp32 else ''}"
+        message = MISSING_REQUIRED if np.isnan(value) else f"{item.rule()}, got {read}"
+        problems.append((row, schema.number_columns[column], message))
     for column, item in enumerate(schema.inputs):
         if item.kind == "category":
-            wrong = [row for row, value in enumerate(matrix[:, column]) if value not in item.categories]
-            problems += [(row, column, f"{item.rule()}, got {shorten(json.dumps(matrix[row, column]))}")
+            wrong = [row for row, value in enumerate(matrix[:, column])
+                     if value not in item.categories and not (item.optional and is_missing(value))]
+            problems += [(row, column, MISSING_REQUIRED if is_missing(matrix[row, column]) else
+                          f"{item.rule()}, got {shorten(json.dumps(matrix[row, column]))}")
                          for row in wrong[:MAX_REPORTED]]
     if not problems:
         return matrix

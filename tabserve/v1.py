@@ -13,6 +13,7 @@ from urllib.parse import unquote_to_bytes
 import bottle
 import numpy as np
 
+from tabserve.inputs import MISSING, is_missing
 from tabserve.model import MAX_ROWS
 from tabserve.wsgi import RequestError, field_error, invalid, shorten
 
@@ -43,7 +44,8 @@ def query_pairs(query_string, limit):
 
 
 def parse_query(schema, query_string):
-    """The model's inputs from a raw WSGI query string, by name, or a 400 naming every problem."""
+    """The model's inputs from a raw WSGI query string, by name (an optional one left out is missing: MISSING), or a
+    400 naming every problem."""
     given = {}
     for key, value in query_pairs(query_string, len(schema.inputs) + EXTRA_QUERY_FIELDS):
         given.setdefault(key, []).append(value)
@@ -52,6 +54,9 @@ def parse_query(schema, query_string):
     features = {}
     for item in schema.inputs:
         values = given.get(item.name, [])
+        if not values and item.optional:
+            features[item.name] = MISSING
+            continue
         if len(values) != 1:
             errors.append(field_error(item.name, "is required" if not values else
                                       f"was given {len(values)} times; give it once"))
@@ -70,9 +75,12 @@ def parse_row(schema, index, row):
     where, names, count = f"instances[{index}]", schema.names, len(schema.inputs)
     what = "numbers" if schema.numeric else "values"
     if isinstance(row, dict):
-        if set(row) != set(names):
-            return None, [field_error(where, f"must have exactly the keys {', '.join(names)}")]
-        values, fields = [row[name] for name in names], [f"{where}.{name}" for name in names]
+        required = [item.name for item in schema.inputs if not item.optional]
+        if not set(required) <= set(row) or not set(row) <= set(names):
+            keys = f"the keys {', '.join(required)}" + (
+                f" (and may have {', '.join(sorted(set(names) - set(required)))})" if len(required) < count else "")
+            return None, [field_error(where, f"must have {'exactly ' if len(required) == count else ''}{keys}")]
+        values, fields = [row.get(name) for name in names], [f"{where}.{name}" for name in names]
     elif isinstance(row, list):
         if len(row) != count:
             return None, [field_error(where, f"must have {count} {what} ({', '.join(names)}), got {len(row)}")]
@@ -138,12 +146,21 @@ def range_warnings(schema, row, outside):
     ]
 
 
+def missing_warnings(schema, missing):
+    """One sentence for each value of a row that was not given: what the model assumed instead."""
+    return [f"{schema.inputs[i].name} was not given: the model assumed {schema.inputs[i].assumed}."
+            for i in np.flatnonzero(missing)]
+
+
 def answers(model, rows, predictions):
     """A dict per row: the prediction, with each class's probability or the interval, and a warning per number out
     of range (and, for a regressor, when the prediction lies outside the target's training range)."""
     outside = predictions.outside
     unusual = outside.any(axis=1).tolist()
     warnings = [range_warnings(model.schema, rows[i], outside[i]) if unusual[i] else [] for i in range(len(rows))]
+    if model.schema.optional:
+        for row_warnings, missing in zip(warnings, model.schema.missing(rows), strict=True):
+            row_warnings[:0] = missing_warnings(model.schema, missing)
     if predictions.task == "regression":
         return number_answers(model.card["target"], predictions, warnings)
     classes = predictions.classes
@@ -169,6 +186,8 @@ def answer(model, features, rows, predictions):
     """GET /api/v1.0's answer for the one row of a query: what answers() says of it, the values read, the model."""
     first = answers(model, rows, predictions)[0]
     warnings = first.pop("warnings")
+    if model.schema.optional:  # a missing value is echoed as null
+        features = {name: None if is_missing(value) else value for name, value in features.items()}
     return {**first, "features": features, "warnings": warnings, "model": model.identity}
 
 

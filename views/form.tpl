@@ -33,16 +33,20 @@
       % if item["unit"]:
         <span class="unit">({{item["unit"]}})</span>
       % end
+      % if item.get("optional"):
+        <span class="unit">(optional)</span>
+      % end
       </label>
+      % required = "" if item.get("optional") else " required"
       % if item["kind"] == "category":
-      <select id="{{name}}" name="{{name}}" required{{!' aria-invalid="true"' if invalid else ""}} aria-describedby="{{described}}">
-        <option value="">Choose…</option>
+      <select id="{{name}}" name="{{name}}"{{required}}{{!' aria-invalid="true"' if invalid else ""}} aria-describedby="{{described}}">
+        <option value="">{{"Not given" if item.get("optional") else "Choose…"}}</option>
         % for category in item["categories"]:
         <option{{!" selected" if values.get(name) == category else ""}}>{{category}}</option>
         % end
       </select>
       % else:
-      <input id="{{name}}" name="{{name}}" type="number" inputmode="decimal" step="any"{{!"" if lowest is None else ' min="%s"' % value_text(lowest)}} required
+      <input id="{{name}}" name="{{name}}" type="number" inputmode="decimal" step="any"{{!"" if lowest is None else ' min="%s"' % value_text(lowest)}}{{required}}
              value="{{values.get(name, "")}}"{{!' aria-invalid="true"' if invalid else ""}} aria-describedby="{{described}}">
       % end
       % if invalid:
