@@ -17,7 +17,7 @@ ADVERTISE_ADDR ?= $(shell ip route get 1.1.1.1 2>/dev/null | sed -n 's/.* src \(
 
 .PHONY: test lint train api web screenshots bench bench-batching bench-web bench-versus bench-models load images stack stack-down clean
 
-$(VENV)/installed: requirements.txt requirements-web.txt requirements-test.txt
+$(VENV)/installed: requirements.txt requirements-web.txt requirements-extras.txt requirements-test.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-test.txt
 	touch $@
@@ -69,6 +69,7 @@ load: $(VENV)/installed  # 100,000 mixed requests, every answer checked (needs a
 
 images:  # tabserve-api, tabserve-web and tabserve-lb, tagged TAG; make images DATASET=wine MODEL=random_forest TAG=wine-rf
 	docker build -f Dockerfile.api $(if $(MODEL),--build-arg MODEL=$(MODEL)) $(if $(DATASET),--build-arg DATASET=$(DATASET)) \
+	    $(if $(EXTRAS),--build-arg EXTRAS=$(EXTRAS)) \
 	    -t tabserve-api:$(TAG) .
 	docker build -f Dockerfile.web -t tabserve-web:$(TAG) .
 	docker build -f Dockerfile.lb -t tabserve-lb:$(TAG) .

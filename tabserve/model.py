@@ -24,8 +24,10 @@ from sklearn.base import is_regressor
 
 from tabserve.card import CardError, card_path, identity, read_card, task_of
 from tabserve.explain import Explainer
-from tabserve.fastpaths import choose_predictor
+from tabserve.fastpaths import choose_predictor, sklearn_predictor
+from tabserve.frames import frame_maker
 from tabserve.inputs import Schema
+from tabserve.packages import PackageError, check_packages
 
 MAX_ROWS = 10_000  # rows predicted in one call, at most
 PROBABILITY_DIGITS = 6
@@ -119,10 +121,12 @@ def check_fit(model_path, estimator, schema, card):
     if is_regressor(estimator) != (task_of(card) == "regression"):
         raise ModelError(f"model {model_path} is not the {task_of(card)} its metadata describes: retrain it with "
                          "'python train.py'")
-    if list(classes) != card["classes"]:
+    # A model fitted on class codes (XGBoost's 0..k-1) answers the codes; the card names them.
+    expected = [str(code) for code in card.get("class_codes") or card["classes"]]
+    if list(classes) != expected:
         raise ModelError(f"model {model_path} answers the classes {', '.join(classes)}, its metadata "
-                         f"{', '.join(map(str, card['classes']))}: retrain it with 'python train.py'")
-    return classes
+                         f"{', '.join(expected)}: retrain it with 'python train.py'")
+    return tuple(str(name) for name in card["classes"])
 
 
 def load_model(model_path):
@@ -133,6 +137,10 @@ def load_model(model_path):
     except CardError as err:
         raise ModelError(str(err)) from None
     verify_artifact(model_path, card)
+    try:
+        check_packages(card.get("requires", {}), f"model {model_path}")
+    except PackageError as err:
+        raise ModelError(str(err)) from None
     # Only our own artifact, whose hash matched, gets here to be unpickled.
     try:
         estimator = joblib.load(model_path)
@@ -140,7 +148,12 @@ def load_model(model_path):
         raise ModelError(f"cannot load model artifact {model_path}: {err}") from None
     schema = Schema(card["inputs"])
     classes = check_fit(model_path, estimator, schema, card)
-    compute, engine = choose_predictor(estimator, schema, reference_rows(schema, card))
+    if "frame" in card:  # fitted on a DataFrame: asked with one, through scikit-learn (frames.py)
+        make_frame = frame_maker([(item.label, item.kind) for item in schema.inputs], card["frame"]["columns"])
+        ask = sklearn_predictor(estimator)
+        compute, engine = (lambda rows: ask(make_frame(rows))), "scikit-learn, a DataFrame"
+    else:
+        compute, engine = choose_predictor(estimator, schema, reference_rows(schema, card))
     return Model(estimator=estimator, card=card, schema=schema, task=task_of(card), classes=classes, compute=compute,
                  engine=engine, explainer=Explainer(schema, card["explanation"]), decimals=decimals_for(card))
 

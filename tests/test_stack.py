@@ -20,7 +20,17 @@ import tritonclient.http as triton
 from tritonclient.http.auth import BasicAuth
 
 import train
-from tests.support import FLOWERS, ROOT, free_port, query, readme_curl, require, write_fruit_csv, write_homes_csv
+from tests.support import (
+    FLOWERS,
+    ROOT,
+    free_port,
+    query,
+    readme_curl,
+    require,
+    write_fruit_csv,
+    write_homes_csv,
+    write_penguins_csv,
+)
 
 SETOSA_QUERY = query(FLOWERS["setosa"])
 UP_TIMEOUT = 900  # a first build on a fresh machine downloads scikit-learn and friends
@@ -218,3 +228,64 @@ def test_a_model_of_your_own_is_served_from_a_read_only_mount(docker_engine, tmp
         assert status == 200 and answer in page
         touch = own.compose("exec", "-T", "api", "touch", "/models/written", check=False)
         assert touch.returncode != 0 and "Read-only file system" in touch.stderr
+
+
+# --- A model fitted elsewhere that needs more than the lean image has ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fitted_elsewhere(tmp_path_factory):
+    """A folder with an XGBoost classifier (on the class codes) and a LightGBM pipeline fitted on a DataFrame,
+    both adopted by train.py from the penguins table, as docs/models.md tells a user to."""
+    import joblib
+    import lightgbm
+    import pandas as pd
+    import xgboost
+    from sklearn.compose import make_column_transformer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import LabelEncoder, OneHotEncoder
+    folder = tmp_path_factory.mktemp("fitted")
+    frame = pd.read_csv(write_penguins_csv(folder / "penguins.csv"))
+    numbers = ["bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g"]
+    complete = frame.dropna()
+    joblib.dump(xgboost.XGBClassifier(n_estimators=20).fit(complete[numbers].to_numpy(),
+                                                           LabelEncoder().fit_transform(complete["species"])),
+                folder / "mine-xgb.joblib")
+    frame[["species", *numbers]].to_csv(folder / "numbers.csv", index=False)
+    pipeline = make_pipeline(make_column_transformer((OneHotEncoder(handle_unknown="ignore"), ["island", "sex"]),
+                                                     remainder="passthrough"),
+                             lightgbm.LGBMClassifier(n_estimators=20, verbose=-1))
+    joblib.dump(pipeline.fit(frame.drop(columns=["species"]), frame["species"]), folder / "mine-lgbm.joblib")
+    for table, mine, output in (("numbers.csv", "mine-xgb", "xgb"), ("penguins.csv", "mine-lgbm", "lgbm")):
+        train.main(["--csv", str(folder / table), "--target", "species", "--fitted", str(folder / f"{mine}.joblib"),
+                    "--output", str(folder / f"{output}.joblib")])
+    folder.chmod(0o755)  # the API runs as UID 10001 and reads the mounted folder
+    return folder
+
+
+def test_the_lean_image_refuses_a_model_that_needs_xgboost_in_one_line(docker_engine, fitted_elsewhere):
+    own = Stack({"MODEL_DIR": str(fitted_elsewhere), "MODEL_FILE": "xgb.joblib"},
+                files=("docker-compose.yml", "deploy/own-model.yml"))
+    try:
+        run = own.compose("run", "--rm", "-T", "--no-deps", "api", check=False, timeout=UP_TIMEOUT)
+        assert run.returncode == 1
+        refusal = [line for line in (run.stdout + run.stderr).splitlines() if "refuses to start" in line]
+        assert len(refusal) == 1 and "needs xgboost, which is not installed: pip install 'xgboost-cpu==3.2.0' (the " \
+            "API image: build it with EXTRAS=1" in refusal[0], run.stdout + run.stderr
+        lean = own.compose("run", "--rm", "-T", "--no-deps", "api", "python", "-c", "import pandas", check=False)
+        assert lean.returncode != 0 and "No module named 'pandas'" in lean.stderr
+    finally:
+        own.compose("down", "-v", check=False, timeout=300)
+        subprocess.run(["docker", "image", "rm", f"{own.project}-api", f"{own.project}-web"], capture_output=True)
+
+
+def test_the_image_built_with_extras_serves_lightgbm_fitted_on_a_dataframe(docker_engine, fitted_elsewhere):
+    own = Stack({"EXTRAS": "1", "MODEL_DIR": str(fitted_elsewhere), "MODEL_FILE": "lgbm.joblib"},
+                files=("docker-compose.yml", "deploy/own-model.yml"))
+    with running(own):
+        assert own.api("/readyz")["engine"] == "scikit-learn, a DataFrame"
+        answer = own.api("/api/v1.0?island=Biscoe&bill_length_mm=47&flipper_length_mm=217&body_mass_g=5000&year=2008")
+        assert answer["prediction"] == "Gentoo" and answer["features"]["bill_depth_mm"] is None
+        status, page = own.web("/prediction?island=Dream&bill_length_mm=49&bill_depth_mm=18&flipper_length_mm=196"
+                               "&body_mass_g=3700&sex=female&year=2008")
+        assert status == 200 and '<h1 class="answer">Chinstrap</h1>' in page
