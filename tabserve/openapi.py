@@ -18,22 +18,30 @@ from tabserve.v2 import OUTPUTS
 NUMBER_TYPES = ["FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"]
 
 
-def value_schema(item):
-    """One input's values in JSON Schema: a number with its bounds, or a string among its categories."""
+def value_schema(item, missing=None):
+    """One input's values in JSON Schema: a number with its bounds, or a string among its categories; for an
+    optional input, also what says it is missing (missing: null in JSON, "" in a query or a BYTES tensor)."""
     if item.kind == "category":
-        return {"type": "string", "enum": list(item.categories), "description": item.label}
-    return {"type": "number", **dict(item.allowed), "description": f"{item.label}{item.in_unit}"}
+        values = {"type": "string", "enum": list(item.categories), "description": item.label}
+    else:
+        values = {"type": "number", **dict(item.allowed), "description": f"{item.label}{item.in_unit}"}
+    if not item.optional or missing is ...:
+        return values
+    return {"anyOf": [values, {"type": "null"} if missing is None else {"const": missing}],
+            "description": f"{values.pop('description')}; optional: missing, the model assumes {item.assumed}"}
 
 
 def query_parameter(item):
-    return {"name": item.name, "in": "query", "required": True, "schema": value_schema(item),
-            "description": f"{item.label}{item.in_unit}: {item.rule()[len('must be '):]}"}
+    return {"name": item.name, "in": "query", "required": not item.optional, "schema": value_schema(item, ""),
+            "description": f"{item.label}{item.in_unit}: {item.rule()[len('must be '):]}"
+                           + (", or left out (missing)" if item.optional else "")}
 
 
 def rows_schemas(schema):
     """Features (an object by name) and Row (that, or a list in input order) of the batch."""
     values = [value_schema(item) for item in schema.inputs]
-    features = {"type": "object", "required": list(schema.names), "additionalProperties": False,
+    required = [item.name for item in schema.inputs if not item.optional]
+    features = {"type": "object", "required": required, "additionalProperties": False,
                 "properties": dict(zip(schema.names, values, strict=True))}
     as_list = {"type": "array", "prefixItems": values, "minItems": len(values), "maxItems": len(values),
                "description": f"The inputs in the order {', '.join(schema.names)}"}
@@ -50,6 +58,8 @@ def matrix_tensor(schema):
     """The one tensor of a model of numbers only: shape [N, n] (or [n] for one row), data flat or a list per row."""
     columns, number = len(schema.inputs), common_number(schema)
     integer = {**number, "type": "integer"}
+    if schema.optional:  # null stands for a missing value of an optional input
+        number, integer = {"anyOf": [number, {"type": "null"}]}, {"anyOf": [integer, {"type": "null"}]}
 
     def data(item):
         return {"oneOf": [{"type": "array", "minItems": columns, "maxItems": columns * MAX_ROWS, "items": item},
@@ -91,7 +101,8 @@ def feature_tensor(item):
             "datatype": {"enum": ["BYTES"] if item.kind == "category" else ["FP32", "FP64"]},
             "parameters": {"allOf": [{"$ref": "#/components/schemas/Parameters"},
                                      {"not": {"required": ["binary_data_size"]}}]},
-            "data": {"type": "array", "minItems": 1, "maxItems": MAX_ROWS, "items": value_schema(item)},
+            "data": {"type": "array", "minItems": 1, "maxItems": MAX_ROWS,
+                     "items": value_schema(item, "" if item.kind == "category" else None)},
         },
     }
 
@@ -109,9 +120,10 @@ def inputs_schema(schema):
 def answer_schema(metadata, schema):
     """One row's answer: a classifier's class and probabilities, or a regressor's number and interval; with at
     most a warning per number (and, for a regressor, one for a prediction beyond the target's range)."""
-    numbers = sum(item.kind == "number" for item in schema.inputs)
+    numbers = sum(item.kind == "number" or item.optional for item in schema.inputs)  # out of range, or missing
     warnings = {"type": "array", "items": {"type": "string"}, "maxItems": numbers,
-                "description": "One sentence per input outside the range seen in training (at most one per input)"}
+                "description": "One sentence per input outside the range seen in training or missing (at most one "
+                               "per input)"}
     if task_of(metadata) == "classification":
         classes = metadata["classes"]
         return {"type": "object", "required": ["prediction", "probabilities", "warnings"], "properties": {

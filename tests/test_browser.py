@@ -258,3 +258,38 @@ def test_a_regressors_pages_pass_axe_core(chromium, diabetes_web_url, width):
         assert tab.evaluate("document.documentElement.scrollWidth") <= width
     finally:
         context.close()
+
+
+@pytest.fixture(scope="module")
+def penguins_web_url(tmp_path_factory):
+    """The web app in front of the API serving a model trained on a table with holes; yields its URL."""
+    import train
+    from tests.support import write_penguins_csv
+    folder = tmp_path_factory.mktemp("penguins")
+    train.main(["--csv", str(write_penguins_csv(folder / "penguins.csv")), "--target", "species",
+                "--output", str(folder / "penguins.joblib")])
+    api_app = api.create_app(ApiSettings(username=USERNAME, password=PASSWORD, model_path=folder / "penguins.joblib"))
+    with serve_in_thread(api_app) as api_url:
+        settings = WebSettings(api_url=api_url, username=USERNAME, password=PASSWORD)
+        with serve_in_thread(web.create_app(settings)) as url:
+            yield url
+
+
+@pytest.mark.parametrize("width", [1280, 375])
+def test_optional_inputs_may_be_left_empty_and_the_page_says_they_were_not_given(chromium, penguins_web_url, width):
+    context = chromium.new_context(viewport={"width": width, "height": 900})
+    tab = context.new_page()
+    try:
+        tab.goto(f"{penguins_web_url}/")
+        assert "(optional)" in tab.locator("label[for=sex]").inner_text()
+        assert axe_violations(tab) == []
+        tab.select_option("#island", "Dream")
+        fill(tab, {"bill_length_mm": "49", "flipper_length_mm": "196", "body_mass_g": "3700", "year": "2008"})
+        tab.click("button[type=submit]")  # bill depth and sex left empty: the browser lets the form go
+        tab.wait_for_url("**/prediction?**")
+        assert tab.locator("h1").inner_text() == "Chinstrap"
+        assert "sex not given" in tab.locator(".why").inner_text()
+        assert "sex was not given" in tab.locator(".alert").inner_text()
+        assert axe_violations(tab) == [], f"the result page at {width} px"
+    finally:
+        context.close()

@@ -3,6 +3,7 @@ inputs are optional, and every protocol takes a missing value and says what the 
 
 import json
 import struct
+import urllib.request
 
 import joblib
 import numpy as np
@@ -13,7 +14,16 @@ import api
 import train
 import web
 from tabserve.settings import ApiSettings, WebSettings
-from tests.support import PASSWORD, PENGUIN_FEATURES, USERNAME, penguins, serve_in_thread, write_penguins_csv
+from tests.support import (
+    PASSWORD,
+    PENGUIN_FEATURES,
+    USERNAME,
+    api_server,
+    penguins,
+    serve_in_thread,
+    write_penguins_csv,
+)
+from tests.test_fuzz import AUTHORIZATION, run_schemathesis
 
 OPTIONAL = {"bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g", "sex"}  # those with holes
 
@@ -181,3 +191,19 @@ def test_the_form_marks_optional_inputs_and_the_page_shows_them_as_not_given(pen
         assert "sex not given" in why and "bill_depth_mm not given" in why
         assert "sex was not given" in page.html.select_one(".alert").text
         assert "sex=" not in page.html.select_one(".actions a")["href"]  # the edit link leaves it out
+
+
+def test_schemathesis_keeps_the_served_document_of_a_model_with_optional_inputs(penguin_files, tmp_path):
+    """The document says which inputs may be left out or null, and what a warning count may reach."""
+    card = json.loads(penguin_files["species"].with_suffix(".json").read_text())
+    server = api_server(penguin_files["species"])
+    try:
+        document = json.loads(urllib.request.urlopen(f"{server.url}/openapi.json").read())
+        parameters = {p["name"]: p["required"] for p in document["paths"]["/api/v1.0"]["get"]["parameters"]}
+        assert {name for name, required in parameters.items() if not required} == OPTIONAL
+        assert set(document["components"]["schemas"]["Features"]["required"]) == {"island", "year"}
+        run_schemathesis(f"{server.url}/openapi.json", server.url, 1,
+                         {"MODEL_NAME": card["name"], "MODEL_VERSION": card["version"]}, tmp_path,
+                         "-H", f"Authorization: {AUTHORIZATION}")
+    finally:
+        server.stop()
