@@ -13,9 +13,10 @@ Protocol under /v2). The model raises domain errors; refusal_of() says what each
 """
 
 import getpass
+import json
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import bottle
@@ -25,12 +26,14 @@ from tabserve import openapi, server, v1, v2
 from tabserve.batching import Overloaded
 from tabserve.card import public_view
 from tabserve.metrics import ApiMetrics, exposition
-from tabserve.model import ModelError, Unpredictable, load_model, self_test
-from tabserve.serving import Serving
+from tabserve.model import ModelError, Unpredictable
+from tabserve.repository import model_folder
+from tabserve.serving import Serving, with_batching
 from tabserve.settings import StartupError, read_api_settings
 from tabserve.users import Users, UsersFileError, hash_password
-from tabserve.v1 import parse_instances, parse_query
-from tabserve.wsgi import RequestError, answering, handle_requests, media_type, parse_json, read_body
+from tabserve.v1 import EXTRA_QUERY_FIELDS, parse_instances, parse_query, read_query
+from tabserve.versions import UnknownVersion, Versions
+from tabserve.wsgi import RequestError, answering, handle_requests, media_type, parse_json, read_body, shorten
 
 DEMO_PASSWORD = "my_password"
 OPENAPI_PATH = Path(__file__).resolve().parent / "tabserve" / "openapi.json"
@@ -63,30 +66,46 @@ def load_users(settings, metrics, realm):
 class Api:
     """What the routes answer from, built once by create_app()."""
 
-    serving: Serving  # the model, predicting and explaining, counted
+    serving: Serving  # the versions, predicting and explaining, counted
     metrics: ApiMetrics
-    openapi: bytes  # the served contract: openapi.json with this model's inputs put in (openapi.py)
-    description: dict  # GET /api/v1.0/model: the card, less the rows kept for the self-test and the neighbours
+    documents: dict = field(default_factory=dict)  # (what, version): bytes, built the first time each is asked
+
+    def document(self, what, model):
+        """The served contract (openapi.json with this version's inputs put in, openapi.py) or GET /api/v1.0/model's
+        card (less the rows kept for the self-test and the neighbours) of a version, as JSON bytes."""
+        key = (what, model.card["version"])
+        if key not in self.documents:
+            self.documents[key] = (openapi.served_document(OPENAPI_PATH, model.card) if what == "openapi" else
+                                   json.dumps(public_view(model.card)).encode())
+        bottle.response.content_type = JSON_TYPE
+        return self.documents[key]
 
 
-def query_string():
-    return bottle.request.environ.get("QUERY_STRING", "")
+def read_request(api, routed=True):
+    """(the version that answers, the query's other pairs): the version named by _version, else the routing's (or
+    the default, when not routed)."""
+    environ = bottle.request.environ
+    found, given = read_query(environ.get("QUERY_STRING", ""), api.serving.versions.widest + EXTRA_QUERY_FIELDS)
+    return api.serving.pick(environ, found.get("_version"), routed), given
 
 
 def predict_one(api):
-    model = api.serving.model
-    features = parse_query(model.schema, query_string())
+    choice, given = read_request(api)
+    model = choice.model
+    features = parse_query(model.schema, given)
     rows = model.schema.matrix([list(features.values())])
-    return v1.answer(model, features, rows, api.serving.predict(rows))
+    return v1.answer(model, features, rows, api.serving.predict(choice, rows))
 
 
 def explain_one(api):
     """/api/v1.0's answer, and why: each feature's contribution and the nearest training rows (explain.py)."""
-    model = api.serving.model
-    features = parse_query(model.schema, query_string())
+    choice, given = read_request(api)
+    model = choice.model
+    features = parse_query(model.schema, given)
     rows = model.schema.matrix([list(features.values())])
-    predictions = api.serving.predict(rows)
-    why = v1.explanation(model, api.serving.contributions(rows, predictions)[0], api.serving.neighbours(rows[0]))
+    predictions = api.serving.predict(choice, rows)
+    contributions = api.serving.contributions(model, rows, predictions)[0]
+    why = v1.explanation(model, contributions, model.explainer.neighbours(rows[0]))
     return {**v1.answer(model, features, rows, predictions), **why}
 
 
@@ -94,13 +113,21 @@ def predict_batch(api):
     environ = bottle.request.environ
     if media_type(environ) != JSON_TYPE:
         raise RequestError(415, f"Send the body as JSON with 'Content-Type: {JSON_TYPE}'.")
-    model = api.serving.model
+    choice, given = read_request(api)
+    if given:
+        raise RequestError(400, f"The query takes only the option _version; the rows go in the body, got "
+                                f"{shorten(next(iter(given)))!r}.")
+    model = choice.model
     rows = parse_instances(model.schema, parse_json(read_body(environ)))
-    return v1.batch_answer(model, rows, api.serving.predict(rows))
+    return v1.batch_answer(model, rows, api.serving.predict(choice, rows))
 
 
 def describe_model(api):
-    return api.description
+    """The default version's card (where the web page learns its form), or the card of the version named."""
+    choice, given = read_request(api, routed=False)
+    if given:
+        raise RequestError(400, f"The query takes only the option _version, got {shorten(next(iter(given)))!r}.")
+    return api.document("card", choice.model)
 
 
 def metrics_page(api):
@@ -113,20 +140,23 @@ def healthz(api):
 
 
 def readyz(api):
-    # This app exists only once the model is loaded and has passed its self-test; before that the server does not
-    # answer at all, so a readiness probe fails.
-    return {"status": "ready", "model": api.serving.model.identity, "engine": api.serving.model.engine}
+    # This app exists only once the default version is loaded and has passed its self-test; before that the server
+    # does not answer at all, so a readiness probe fails.
+    default = api.serving.default
+    return {"status": "ready", "model": default.identity, "engine": default.engine}
 
 
 def openapi_json(api):
-    bottle.response.content_type = JSON_TYPE
-    return api.openapi
+    """The contract of the default version (the one a request that names none gets, canary aside)."""
+    return api.document("openapi", api.serving.default)
 
 
 def refusal_of(error):
     """The model's domain errors as the HTTP answers they mean (None: not a refusal, a crash)."""
     if isinstance(error, Unpredictable):
         return RequestError(400, str(error))
+    if isinstance(error, UnknownVersion):
+        return RequestError(404, str(error))
     if isinstance(error, Overloaded):
         return RequestError(503, str(error), headers={"Retry-After": str(error.retry_after)})
     return None
@@ -184,25 +214,40 @@ ROUTES = (
     ("GET", "/v2/models/<name>/versions/<version>/ready", v2.model_ready, True),
     ("POST", "/v2/models/<name>/infer", v2.infer, True),
     ("POST", "/v2/models/<name>/versions/<version>/infer", v2.infer, True),
+    ("POST", "/v2/repository/index", v2.repository_index, True),
 )
+
+
+def load_versions(settings, metrics):
+    """The versions to serve: one artifact (MODEL_PATH) or a repository's (versions.py), or StartupError."""
+    def prepare(model):
+        return with_batching(model, settings.batching, metrics)
+
+    def on_state(version):
+        metrics.version_changed(version.name, version.state, version.model.card if version.model else None)
+
+    try:
+        if settings.model_repository is None:
+            versions = Versions.single(settings.model_path, prepare, logger, on_state)
+        else:
+            folder = model_folder(settings.model_repository, settings.model_name)
+            versions = Versions.repository(folder, prepare, logger, on_state)
+    except (ModelError, ValueError) as err:
+        raise StartupError(str(err)) from None
+    card = versions.active.default.card
+    logger.info("model %s version %s (%s) is the default, from %s; predictions computed by %s", card["name"],
+                card["version"], card["algorithm"], settings.model_repository or settings.model_path,
+                versions.active.default.engine)
+    return versions
 
 
 def create_app(settings):
     """The API as a WSGI app; loads and self-tests the model now, or raises StartupError."""
     if settings.password == DEMO_PASSWORD:
         logger.warning("the demo password is in use: set API_PASSWORD or API_PASSWORD_FILE to a secret of your own")
-    try:
-        model = load_model(settings.model_path)
-        self_test(model)
-    except ModelError as err:
-        raise StartupError(str(err)) from None
-    card = model.card
-    logger.info("model %s version %s (%s) loaded from %s; predictions computed by %s", card["name"],
-                card["version"], card["algorithm"], settings.model_path, model.engine)
-    metrics = ApiMetrics(card)
-    api = Api(Serving(model, metrics, settings.batching), metrics, openapi.served_document(OPENAPI_PATH, card),
-              public_view(card))
-    authenticate = load_users(settings, metrics, card["name"]).authenticate
+    metrics = ApiMetrics()
+    api = Api(Serving(load_versions(settings, metrics), metrics), metrics)
+    authenticate = load_users(settings, metrics, api.serving.versions.model_name).authenticate
     app = bottle.Bottle()
     # Crashes go to wsgi.handle_requests, which logs them once with their traceback and answers in kind.
     app.catchall = False

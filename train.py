@@ -21,6 +21,7 @@ describe.py writes the card, repository.py saves both, report.py words the repor
 """
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -28,7 +29,8 @@ from tabserve.datasets import BUNDLED, DEFAULT_DATASET, load_bundled
 from tabserve.describe import build_card
 from tabserve.packages import PackageError, needed_packages
 from tabserve.report import format_report
-from tabserve.repository import save
+from tabserve.repository import publish, save
+from tabserve.routing import read_routing
 from tabserve.tables import MISSING_MARKERS, TASKS, TableError, normalise, read_csv
 from tabserve.training import (
     ALGORITHMS,
@@ -74,9 +76,13 @@ def train(args):
     kind = "regressor" if table.task == "regression" else "classifier"
     facts["name"] = args.name or f"{table.name}-{kind}"
     facts["seed"], facts["keep_rows"] = args.seed, not args.no_rows
+    def make_card(sha256, version):
+        return build_card(table, estimator, train_split, facts, sha256, version)
+
+    if args.publish:
+        return publish(estimator, make_card, args.publish, facts["name"])
     output = args.output or MODEL_FOLDER / f"{table.name}.joblib"
-    card = save(estimator, lambda sha256: build_card(table, estimator, train_split, facts, sha256), output)
-    return card, output
+    return save(estimator, make_card, output), output
 
 
 def fraction(text):
@@ -135,6 +141,10 @@ def add_model_options(parser):
     parser.add_argument("--interval", type=fraction, default=DEFAULT_INTERVAL,
                         help="a regressor's prediction interval: how often it should hold the true value "
                              f"(default: {DEFAULT_INTERVAL})")
+    parser.add_argument("--publish", type=Path, metavar="REPO",
+                        help="publish into a model repository instead: REPO/<name>/<next version>/, the version a "
+                             "whole number; the first one published becomes the default, later ones are served only "
+                             "when named, until promoted (python -m tabserve.routing)")
     parser.add_argument("--output", type=Path,
                         help="where to write the joblib artifact; the card goes beside it as .json "
                              "(default: model/<dataset or file name>.joblib next to this script)")
@@ -158,6 +168,8 @@ def parse_args(argv=None):
         parser.error("--fitted adopts a model, --model trains one: give one of them")
     if args.labels and not args.fitted:
         parser.error("--labels goes with --fitted")
+    if args.publish and args.output:
+        parser.error("--publish and --output: give one of them")
     if not args.csv and (args.target or args.drop or args.fitted or args.missing):
         parser.error("--target, --drop, --missing and --fitted go with --csv")
     args.missing = tuple(args.missing) if args.missing is not None else MISSING_MARKERS
@@ -173,6 +185,9 @@ def main(argv=None):
     except OSError as err:
         sys.exit(f"train.py: cannot write {err.filename or args.output}: {err.strerror}")
     print(format_report(card, output))
+    if args.publish:
+        print(f"Published {card['name']} version {card['version']}; the routing is "
+              f"{json.dumps(read_routing(output.parent.parent).as_json())} (python -m tabserve.routing changes it)")
 
 
 if __name__ == "__main__":

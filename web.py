@@ -154,10 +154,11 @@ def counted_call(settings, opener, authorization, metrics, path):
     return status, body
 
 
-def ask_api(site, values):
-    """The API's (status, body) for these form values: the prediction with its explanation."""
+def ask_api(site, form, values):
+    """The API's (status, body) for these form values: the prediction with its explanation, asked of the version
+    the form was learnt from (the API's default then), whatever the API routes to others meanwhile."""
     return counted_call(site.settings, site.opener, site.authorization, site.metrics,
-                        f"/api/v1.0/explain?{urlencode(values)}")
+                        f"/api/v1.0/explain?{urlencode([*values, ('_version', form.version)])}")
 
 
 def result_page(site, answer):
@@ -204,7 +205,7 @@ def prediction_page(site):
         return no_form_page(site, "/prediction")
     values = form_values(query_string(), form.names)
     try:
-        status, body = ask_api(site, values)
+        status, body = ask_api(site, form, values)
     except ApiUnavailable as err:
         site.metrics.predictions("failed").inc()
         logger.error("prediction service unavailable at %s: %s", site.settings.api_url, err)
@@ -212,6 +213,8 @@ def prediction_page(site):
     if status == 200 and body:
         site.metrics.predictions("answered").inc()
         return result_page(site, body)
+    if status == 404 and site.forms.changed():
+        return prediction_page(site)  # the form's version is no longer served: ask the default's with its form
     if status == 400 and body and "errors" in body:
         if any(error.get("field") not in form.names for error in body["errors"]) and site.forms.changed():
             return prediction_page(site)  # the API serves another model now: ask again with its own form

@@ -1,6 +1,6 @@
 """What train.py writes in the model card (card.py), computed from the table and the fitted estimator.
 
-    card = build_card(table, estimator, (X_train, y_train), facts, sha256)
+    card = build_card(table, estimator, (X_train, y_train), facts, sha256, version)
 
 The task and the target; each input's name, label, kind, unit, allowed values and training range or categories; a
 classifier's classes and their labels, a regressor's interval; typical rows (one per class, or across the target's
@@ -196,14 +196,14 @@ def model_needs(facts):
     return {**frame, "requires": facts["requires"]}
 
 
-def build_card(table, estimator, train_split, facts, sha256):
-    """Everything a person or the API needs to know about the artifact, readable without unpickling it."""
+def build_card(table, estimator, train_split, facts, sha256, version):
+    """Everything a person or the API needs to know about the artifact, readable without unpickling it. The version
+    is sha256[:12] for an artifact alone (it changes exactly when the bytes do), a whole number in a repository."""
     X_train, y_train = train_split
     X = table.matrix()
     return {
         "name": facts["name"],
-        # The version is derived from the artifact's bytes, so it changes exactly when the artifact does.
-        "version": sha256[:12],
+        "version": version,
         "task": table.task,
         "algorithm": facts["algorithm"],
         "estimator": describe(estimator),

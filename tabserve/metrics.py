@@ -1,6 +1,6 @@
 """The services' Prometheus metrics: every metric's name and meaning in one place, and the text both /metrics answer.
 
-    metrics = ApiMetrics(card)        # or WebMetrics(); each has its own registry
+    metrics = ApiMetrics()        # or WebMetrics(); each has its own registry
     metrics.requests(endpoint, method, status, user).inc()
     text = exposition(metrics.registry)
 
@@ -24,6 +24,8 @@ from tabserve.wsgi import endpoint_of, method_of
 PREFIX = "tabserve"  # of every metric name
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 1024, 10_000)
+DIFFERENCE_BUCKETS = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0, 1000.0, 10_000.0)  # in the target's unit
+VERSION_KEY = "tabserve.version"  # where serving.pick() leaves the answering version in the WSGI environ
 API_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -42,66 +44,95 @@ def cached_labels(metric):
 
 
 class ApiMetrics:
-    """The API's metrics."""
+    """The API's metrics. Those of a request and of a prediction carry the version that answered ("none" for a
+    request answered before one was chosen)."""
 
-    def __init__(self, card):
+    def __init__(self):
         self.registry = registry = CollectorRegistry()
         # The user is a label here rather than a counter of its own: one more multiprocess counter for every
         # request cost 15 % of the rate under serve.py (its values are shared files behind one lock).
         self.requests = cached_labels(Counter(
-            f"{PREFIX}_api_requests", "Requests answered, by endpoint, method, status code and user (names from the "
-            "users file; none for requests that were not authenticated)",
-            ["endpoint", "method", "status", "user"], registry=registry))
+            f"{PREFIX}_api_requests", "Requests answered, by endpoint, method, status code, user (names from the "
+            "users file; none for requests that were not authenticated) and model version",
+            ["endpoint", "method", "status", "user", "version"], registry=registry))
         self.latency = cached_labels(Histogram(
-            f"{PREFIX}_api_request_duration_seconds", "Time to answer a request, by endpoint", ["endpoint"],
-            buckets=LATENCY_BUCKETS, registry=registry))
+            f"{PREFIX}_api_request_duration_seconds", "Time to answer a request, by endpoint and model version",
+            ["endpoint", "version"], buckets=LATENCY_BUCKETS, registry=registry))
         self.predictions = cached_labels(Counter(
-            f"{PREFIX}_api_predictions", "Predictions made, by predicted class (empty for a regressor)", ["class"],
-            registry=registry))
+            f"{PREFIX}_api_predictions", "Predictions made, by predicted class (empty for a regressor) and version",
+            ["class", "version"], registry=registry))
         self.explanations = cached_labels(Counter(
             f"{PREFIX}_api_explanations", "Predictions explained (contributions, and neighbours on "
-            "/api/v1.0/explain), by predicted class", ["class"], registry=registry))
+            "/api/v1.0/explain), by predicted class and version", ["class", "version"], registry=registry))
         self.out_of_range = cached_labels(Counter(
-            f"{PREFIX}_api_inputs_out_of_range", "Input values outside the range seen in training, by feature: "
-            "the drift signal",
-            ["feature"], registry=registry))
+            f"{PREFIX}_api_inputs_out_of_range", "Input values outside the range seen in training, by feature and "
+            "version: the drift signal", ["feature", "version"], registry=registry))
         self.failed_logins = cached_labels(Counter(
             f"{PREFIX}_api_failed_logins", "Refused credentials, by user name (names not in the users file: "
             "unknown)", ["user"], registry=registry))
+        self.batching_metrics(registry)
+        self.version_metrics(registry)
+        # Set once, in the server's main process; the workers' copies read 0, so "max" reports the main value.
+        Gauge(f"{PREFIX}_api_start_time_seconds", "When the service started, in seconds since the epoch",
+              registry=registry, multiprocess_mode="max").set(time.time())
+
+    def batching_metrics(self, registry):
         self.batch_rows = Histogram(f"{PREFIX}_api_batch_rows", "Rows in each model call (adaptive batching)",
                                     buckets=BATCH_ROWS_BUCKETS, registry=registry)
         self.batch_wait = Histogram(f"{PREFIX}_api_batch_wait_seconds", "Time a request waited for its model call "
                                     "(adaptive batching)", buckets=LATENCY_BUCKETS, registry=registry)
         self.batch_refused = Counter(f"{PREFIX}_api_batch_refused", "Requests refused with a 503 because too many "
                                      "were waiting for the model", registry=registry)
-        Gauge(f"{PREFIX}_model_info", "The model being served (the value is always 1)",
-              ["name", "version", "algorithm"], registry=registry, multiprocess_mode="max").labels(
-            card["name"], card["version"], card["algorithm"]).set(1)
-        # Set once, in the server's main process; the workers' copies read 0, so "max" reports the main value.
-        Gauge(f"{PREFIX}_api_start_time_seconds", "When the service started, in seconds since the epoch",
-              registry=registry, multiprocess_mode="max").set(time.time())
+
+    def version_metrics(self, registry):
+        # "max" over the workers: a state is shown while any worker has its version in it.
+        self.info = cached_labels(Gauge(
+            f"{PREFIX}_model_info", "The model versions being served (the value is always 1)",
+            ["name", "version", "algorithm"], registry=registry, multiprocess_mode="max"))
+        self.state = cached_labels(Gauge(
+            f"{PREFIX}_model_version_state", "Each version's state (1 in its state, 0 in the others): READY, LOADING "
+            "or UNAVAILABLE", ["version", "state"], registry=registry, multiprocess_mode="max"))
+        self.loads = cached_labels(Counter(
+            f"{PREFIX}_api_version_loads", "Versions loaded and self-tested, by version and outcome (READY, or "
+            "UNAVAILABLE: refused)", ["version", "outcome"], registry=registry))
+        self.shadow_comparisons = cached_labels(Counter(
+            f"{PREFIX}_api_shadow_comparisons", "A shadow version's answers beside the default's, by shadow version "
+            "and result (agree or disagree: a classifier)", ["version", "result"], registry=registry))
+        self.shadow_difference = cached_labels(Histogram(
+            f"{PREFIX}_api_shadow_difference", "How far a shadow version's number lies from the default's, by shadow "
+            "version (a regressor)", ["version"], buckets=DIFFERENCE_BUCKETS, registry=registry))
+        self.shadow_dropped = Counter(f"{PREFIX}_api_shadow_dropped", "Shadow predictions dropped because too many "
+                                      "were waiting", registry=registry)
+
+    def version_changed(self, version, state, card=None):
+        for other in ("READY", "LOADING", "UNAVAILABLE"):
+            self.state(version, other).set(1 if other == state else 0)
+        if state != "LOADING":
+            self.loads(version, state).inc()
+        if card is not None:
+            self.info(card["name"], card["version"], card["algorithm"]).set(1)
 
     def count_request(self, environ, status, content_type, seconds):
-        endpoint = endpoint_of(environ)
-        self.requests(endpoint, method_of(environ), status, environ.get(USER_KEY, "none")).inc()
-        self.latency(endpoint).observe(seconds)
+        endpoint, version = endpoint_of(environ), environ.get(VERSION_KEY, "none")
+        self.requests(endpoint, method_of(environ), status, environ.get(USER_KEY, "none"), version).inc()
+        self.latency(endpoint, version).observe(seconds)
 
     def count_predictions(self, model, predictions, explained=False):
-        """Predictions (or explanations) by class (a regressor's with no class), and out-of-range numbers by feature,
-        from any endpoint."""
-        counter = self.explanations if explained else self.predictions
+        """Predictions (or explanations) by class (a regressor's with no class) and version, and out-of-range
+        numbers by feature and version, from any endpoint."""
+        counter, version = (self.explanations if explained else self.predictions), model.card["version"]
         if predictions.task == "regression":
-            counter("").inc(len(predictions.values))
+            counter("", version).inc(len(predictions.values))
         elif len(predictions.best) == 1:  # the usual request needs no tally
-            counter(model.classes[predictions.best[0]]).inc()
+            counter(model.classes[predictions.best[0]], version).inc()
         else:
             for index, count in collections.Counter(predictions.best.tolist()).items():
-                counter(model.classes[index]).inc(count)
+                counter(model.classes[index], version).inc(count)
         if explained or not predictions.outside.any():
             return
         for feature, count in zip(model.schema.names, predictions.outside.sum(axis=0).tolist(), strict=True):
             if count:
-                self.out_of_range(feature).inc(count)
+                self.out_of_range(feature, version).inc(count)
 
 
 class WebMetrics:

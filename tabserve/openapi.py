@@ -165,7 +165,8 @@ def served_document(path, metadata):
     schemas = document["components"]["schemas"]
     document["info"]["title"] = metadata.get("texts", {}).get("title", document["info"]["title"])
     for path in ("/api/v1.0", "/api/v1.0/explain"):
-        document["paths"][path]["get"]["parameters"] = [query_parameter(item) for item in schema.inputs]
+        operation = document["paths"][path]["get"]
+        operation["parameters"] = [query_parameter(item) for item in schema.inputs] + operation["parameters"]
     schemas["Features"], schemas["Row"] = rows_schemas(schema)
     schemas["Answer"] = answer_schema(metadata, schema)
     schemas["Explanation"]["allOf"][1] = explanation_schema(metadata)

@@ -1,17 +1,29 @@
-"""Models on disk: an artifact and its card written so that a reader never sees half of either.
+"""Models on disk: an artifact and its card written so that a reader never sees half of either, alone or published
+as the next version in a model repository.
 
-    save(estimator, lambda sha256: card, Path("model/iris.joblib"))     # the artifact, then its card
+    save(estimator, make_card, Path("model/iris.joblib"))          # the artifact, then its card
+    card, artifact = publish(estimator, make_card, Path("repo"), name)  # repo/<name>/<version>/model.joblib, .json
+    folder = model_folder(Path("repo"), name=None)                 # repo/<name>: the one model there, or the named
+
+make_card(sha256, version) gives the card of the bytes written: its version is the artifact's sha256[:12] alone, the
+next whole number (1, 2, 3, ...) in a repository, where the digest stays in the card's sha256. A version is written
+in a temporary folder and renamed into place, so the API watching the repository sees all of it or nothing; the
+first version published becomes the default of a new routing file, and later ones never change it (routing.py).
 """
 
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import joblib
 
 from tabserve.card import card_path
+from tabserve.routing import ROUTING_FILE, Routing, published, write_routing
+
+ARTIFACT = "model.joblib"  # a version's artifact; its card is model.json beside it
 
 
 def file_sha256(path):
@@ -40,10 +52,46 @@ def write_atomically(path, write):
         raise
 
 
-def save(estimator, make_card, output):
-    """Write the artifact, then its card (make_card(sha256) of the bytes written); return the card."""
+def save(estimator, make_card, output, version=None):
+    """Write the artifact, then its card (make_card(sha256, version) of the bytes written); return the card."""
     write_atomically(output, lambda handle: joblib.dump(estimator, handle))
-    card = make_card(file_sha256(output))
+    sha256 = file_sha256(output)
+    card = make_card(sha256, version or sha256[:12])
     text = json.dumps(card, indent=2) + "\n"
     write_atomically(card_path(output), lambda handle: handle.write(text.encode()))
     return card
+
+
+def publish(estimator, make_card, repository, name):
+    """Publish the model as the next version of repository/name; (the card, the version's artifact)."""
+    folder = Path(repository) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    while True:
+        version = str(max(map(int, published(folder)), default=0) + 1)
+        staging = Path(tempfile.mkdtemp(dir=folder, prefix=f".version-{version}-"))
+        card = save(estimator, make_card, staging / ARTIFACT, version)
+        os.chmod(staging, 0o755)
+        try:
+            os.rename(staging, folder / version)  # fails if another publisher took this number meanwhile
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
+            continue
+        if not (folder / ROUTING_FILE).exists():
+            write_routing(folder, Routing(version))
+        return card, folder / version / ARTIFACT
+
+
+def model_folder(repository, name=None):
+    """The folder of the model a repository serves: the one named, else the only one there; ValueError naming what
+    the repository holds."""
+    repository = Path(repository)
+    if not repository.is_dir():
+        raise ValueError(f"the model repository {repository} is not a folder")
+    models = sorted(entry.name for entry in repository.iterdir() if (entry / ROUTING_FILE).is_file())
+    if (name or (models[0] if len(models) == 1 else None)) in models:
+        return repository / (name or models[0])
+    if not models:
+        raise ValueError(f"the model repository {repository} holds no model: publish one with train.py --publish")
+    if name is None:
+        raise ValueError(f"the model repository {repository} holds {', '.join(models)}: set MODEL_NAME to one")
+    raise ValueError(f"the model repository {repository} has no model {name!r}; it holds {', '.join(models)}")

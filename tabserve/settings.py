@@ -56,6 +56,8 @@ class ApiSettings(Settings):
 
     port: int = DEFAULT_PORTS["api"]
     model_path: Path = DEFAULT_MODEL_PATH
+    model_repository: Path = None  # MODEL_REPOSITORY: serve every version published there instead (versions.py)
+    model_name: str = None  # which model of the repository, when it holds more than one
     batching: str = "auto"
     users_file: Path = None  # API_USERS_FILE: name:hash lines (users.py); else API_USERNAME + API_PASSWORD
     failures_per_minute: int = DEFAULT_FAILURES_PER_MINUTE
@@ -128,7 +130,13 @@ def read_api_settings(environ):
         proxies = trusted_networks(environ.get("TRUSTED_PROXIES"))
     except ValueError as err:
         raise StartupError(str(err)) from None
+    repository, name = environ.get("MODEL_REPOSITORY"), environ.get("MODEL_NAME")
+    if repository and environ.get("MODEL_PATH"):
+        raise StartupError("set MODEL_PATH (one artifact) or MODEL_REPOSITORY (its published versions), not both")
+    if name and not repository:
+        raise StartupError("MODEL_NAME names a model of MODEL_REPOSITORY, which is not set")
     return ApiSettings(model_path=Path(environ.get("MODEL_PATH") or DEFAULT_MODEL_PATH),
+                       model_repository=Path(repository) if repository else None, model_name=name or None,
                        batching=batching,
                        users_file=Path(users_file) if users_file else None, failures_per_minute=int(failures),
                        trusted_proxies=proxies, **common)

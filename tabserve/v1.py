@@ -1,7 +1,8 @@
 """/api/v1.0, the service's own protocol: its query string and batch read into the rows the model takes (checked by
 inputs.py's rules, with a 400 that names every bad field at once, a 413 past MAX_ROWS), and its answers written.
 
-    features = parse_query(schema, environ["QUERY_STRING"])     # {name: value}, in the model's order
+    options, given = read_query(environ["QUERY_STRING"], limit)  # {"_version": "2"}, {name: [values]}
+    features = parse_query(schema, given)                        # {name: value}, in the model's order
     rows = parse_instances(schema, json_document)                # an (n, inputs) array
     answer(model, features, rows, predictions)                   # the JSON of GET /api/v1.0
     problem(error)                                               # a RequestError as problem+json (RFC 9457)
@@ -17,8 +18,8 @@ from tabserve.inputs import MISSING, is_missing
 from tabserve.model import MAX_ROWS
 from tabserve.wsgi import RequestError, field_error, invalid, shorten
 
-# Query parameters beyond the model's own inputs that a request may carry and still be answered (with a 400 naming
-# them); more is refused before any is read.
+# Query parameters beyond the widest served version's inputs that a request may carry and still be answered (with a
+# 400 naming them); more is refused before any is read.
 EXTRA_QUERY_FIELDS = 12
 MAX_REPORTED_ERRORS = 20
 PROBLEM_TYPE = "application/problem+json"
@@ -43,12 +44,28 @@ def query_pairs(query_string, limit):
         raise invalid([field_error("query", "is not valid UTF-8")]) from None
 
 
-def parse_query(schema, query_string):
-    """The model's inputs from a raw WSGI query string, by name (an optional one left out is missing: MISSING), or a
-    400 naming every problem."""
-    given = {}
-    for key, value in query_pairs(query_string, len(schema.inputs) + EXTRA_QUERY_FIELDS):
-        given.setdefault(key, []).append(value)
+def read_query(query_string, limit, allowed=("_version",)):
+    """A raw WSGI query string as ({option: value}, {name: [values]}): the options are the names that start with "_"
+    (no feature's does), each known and given once; a 400 naming every bad one."""
+    options, given, errors = {}, {}, []
+    for key, value in query_pairs(query_string, limit):
+        if not key.startswith("_"):
+            given.setdefault(key, []).append(value)
+        elif key not in allowed:
+            known = f"the options are {', '.join(allowed)}" if allowed else "it has none"
+            errors.append(field_error(shorten(key), f"is not an option of this endpoint; {known}"))
+        elif key in options or not value:
+            errors.append(field_error(key, "must be given once, with a value"))
+        else:
+            options[key] = value
+    if errors:
+        raise invalid(errors)
+    return options, given
+
+
+def parse_query(schema, given):
+    """The model's inputs from a query's {name: [values]} (read_query), by name (an optional one left out is
+    missing: MISSING), or a 400 naming every problem."""
     errors = [field_error(shorten(key), f"is not a parameter of this endpoint; the parameters are "
                                         f"{', '.join(schema.names)}") for key in given if key not in schema.by_name]
     features = {}

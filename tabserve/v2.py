@@ -6,6 +6,10 @@ loaded model, for the industry's standard clients (tritonclient, KServe's client
     GET  /v2/models/{name}[/versions/{version}]                   model metadata: its input, outputs and classes
     GET  /v2/models/{name}[/versions/{version}]/ready             model readiness
     POST /v2/models/{name}[/versions/{version}]/infer             inference
+    POST /v2/repository/index                                     every version and its state (Triton's extension)
+
+A route that names no version is answered by the routing's (versions.py: the default, or a canary for a share of the
+clients); one that names a version not ready is a 404.
 
 The specification: kserve/open-inference-protocol (specification/protocol/inference_rest.md), and Triton's binary
 tensor data extension (docs/protocol/extension_binary_data.md), which Triton's clients use by default: a JSON header,
@@ -27,9 +31,11 @@ import numpy as np
 
 from tabserve import __version__, wsgi
 from tabserve.tensors import INPUT_NAME, MAX_REPORTED, bad, check_parameters, expect, read_inputs
+from tabserve.versions import READY
 from tabserve.wsgi import RequestError, shorten
 
-SERVER_METADATA = {"name": "tabserve", "version": __version__, "extensions": ["binary_tensor_data"]}
+# model_repository: its index only; versions are loaded by publishing them, not by a request (versions.py).
+SERVER_METADATA = {"name": "tabserve", "version": __version__, "extensions": ["binary_tensor_data", "model_repository"]}
 PLATFORM = "sklearn_joblib"
 # Each task's outputs; the last, contributions (explain.py), costs n + 1 predictions a row: sent only when asked for.
 OUTPUTS = {"classification": ("predict", "predict_proba", "out_of_range", "contributions"),
@@ -56,14 +62,12 @@ def error_response(error):
 
 
 def find_model(api, name, version=None):
-    """The model at this name and version, or a 404 that says what is served."""
-    model = api.serving.model
-    if name != model.card["name"]:
-        raise RequestError(404, f"there is no model {shorten(name)!r}; this server serves {model.card['name']!r}")
-    if version is not None and version != model.card["version"]:
-        raise RequestError(404, f"model {name!r} has no version {shorten(version)!r}; it has "
-                                f"{model.card['version']!r}")
-    return model
+    """The version that answers at this name (the one named, else the routing's): a serving.Choice, or a 404 that
+    says what is served."""
+    served = api.serving.versions.model_name
+    if name != served:
+        raise RequestError(404, f"there is no model {shorten(name)!r}; this server serves {served!r}")
+    return api.serving.pick(bottle.request.environ, version)
 
 
 def live(api):
@@ -80,7 +84,7 @@ def server_metadata(api):
 
 
 def model_ready(api, name, version=None):
-    find_model(api, name, version)
+    find_model(api, name, version)  # a version that is not ready is a 404, as Triton answers
     return {"name": name, "ready": True}
 
 
@@ -107,10 +111,11 @@ def answer_metadata(model):
 
 
 def model_metadata(api, name, version=None):
-    model = find_model(api, name, version)
+    model = find_model(api, name, version).model
     features = ",".join(model.schema.names)
+    ready = [entry.name for entry in api.serving.versions.index() if entry.state == READY]
     return {
-        "name": model.card["name"], "versions": [model.card["version"]], "platform": PLATFORM,
+        "name": model.card["name"], "versions": ready, "platform": PLATFORM,
         "inputs": input_metadata(model.schema),
         "outputs": [*answer_metadata(model),
                     {"name": "out_of_range", "datatype": "BOOL", "shape": [-1, len(model.schema.inputs)],
@@ -235,12 +240,30 @@ def respond(model, header, predictions, contributions, requested):
 
 
 def infer(api, name, version=None):
-    model = find_model(api, name, version)
+    choice = find_model(api, name, version)
+    model = choice.model
     header, binary = read_request(bottle.request.environ)
     rows = read_inputs(model.schema, header, binary)
     requested = requested_outputs(header, model.task)
-    predictions = api.serving.predict(rows)
+    predictions = api.serving.predict(choice, rows)
     contributions = None
     if any(output == "contributions" for output, _ in requested):  # n + 1 predictions a row: only when asked
-        contributions = api.serving.contributions(rows, predictions)
+        contributions = api.serving.contributions(model, rows, predictions)
     return respond(model, header, predictions, contributions, requested)
+
+
+# --- Triton's model repository extension ------------------------------------------------------------------------
+
+
+def repository_index(api):
+    """POST /v2/repository/index: every version known and its state (READY, LOADING, UNAVAILABLE with its reason),
+    as Triton lists them; {"ready": true} in the body lists only those ready."""
+    body = wsgi.read_body(bottle.request.environ)
+    request = wsgi.parse_json(body) if body.strip() else {}
+    if not isinstance(request, dict) or set(request) - {"ready"}:
+        raise bad("body", 'must be empty or a JSON object with at most the field "ready"')
+    only_ready = expect("ready", request.get("ready", False), bool)
+    name = api.serving.versions.model_name
+    bottle.response.content_type = JSON_TYPE
+    return json.dumps([{"name": name, "version": entry.name, "state": entry.state, "reason": entry.reason}
+                       for entry in api.serving.versions.index() if entry.state == READY or not only_ready])

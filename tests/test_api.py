@@ -303,17 +303,22 @@ def test_openapi_document_matches_the_code(anonymous_api_client):
     assert set(documented) == set(routes)
     for key, operation in documented.items():
         assert bool(operation["security"]) == ("401" in operation["responses"]) == routes[key], key
-    assert [p["name"] for p in documented["/api/v1.0", "get"]["parameters"]] == list(FEATURES)
+    # The features, then the options every /api/v1.0 request may carry (the version to ask, the routing key).
+    options = [{"$ref": "#/components/parameters/Version"}, {"$ref": "#/components/parameters/RoutingKey"}]
+    parameters = documented["/api/v1.0", "get"]["parameters"]
+    assert [p["name"] for p in parameters[:-2]] == list(FEATURES) and parameters[-2:] == options
+    assert document["components"]["parameters"]["Version"]["name"] == "_version"
+    assert documented["/api/v1.0/predict", "post"]["parameters"] == options
     assert schemas["Features"]["required"] == list(FEATURES) == list(schemas["Features"]["properties"])
-    for parameter in documented["/api/v1.0", "get"]["parameters"]:
+    for parameter in parameters[:-2]:
         assert parameter["schema"]["exclusiveMinimum"] == 0 and parameter["schema"]["maximum"] == 100
     row_as_list = schemas["Row"]["oneOf"][0]
     assert row_as_list["minItems"] == row_as_list["maxItems"] == len(FEATURES)
     batch = documented["/api/v1.0/predict", "post"]
     assert f"{model.MAX_ROWS} " in batch["summary"]
     assert f"{model.MAX_ROWS} rows or {wsgi.MAX_BODY_BYTES} bytes" in batch["responses"]["413"]["description"]
-    assert set(batch["responses"]) == {"200", "400", "401", "413", "415", "429"}
-    assert set(documented["/api/v1.0", "get"]["responses"]) == {"200", "400", "401", "429"}
+    assert set(batch["responses"]) == {"200", "400", "401", "404", "413", "415", "429"}
+    assert set(documented["/api/v1.0", "get"]["responses"]) == {"200", "400", "401", "404", "429"}
 
 
 def test_unknown_path_gives_problem_404(api_client):

@@ -384,12 +384,13 @@ def test_v2_requests_and_predictions_are_counted(model_path):
     client.post(INFER, json.dumps(with_tensor(shape=[3, 4], data=rows)), content_type="application/json")
     client.post(INFER, "{", content_type="application/json", status=400)
     metrics = client.get("/metrics").text
+    version = client.get("/api/v1.0/model").json["version"]
     for status in (200, 400):
         assert ('tabserve_api_requests_total{endpoint="/v2/models/<name>/infer",method="POST",'
-                f'status="{status}",user="tester"}} 1.0') in metrics
-    assert 'tabserve_api_predictions_total{class="setosa"} 2.0' in metrics
-    assert 'tabserve_api_predictions_total{class="virginica"} 1.0' in metrics
-    assert 'tabserve_api_inputs_out_of_range_total{feature="sepal_length"} 1.0' in metrics
+                f'status="{status}",user="tester",version="{version}"}} 1.0') in metrics
+    assert f'tabserve_api_predictions_total{{class="setosa",version="{version}"}} 2.0' in metrics
+    assert f'tabserve_api_predictions_total{{class="virginica",version="{version}"}} 1.0' in metrics
+    assert f'tabserve_api_inputs_out_of_range_total{{feature="sepal_length",version="{version}"}} 1.0' in metrics
 
 
 def test_the_docs_tritonclient_example_runs_as_written(served_api, capsys):

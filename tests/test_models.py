@@ -373,11 +373,11 @@ def test_explanations_are_counted_like_predictions(model_files):
     client.get("/api/v1.0/explain", params=metadata["examples"]["setosa"])
     client.post_json("/v2/models/iris-classifier/infer", {**v2_request(metadata, [metadata["examples"]["virginica"]]),
                                                           "outputs": [{"name": "contributions"}]})
-    metrics = client.get("/metrics").text
-    assert 'tabserve_api_explanations_total{class="setosa"} 1.0' in metrics
-    assert 'tabserve_api_explanations_total{class="virginica"} 1.0' in metrics
-    assert ('tabserve_api_requests_total{endpoint="/api/v1.0/explain",method="GET",status="200",user="tester"} 1.0'
-            in metrics)
+    metrics, version = client.get("/metrics").text, metadata["version"]
+    assert f'tabserve_api_explanations_total{{class="setosa",version="{version}"}} 1.0' in metrics
+    assert f'tabserve_api_explanations_total{{class="virginica",version="{version}"}} 1.0' in metrics
+    assert ('tabserve_api_requests_total{endpoint="/api/v1.0/explain",method="GET",status="200",user="tester",'
+            f'version="{version}"}} 1.0' in metrics)
 
 
 def test_the_result_page_shows_why_and_the_most_similar_rows(site):

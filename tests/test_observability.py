@@ -72,26 +72,35 @@ def test_api_counters_are_exact_across_server_workers(model_path):
         server.stop()
 
     requests = "tabserve_api_requests_total"
-    user, none = USERNAME, "none"  # a request that was not authenticated has no user
-    assert value(parsed, requests, endpoint="/api/v1.0", method="GET", status="200", user=user) == 100
-    assert value(parsed, requests, endpoint="/api/v1.0", method="GET", status="400", user=user) == 30
-    assert value(parsed, requests, endpoint="/api/v1.0", method="GET", status="401", user=none) == 20
-    assert value(parsed, requests, endpoint="/api/v1.0/predict", method="POST", status="200", user=user) == 10
-    assert value(parsed, requests, endpoint="unmatched", method="GET", status="404", user=none) == 5
-    assert value(parsed, requests, endpoint="/readyz", method="GET", status="200", user=none) == 1
+    # A request that was not authenticated has no user, and one refused before a version was chosen no version.
+    user, none, version = USERNAME, "none", loaded.card["version"]
+    assert value(parsed, requests, endpoint="/api/v1.0", method="GET", status="200", user=user,
+                 version=version) == 100
+    assert value(parsed, requests, endpoint="/api/v1.0", method="GET", status="400", user=user,
+                 version=version) == 30
+    assert value(parsed, requests, endpoint="/api/v1.0", method="GET", status="401", user=none, version=none) == 20
+    assert value(parsed, requests, endpoint="/api/v1.0/predict", method="POST", status="200", user=user,
+                 version=version) == 10
+    assert value(parsed, requests, endpoint="unmatched", method="GET", status="404", user=none, version=none) == 5
+    assert value(parsed, requests, endpoint="/readyz", method="GET", status="200", user=none, version=none) == 1
     assert sum(v for (name, _), v in parsed.items() if name == requests) == 166
-    assert value(parsed, "tabserve_api_request_duration_seconds_count", endpoint="/api/v1.0") == 150
-    assert value(parsed, "tabserve_api_request_duration_seconds_bucket", endpoint="/api/v1.0", le="+Inf") == 150
+    duration = "tabserve_api_request_duration_seconds"
+    assert value(parsed, f"{duration}_count", endpoint="/api/v1.0", version=version) == 130
+    assert value(parsed, f"{duration}_bucket", endpoint="/api/v1.0", le="+Inf", version=version) == 130
+    assert value(parsed, f"{duration}_count", endpoint="/api/v1.0", version=none) == 20
     for name, count in expected_classes.items():
-        assert value(parsed, "tabserve_api_predictions_total", **{"class": name}) == count
+        assert value(parsed, "tabserve_api_predictions_total", version=version, **{"class": name}) == count
     assert sum(v for (name, _), v in parsed.items() if name == "tabserve_api_predictions_total") == 150
     out_of_range = "tabserve_api_inputs_out_of_range_total"
-    assert value(parsed, out_of_range, feature="sepal_length") == 40 + 10  # the ODD flower, and (1, 1, 1, 9)
-    assert value(parsed, out_of_range, feature="sepal_width") == 40 + 10
-    assert value(parsed, out_of_range, feature="petal_length") == 40 + 10
-    assert value(parsed, out_of_range, feature="petal_width") == 10
+    # The ODD flower, and (1, 1, 1, 9)
+    assert value(parsed, out_of_range, feature="sepal_length", version=version) == 40 + 10
+    assert value(parsed, out_of_range, feature="sepal_width", version=version) == 40 + 10
+    assert value(parsed, out_of_range, feature="petal_length", version=version) == 40 + 10
+    assert value(parsed, out_of_range, feature="petal_width", version=version) == 10
     info = [labels for (name, labels), v in parsed.items() if name == "tabserve_model_info" and v == 1]
     assert [dict(labels)["algorithm"] for labels in info] == ["logistic_regression"]
+    assert value(parsed, "tabserve_model_version_state", version=version, state="READY") == 1
+    assert value(parsed, "tabserve_model_version_state", version=version, state="LOADING") == 0
     assert value(parsed, "tabserve_api_start_time_seconds") > 1.7e9
 
 
@@ -106,9 +115,10 @@ def test_in_process_metrics_count_this_app(model_path):
     client.authorization = ("Basic", (USERNAME, PASSWORD))
     client.get(f"/api/v1.0?{query(SETOSA)}")
     parsed = samples(client.get("/metrics").text)
-    assert value(parsed, "tabserve_api_predictions_total", **{"class": "setosa"}) == 1
+    version = model.load_model(model_path).card["version"]
+    assert value(parsed, "tabserve_api_predictions_total", version=version, **{"class": "setosa"}) == 1
     assert value(parsed, "tabserve_api_requests_total", endpoint="/api/v1.0", method="GET", status="200",
-                 user=USERNAME) == 1
+                 user=USERNAME, version=version) == 1
 
 
 # --- Request IDs and logs --------------------------------------------------------------------------------------

@@ -167,7 +167,8 @@ def test_regressor_predictions_are_counted_without_a_class(regression_files):
     rows = list(card["examples"].values())
     client.post_json("/api/v1.0/predict", {"instances": rows})
     client.get("/api/v1.0", params=rows[0])
-    assert 'tabserve_api_predictions_total{class=""} 4.0' in client.get("/metrics").text  # Prometheus: no class
+    # Prometheus: no class
+    assert f'tabserve_api_predictions_total{{class="",version="{card["version"]}"}} 4.0' in client.get("/metrics").text
 
 
 @pytest.mark.parametrize("algorithm, engine", [("ridge", "numpy"), ("random_forest", "numpy forest"),

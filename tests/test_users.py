@@ -110,8 +110,11 @@ def test_metrics_count_requests_and_failures_by_user_name_from_the_file_only(mod
         get(client, f"guess-{number}", "x", status=401)
     client.get(f"/api/v1.0?{SETOSA}", status=401)
     metrics = client.get("/metrics", headers=auth_header("web", "web secret")).text
-    assert 'tabserve_api_requests_total{endpoint="/api/v1.0",method="GET",status="200",user="web"} 1.0' in metrics
-    assert 'tabserve_api_requests_total{endpoint="/api/v1.0",method="GET",status="401",user="none"} 7.0' in metrics
+    version = json.loads(model_path.with_suffix(".json").read_text())["version"]
+    assert ('tabserve_api_requests_total{endpoint="/api/v1.0",method="GET",status="200",user="web",'
+            f'version="{version}"}} 1.0') in metrics
+    assert ('tabserve_api_requests_total{endpoint="/api/v1.0",method="GET",status="401",user="none",version="none"} '
+            '7.0') in metrics
     assert 'tabserve_api_failed_logins_total{user="web"} 1.0' in metrics
     assert 'tabserve_api_failed_logins_total{user="unknown"} 6.0' in metrics
     assert "guess-" not in metrics and "wrong" not in metrics and "web secret" not in metrics
