@@ -263,6 +263,7 @@ def repository_index(api):
     if not isinstance(request, dict) or set(request) - {"ready"}:
         raise bad("body", 'must be empty or a JSON object with at most the field "ready"')
     only_ready = expect("ready", request.get("ready", False), bool)
+    api.serving.versions.refresh()  # a version published since the last request is listed LOADING at once
     name = api.serving.versions.model_name
     bottle.response.content_type = JSON_TYPE
     return json.dumps([{"name": name, "version": entry.name, "state": entry.state, "reason": entry.reason}
