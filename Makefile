@@ -15,7 +15,11 @@ API_USERS_SECRET ?= $(abspath $(STACK_FILES))/api_users
 # The address other swarm nodes reach this one at: the source address of this machine's default route.
 ADVERTISE_ADDR ?= $(shell ip route get 1.1.1.1 2>/dev/null | sed -n 's/.* src \([0-9.]*\).*/\1/p')
 
-.PHONY: test lint train api web screenshots bench bench-batching bench-web bench-versus bench-models load images stack stack-down clean
+# make publish / canary / promote / rollback: the model repository REPO, models/ unless set (docs/running.md, "Model
+# versions"); make stack REPO=models serves it on Swarm (deploy/repository-stack.yml) instead of the image's model.
+repository := $(or $(REPO),models)
+
+.PHONY: test lint train publish canary promote rollback api web screenshots bench bench-batching bench-web bench-versus bench-models load images stack stack-down clean
 
 $(VENV)/installed: requirements.txt requirements-web.txt requirements-extras.txt requirements-test.txt
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +43,19 @@ lint: $(VENV)/installed  # ruff over the scripts, the package, the tests and the
 train: $(VENV)/installed  # make train MODEL=random_forest DATASET=wine, or CSV=my.csv TARGET=y for your own table
 	$(VENV)/bin/python train.py $(if $(MODEL),--model $(MODEL)) $(if $(DATASET),--dataset $(DATASET)) \
 	    $(if $(CSV),--csv $(CSV) --target $(TARGET))
+
+publish: $(VENV)/installed  # the next version into REPO, trained as make train's MODEL DATASET CSV say
+	$(VENV)/bin/python train.py --publish $(repository) $(if $(MODEL),--model $(MODEL)) \
+	    $(if $(DATASET),--dataset $(DATASET)) $(if $(CSV),--csv $(CSV) --target $(TARGET))
+
+canary: $(VENV)/installed  # make canary VERSION=2 PERCENT=10: that share of the clients gets version 2
+	$(VENV)/bin/python -m tabserve.repository canary $(repository) $(VERSION) $(PERCENT)
+
+promote: $(VENV)/installed  # the canary (or VERSION) becomes the default; the one before is kept for a rollback
+	$(VENV)/bin/python -m tabserve.repository promote $(repository) $(VERSION)
+
+rollback: $(VENV)/installed  # back to the default before the last promotion
+	$(VENV)/bin/python -m tabserve.repository rollback $(repository)
 
 api: $(VENV)/installed
 	$(VENV)/bin/python api.py
@@ -91,7 +108,8 @@ stack: images $(API_PASSWORD_SECRET) $(API_USERS_SECRET) $(TLS_SECRET)  # deploy
 	[ "$$(docker info --format '{{.Swarm.LocalNodeState}}')" = active ] || \
 	    docker swarm init --advertise-addr $(ADVERTISE_ADDR)
 	TAG=$(TAG) API_PASSWORD_SECRET=$(API_PASSWORD_SECRET) API_USERS_SECRET=$(API_USERS_SECRET) TLS_SECRET=$(TLS_SECRET) \
-	    docker stack deploy --resolve-image never --detach=false -c docker-stack.yml $(STACK)
+	    $(if $(REPO),REPO=$(abspath $(REPO))) docker stack deploy --resolve-image never --detach=false \
+	    -c docker-stack.yml $(if $(REPO),-c deploy/repository-stack.yml) $(STACK)
 
 stack-down:
 	docker stack rm $(STACK)

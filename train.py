@@ -144,7 +144,7 @@ def add_model_options(parser):
     parser.add_argument("--publish", type=Path, metavar="REPO",
                         help="publish into a model repository instead: REPO/<name>/<next version>/, the version a "
                              "whole number; the first one published becomes the default, later ones are served only "
-                             "when named, until promoted (python -m tabserve.routing)")
+                             "when named, until promoted (make canary, make promote: docs/running.md)")
     parser.add_argument("--output", type=Path,
                         help="where to write the joblib artifact; the card goes beside it as .json "
                              "(default: model/<dataset or file name>.joblib next to this script)")
@@ -186,8 +186,9 @@ def main(argv=None):
         sys.exit(f"train.py: cannot write {err.filename or args.output}: {err.strerror}")
     print(format_report(card, output))
     if args.publish:
-        print(f"Published {card['name']} version {card['version']}; the routing is "
-              f"{json.dumps(read_routing(output.parent.parent).as_json())} (python -m tabserve.routing changes it)")
+        routing = json.dumps(read_routing(output.parent.parent).as_json())
+        print(f"Published {card['name']} version {card['version']}; the routing is {routing} (make canary, make "
+              "promote and make rollback change it: docs/running.md)")
 
 
 if __name__ == "__main__":

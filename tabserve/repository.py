@@ -9,19 +9,26 @@ make_card(sha256, version) gives the card of the bytes written: its version is t
 next whole number (1, 2, 3, ...) in a repository, where the digest stays in the card's sha256. A version is written
 in a temporary folder and renamed into place, so the API watching the repository sees all of it or nothing; the
 first version published becomes the default of a new routing file, and later ones never change it (routing.py).
+
+    python -m tabserve.repository canary REPO 2 10    # send 10 % of the clients to version 2 (make canary)
+    python -m tabserve.repository promote REPO        # the canary becomes the default (make promote)
+    python -m tabserve.repository rollback REPO       # back to the default before it (make rollback)
+    python -m tabserve.repository shadow REPO 3 100   # also ask version 3, never answering with it
+    python -m tabserve.repository show REPO
 """
 
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
 import joblib
 
 from tabserve.card import card_path
-from tabserve.routing import ROUTING_FILE, Routing, published, write_routing
+from tabserve.routing import ROUTING_FILE, Routing, RoutingError, change, published, read_routing, write_routing
 
 ARTIFACT = "model.joblib"  # a version's artifact; its card is model.json beside it
 
@@ -95,3 +102,30 @@ def model_folder(repository, name=None):
     if name is None:
         raise ValueError(f"the model repository {repository} holds {', '.join(models)}: set MODEL_NAME to one")
     raise ValueError(f"the model repository {repository} has no model {name!r}; it holds {', '.join(models)}")
+
+
+USAGE = ("usage: python -m tabserve.repository canary REPO VERSION PERCENT | promote REPO [VERSION] | rollback REPO | "
+         "shadow REPO VERSION PERCENT | show REPO   (REPO: a repository with one model, or REPO/<model name>)")
+
+
+def main(argv=None):
+    """One command each for a canary, a promotion, a rollback and a shadow: the routing file rewritten."""
+    argv = sys.argv[1:] if argv is None else argv
+    expected = {"canary": (4,), "shadow": (4,), "promote": (2, 3), "rollback": (2,), "show": (2,)}
+    if not argv or argv[0] not in expected or len(argv) not in expected[argv[0]]:
+        sys.exit(USAGE)
+    command, folder = argv[0], Path(argv[1])
+    try:
+        if not (folder / ROUTING_FILE).is_file():
+            folder = model_folder(folder)
+        routing = read_routing(folder)
+        if command != "show":
+            routing = change(routing, command, argv[2:], published(folder))
+            write_routing(folder, routing)
+    except (RoutingError, ValueError, OSError) as err:
+        sys.exit(f"{folder}: {err}")
+    print(json.dumps(routing.as_json()))
+
+
+if __name__ == "__main__":
+    main()

@@ -3,13 +3,11 @@
     REPO/<model name>/routing.json     {"default": "1", "canary": {"version": "2", "percent": 10},
                                         "shadow": {"version": "2", "percent": 100}, "previous": "1"}
 
-    python -m tabserve.routing canary REPO/iris-classifier 2 10    # send 10 % of the clients to version 2
-    python -m tabserve.routing promote REPO/iris-classifier         # version 2 becomes the default
-    python -m tabserve.routing rollback REPO/iris-classifier        # back to the default before it
-    python -m tabserve.routing shadow REPO/iris-classifier 3 100    # also ask version 3, never answering with it
-    python -m tabserve.routing show REPO/iris-classifier
+    routing = change(read_routing(folder), "canary", ["2", "10"], published(folder))   # 10 % of the clients to 2
+    write_routing(folder, routing)
 
-The API follows the file without a restart (versions.py). A canary's share is decided by a hash of the routing key
+The commands that change it are repository.py's (python -m tabserve.repository canary|promote|rollback ...). The
+API follows the file without a restart (versions.py). A canary's share is decided by a hash of the routing key
 (the X-Routing-Key header, else the user): a client sees one version, and about percent of the clients see the
 canary. Publishing never changes the routing: the first version published becomes the default, later ones are
 served only when named, until promoted. The file is written atomically, so the API reads the old one or the new one.
@@ -18,7 +16,6 @@ served only when named, until promoted. The file is written atomically, so the A
 import hashlib
 import json
 import os
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,51 +112,32 @@ def published(folder):
     return sorted((entry.name for entry in Path(folder).iterdir() if entry.is_dir() and entry.name.isdigit()), key=int)
 
 
+def split(name, version, percent, versions):
+    """A canary or shadow from a command's words; RoutingError naming what is wrong."""
+    if version not in versions:
+        raise RoutingError(f"there is no version {version}; the versions are {', '.join(versions)}")
+    try:
+        percent = float(percent)
+    except ValueError:
+        raise RoutingError(f"{name}.percent must be a number from 0 to 100, got {percent!r}") from None
+    return split_of({name: {"version": version, "percent": percent}}, name)
+
+
 def change(routing, command, arguments, versions):
     """The routing a command asks for; RoutingError when it cannot be done."""
     if command == "canary":
-        version, percent = arguments
-        if version not in versions:
-            raise RoutingError(f"there is no version {version}; the versions are {', '.join(versions)}")
-        return Routing(routing.default, split_of({"canary": {"version": version, "percent": float(percent)}},
-                                                 "canary"), routing.shadow, routing.previous)
+        return Routing(routing.default, split("canary", *arguments, versions), routing.shadow, routing.previous)
     if command == "shadow":
-        version, percent = arguments
-        return Routing(routing.default, routing.canary,
-                       split_of({"shadow": {"version": version, "percent": float(percent)}}, "shadow"),
-                       routing.previous)
+        return Routing(routing.default, routing.canary, split("shadow", *arguments, versions), routing.previous)
     if command == "promote":
         target = arguments[0] if arguments else (routing.canary.version if routing.canary else None)
         if target is None or target not in versions:
             raise RoutingError("promote which version? name one, or start a canary first")
+        if target == routing.default:
+            raise RoutingError(f"version {target} is the default already")
         return Routing(target, None, routing.shadow, routing.default)
     if command == "rollback":
         if not routing.previous:
             raise RoutingError("there is no earlier default to go back to")
         return Routing(routing.previous, None, routing.shadow, None)
     raise RoutingError(f"unknown command {command!r}")
-
-
-USAGE = ("usage: python -m tabserve.routing canary FOLDER VERSION PERCENT | promote FOLDER [VERSION] | "
-         "rollback FOLDER | shadow FOLDER VERSION PERCENT | show FOLDER")
-
-
-def main(argv=None):
-    """One command each for a canary, a promotion, a rollback and a shadow: the routing file rewritten."""
-    argv = sys.argv[1:] if argv is None else argv
-    expected = {"canary": (4,), "shadow": (4,), "promote": (2, 3), "rollback": (2,), "show": (2,)}
-    if not argv or argv[0] not in expected or len(argv) not in expected[argv[0]]:
-        sys.exit(USAGE)
-    command, folder = argv[0], Path(argv[1])
-    try:
-        routing = read_routing(folder)
-        if command != "show":
-            routing = change(routing, command, argv[2:], published(folder))
-            write_routing(folder, routing)
-    except (RoutingError, ValueError, OSError) as err:
-        sys.exit(f"routing: {err}")
-    print(json.dumps(routing.as_json()))
-
-
-if __name__ == "__main__":
-    main()

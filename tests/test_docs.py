@@ -103,12 +103,15 @@ def variables_read_by_the_code():
 
 def variables_of_the_deployment():
     names = set()
-    for path in ("docker-compose.yml", "docker-stack.yml", "deploy/own-model.yml", "deploy/haproxy.cfg"):
+    for path in ("docker-compose.yml", "docker-stack.yml", "deploy/own-model.yml", "deploy/repository.yml",
+                 "deploy/repository-stack.yml", "deploy/haproxy.cfg"):
         names |= set(re.findall(r"\$\{([A-Z_]+)", (ROOT / path).read_text()))
     makefile = (ROOT / "Makefile").read_text()
     names |= set(re.findall(r"^([A-Z_]+) \?=", makefile, re.M))
     names |= set(re.findall(r"\$\(if \$\(([A-Z_]+)\)", makefile))
     names |= set(re.findall(r"--[a-z-]+ \$\(([A-Z_]+)\)", makefile))
+    for command in re.findall(r"-m tabserve\.repository (.*)", makefile):  # make canary VERSION=2 PERCENT=10
+        names |= set(re.findall(r"\$\(([A-Z_]+)\)", command))
     return names - variables_read_by_the_code()
 
 

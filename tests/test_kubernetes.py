@@ -5,6 +5,8 @@ probe paths that the real services answer."""
 
 import copy
 import re
+import shutil
+import subprocess
 import urllib.request
 
 import kubernetes_validate
@@ -12,9 +14,10 @@ import pytest
 import yaml
 
 from tabserve import server
-from tests.support import ROOT, web_server
+from tests.support import ROOT, require, web_server
 
 KUSTOMIZATION = ROOT / "deploy" / "kubernetes"
+REPOSITORY_OVERLAY = ROOT / "deploy" / "kubernetes-repository"  # the base, serving a model repository
 VERSIONS = ("1.25.0", "1.37.0")  # the oldest and the newest kubernetes-validate knows, and what the README claims
 CLUSTER_SCOPED = {"Namespace"}
 IMAGES = {"tabserve-api": "Dockerfile.api", "tabserve-web": "Dockerfile.web"}
@@ -37,9 +40,42 @@ def render():
             document["metadata"]["namespace"] = kustomization["namespace"]
         for pairs in kustomization["labels"]:
             document["metadata"].setdefault("labels", {}).update(pairs["pairs"])
-        for container in containers_of(document):
-            container["image"] = images.get(container["image"], container["image"])
+        for container in containers_of(document):  # kustomize matches the image's name, whatever its tag
+            container["image"] = images.get(container["image"].split(":")[0], container["image"])
         rendered.append(document)
+    return rendered
+
+
+def json_patch(document, operations):
+    """RFC 6902 "add" operations, as kustomize applies them: /-/ appends to a list, a number indexes one."""
+    for operation in operations:
+        assert operation["op"] == "add"
+        *parents, last = operation["path"].strip("/").split("/")
+        target = document
+        for key in parents:
+            target = target[int(key)] if isinstance(target, list) else target[key]
+        if last == "-":
+            target.append(copy.deepcopy(operation["value"]))
+        else:
+            target[last] = copy.deepcopy(operation["value"])
+    return document
+
+
+def render_overlay(base):
+    """What `kubectl apply -k deploy/kubernetes-repository` sends: the base with its volume and its patch."""
+    overlay = yaml.safe_load((REPOSITORY_OVERLAY / "kustomization.yaml").read_text())
+    assert set(overlay) <= {"apiVersion", "kind", "namespace", "labels", "resources", "patches"}
+    assert overlay["resources"][0] == "../kubernetes" and overlay["namespace"] == "tabserve"
+    rendered = copy.deepcopy(base)
+    for resource in overlay["resources"][1:]:
+        rendered += [{**document, "metadata": {**document["metadata"], "namespace": overlay["namespace"]}}
+                     for document in load(REPOSITORY_OVERLAY / resource)]
+    for document in rendered:
+        for pairs in overlay["labels"]:
+            document["metadata"].setdefault("labels", {}).update(pairs["pairs"])
+        for patch in overlay["patches"]:
+            if (document["kind"], document["metadata"]["name"]) == (patch["target"]["kind"], patch["target"]["name"]):
+                json_patch(document, load(REPOSITORY_OVERLAY / patch["path"])[0])
     return rendered
 
 
@@ -84,6 +120,40 @@ def test_the_rendered_kustomization_is_valid(manifests, version):
         "Ingress"}
     for document in manifests:
         kubernetes_validate.validate(document, version, strict=True)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_the_model_repository_overlay_is_valid_and_mounts_one_volume_read_only(manifests, version):
+    rendered = render_overlay(manifests)
+    for document in rendered:
+        kubernetes_validate.validate(document, version, strict=True)
+    claim = of_kind(rendered, "PersistentVolumeClaim")[0]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]  # read by every pod, written by a publisher
+    pod = next(d for d in of_kind(rendered, "Deployment") if d["metadata"]["name"] == "tabserve-api")["spec"][
+        "template"]["spec"]
+    volume = next(v for v in pod["volumes"] if "persistentVolumeClaim" in v)
+    assert volume["persistentVolumeClaim"] == {"claimName": claim["metadata"]["name"], "readOnly": True}
+    container = pod["containers"][0]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == volume["name"])
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert mount["readOnly"] is True and env["MODEL_REPOSITORY"] == mount["mountPath"]
+    assert env["MODEL_PATH"] == ""  # the image's own model is not served (both set is refused)
+
+
+def test_the_overlay_renders_as_kubectl_renders_it(manifests):
+    """The emulation above beside kustomize itself, where kubectl is installed."""
+    require(shutil.which("kubectl"), "kubectl is not installed: the overlay is checked by the emulation only")
+    rendered = subprocess.run(["kubectl", "kustomize", str(REPOSITORY_OVERLAY)], capture_output=True, text=True,
+                              check=True).stdout
+
+    def key(document):
+        return document["kind"], document["metadata"]["name"]
+
+    ours = {key(d): d for d in render_overlay(manifests)}
+    theirs = {key(d): d for d in yaml.safe_load_all(rendered)}
+    assert set(ours) == set(theirs)
+    for name, document in ours.items():
+        assert document == theirs[name], name
 
 
 def test_strict_validation_catches_a_misspelt_field(deployments):

@@ -20,6 +20,7 @@ import tritonclient.http as triton
 from tritonclient.http.auth import BasicAuth
 
 import train
+from tabserve import repository as repositories
 from tests.support import (
     FLOWERS,
     ROOT,
@@ -50,9 +51,10 @@ class Stack:
         return subprocess.run(["docker", "compose", "-p", self.project, *self.files, *args], cwd=ROOT, env=self.env,
                               capture_output=True, text=True, check=check, timeout=timeout)
 
-    def api(self, path):
+    def api(self, path, headers=None):
         request = urllib.request.Request(f"http://127.0.0.1:{self.api_port}{path}",
-                                         headers={"Authorization": "Basic bXlfdXNlcm5hbWU6bXlfcGFzc3dvcmQ="})
+                                         headers={"Authorization": "Basic bXlfdXNlcm5hbWU6bXlfcGFzc3dvcmQ=",
+                                                  **(headers or {})})
         with urllib.request.urlopen(request, timeout=10) as response:  # the compose file's demo credentials
             return json.load(response)
 
@@ -228,6 +230,50 @@ def test_a_model_of_your_own_is_served_from_a_read_only_mount(docker_engine, tmp
         assert status == 200 and answer in page
         touch = own.compose("exec", "-T", "api", "touch", "/models/written", check=False)
         assert touch.returncode != 0 and "Read-only file system" in touch.stderr
+
+
+def answered_by(stack, key=None):
+    headers = {"X-Routing-Key": key} if key else None
+    return stack.api(f"/api/v1.0?{SETOSA_QUERY}", headers)["model"]["version"]
+
+
+def eventually(condition, seconds=10):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def test_the_versions_walk_through_on_compose(docker_engine, tmp_path):
+    """docs/running.md's walk-through: publish, start with the repository mounted, publish version 2 while it runs, a
+    canary of 10 %, promote, roll back."""
+    repository = tmp_path / "models"
+    train.main(["--publish", str(repository)])
+    repository.chmod(0o755)  # the API runs as UID 10001 and reads the mounted folder
+    versions = Stack({"REPO": str(repository)}, files=("docker-compose.yml", "deploy/repository.yml"))
+    with running(versions):
+        assert versions.api("/api/v1.0/model")["version"] == "1"
+        train.main(["--publish", str(repository), "--model", "random_forest"])
+        eventually(lambda: {"version": "2", "state": "READY"}.items() <= index(versions)[-1].items())
+        repositories.main(["canary", str(repository), "2", "10"])
+        eventually(lambda: any(answered_by(versions, f"key-{n}") == "2" for n in range(100)))
+        share = sum(answered_by(versions, f"client-{n}") == "2" for n in range(400)) / 400
+        assert 0.05 <= share <= 0.15, share
+        status, page = versions.web(f"/prediction?{SETOSA_QUERY}")
+        assert status == 200 and "version 1" in page  # the page asks the version its form came from
+        repositories.main(["promote", str(repository)])
+        eventually(lambda: answered_by(versions) == "2")
+        repositories.main(["rollback", str(repository)])
+        eventually(lambda: answered_by(versions) == "1")
+        touch = versions.compose("exec", "-T", "api", "touch", "/models/written", check=False)
+        assert touch.returncode != 0 and "Read-only file system" in touch.stderr
+
+
+def index(stack):
+    request = urllib.request.Request(f"http://127.0.0.1:{stack.api_port}/v2/repository/index", data=b"",
+                                     headers={"Authorization": "Basic bXlfdXNlcm5hbWU6bXlfcGFzc3dvcmQ="})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)
 
 
 # --- A model fitted elsewhere that needs more than the lean image has ------------------------------------------

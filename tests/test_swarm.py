@@ -19,6 +19,8 @@ import uuid
 
 import pytest
 
+import train
+from tabserve import repository as repositories
 from tabserve import users
 from tests.support import FLOWERS, ROOT, auth_header, free_port, query, readme_curl, require, wait_ready
 
@@ -145,20 +147,24 @@ class Load:
     def client(self):
         connection = None
         while not self.stop.is_set():
+            version = None
             try:
                 connection = connection or http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
                 connection.request("GET", f"/api/v1.0?{SETOSA_QUERY}", headers=self.headers)
                 response = connection.getresponse()
                 body = response.read()
-                outcome = json.loads(body)["model"]["version"] if response.status == 200 else f"{response.status}"
-            except (OSError, http.client.HTTPException, ValueError) as err:
-                outcome, connection = f"{type(err).__name__}: {err}", None
-            with self.lock:
-                if len(outcome) == 12:
-                    self.answers += 1
-                    self.versions.append(outcome)
+                if response.status == 200:
+                    version = json.loads(body)["model"]["version"]
                 else:
-                    self.failures.append(outcome)
+                    failure = f"{response.status}"
+            except (OSError, http.client.HTTPException, ValueError) as err:
+                failure, connection = f"{type(err).__name__}: {err}", None
+            with self.lock:
+                if version is not None:
+                    self.answers += 1
+                    self.versions.append(version)
+                else:
+                    self.failures.append(failure)
 
     def __enter__(self):
         for thread in self.threads:
@@ -322,6 +328,32 @@ def test_a_broken_image_is_rolled_back_without_a_failed_request(stack, capsys):
     assert load.failures == [], load.failures[:5]
     with capsys.disabled():
         print(f"\nrolled back a broken image under load: {load.answers} answers, {len(load.failures)} failed")
+
+
+def test_versions_are_promoted_and_rolled_back_on_every_replica_without_a_failed_request(stack, tmp_path, capsys):
+    """make stack REPO=...: every replica mounts the repository (deploy/repository-stack.yml) and follows its routing
+    file; a promotion and a rollback under load, with no rollout."""
+    repository = tmp_path / "models"
+    train.main(["--publish", str(repository)])
+    train.main(["--publish", str(repository), "--model", "random_forest"])
+    made = subprocess.run(["make", "stack"], cwd=ROOT, env={**stack.env, "REPO": str(repository)},
+                          capture_output=True, text=True, timeout=900)
+    assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
+    assert service(stack, "api", "{{range .Spec.TaskTemplate.ContainerSpec.Mounts}}{{.Source}} {{.ReadOnly}}{{end}}") \
+        == f"{repository} true"
+    versions = [json.loads(get(stack.url("API_PORT", f"/api/v1.0?{SETOSA_QUERY}"), DEMO)[2])["model"]["version"]
+                for _ in range(9)]
+    assert versions == ["1"] * 9  # every replica serves the repository's default
+    with Load(stack.ports["API_PORT"]) as load:
+        repositories.main(["promote", str(repository), "2"])
+        time.sleep(3)
+        repositories.main(["rollback", str(repository)])
+        time.sleep(3)
+    assert load.failures == [], load.failures[:5]
+    assert "2" in load.versions and load.versions[0] == load.versions[-1] == "1"
+    with capsys.disabled():
+        print(f"\npromoted and rolled back on 3 replicas under load: {load.answers} answers, "
+              f"{len(load.failures)} failed")
 
 
 def wrk_rate(url):

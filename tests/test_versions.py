@@ -2,6 +2,7 @@
 asked by name, followed without a restart, counted per version (tabserve/repository.py, routing.py, versions.py)."""
 
 import json
+import re
 import shutil
 import threading
 import time
@@ -15,6 +16,7 @@ from support import FLOWERS, PASSWORD, USERNAME, api_server, auth_header, query,
 
 import api
 import train
+from tabserve import repository as repositories
 from tabserve import routing, versions
 from tabserve.metrics import ApiMetrics
 from tabserve.serving import with_batching
@@ -174,7 +176,7 @@ def test_at_most_max_loaded_versions_are_kept_in_memory(repository, monkeypatch)
 
 def test_the_canary_takes_its_share_of_the_clients_and_each_keeps_its_version(repository):
     client = client_of(repository)
-    routing.main(["canary", str(repository / NAME), "2", "10"])
+    repositories.main(["canary", str(repository / NAME), "2", "10"])
     seen = {f"client-{n}": client.get(f"/api/v1.0?{QUERY}", headers={"X-Routing-Key": f"client-{n}"}).json[
         "model"]["version"] for n in range(3000)}
     share = sum(version == "2" for version in seen.values()) / len(seen)
@@ -189,16 +191,38 @@ def test_the_canary_takes_its_share_of_the_clients_and_each_keeps_its_version(re
 def test_promotion_and_rollback_follow_the_routing_file_without_a_restart(repository, capsys):
     client = client_of(repository)
     folder = str(repository / NAME)
-    routing.main(["promote", folder, "2"])
+    repositories.main(["promote", folder, "2"])
     assert json.loads(capsys.readouterr().out) == {"default": "2", "previous": "1"}
     assert client.get(f"/api/v1.0?{QUERY}").json["model"]["version"] == "2"
     assert client.get("/api/v1.0/model").json["version"] == "2"
-    routing.main(["rollback", folder])
+    repositories.main(["rollback", folder])
     assert client.get(f"/api/v1.0?{QUERY}").json["model"]["version"] == "1"
     with pytest.raises(SystemExit, match="there is no earlier default"):
-        routing.main(["rollback", folder])
+        repositories.main(["rollback", folder])
     with pytest.raises(SystemExit, match="there is no version 9; the versions are 1, 2"):
-        routing.main(["canary", folder, "9", "10"])
+        repositories.main(["canary", folder, "9", "10"])
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["canary", "2", "ten"], "canary.percent must be a number from 0 to 100, got 'ten'"),
+    (["canary", "2", "120"], "canary.percent must be a number from 0 to 100, got 120.0"),
+    (["shadow", "5", "100"], "there is no version 5; the versions are 1, 2"),
+    (["promote", "1"], "version 1 is the default already"),
+    (["promote"], "promote which version? name one, or start a canary first"),
+])
+def test_the_routing_commands_refuse_what_cannot_be_done(repository, arguments, message):
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        repositories.main([arguments[0], str(repository), *arguments[1:]])
+    assert json.loads((repository / NAME / "routing.json").read_text()) == {"default": "1"}
+
+
+def test_the_routing_commands_take_the_repository_or_its_model_folder(repository, capsys):
+    repositories.main(["shadow", str(repository), "2", "25"])
+    repositories.main(["show", str(repository / NAME)])
+    assert json.loads(capsys.readouterr().out.splitlines()[-1]) == {"default": "1",
+                                                                   "shadow": {"version": "2", "percent": 25}}
+    with pytest.raises(SystemExit, match="usage: python -m tabserve.repository canary REPO VERSION PERCENT"):
+        repositories.main(["stop", str(repository)])
 
 
 def test_a_routing_file_that_does_not_parse_keeps_the_last_good_one(repository, caplog):
@@ -305,7 +329,7 @@ def test_promotion_and_rollback_under_load_lose_no_request(repository):
                 pool.submit(ask, number)
             for command in (["canary", folder, "2", "50"], ["promote", folder], ["rollback", folder]):
                 time.sleep(1.5)
-                routing.main(command)
+                repositories.main(command)
             time.sleep(1.5)
             stop.set()
         assert len(statuses) > 100 and set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
