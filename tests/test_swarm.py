@@ -339,8 +339,9 @@ def test_versions_are_promoted_and_rolled_back_on_every_replica_without_a_failed
     made = subprocess.run(["make", "stack"], cwd=ROOT, env={**stack.env, "REPO": str(repository)},
                           capture_output=True, text=True, timeout=900)
     assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
-    assert service(stack, "api", "{{range .Spec.TaskTemplate.ContainerSpec.Mounts}}{{.Source}} {{.ReadOnly}}{{end}}") \
-        == f"{repository} true"
+    mounts = service(stack, "api", "{{range .Spec.TaskTemplate.ContainerSpec.Mounts}}{{.Target}}={{.Source}}:"
+                                   "{{.ReadOnly}} {{end}}").split()
+    assert f"/models={repository}:true" in mounts, mounts
     versions = [json.loads(get(stack.url("API_PORT", f"/api/v1.0?{SETOSA_QUERY}"), DEMO)[2])["model"]["version"]
                 for _ in range(9)]
     assert versions == ["1"] * 9  # every replica serves the repository's default
