@@ -2,6 +2,7 @@
 
     python -m tools.bench_versus --base 509470e          # 3 interleaved rounds of 5 s per endpoint, medians
     python -m tools.bench_versus --base HEAD --duration 1 --rounds 1 --cold-starts 1   # a smoke run (test_bench.py)
+    python -m tools.bench_versus --base 7f4b846 --repository   # this tree serving a model repository's version
 
 Each tree (the base unpacked with `git archive`) trains its own model with its own train.py (same dataset, algorithm
 and seed) and serves it as the image does (serve.py, 2 workers); every URL is on 127.0.0.1. It prints, side by side:
@@ -28,17 +29,19 @@ DEFAULT_BASE = "509470e"  # the last commit before the package (issue 27): the i
 CONNECTIONS = 16
 
 
-def train(tree, folder, args):
-    """The tree's own train.py on the chosen table; the artifact's path."""
-    output = Path(folder) / f"{tree.name}.joblib"
-    command = [sys.executable, "train.py", "--dataset", args.dataset, "--model", args.model, "--output", str(output)]
+def train(tree, folder, args, repository=False):
+    """The tree's own train.py on the chosen table; the artifact's path, or the repository it was published in."""
+    output = Path(folder) / ("repository" if repository else f"{tree.name}.joblib")
+    command = [sys.executable, "train.py", "--dataset", args.dataset, "--model", args.model,
+               "--publish" if repository else "--output", str(output)]
     subprocess.run(command, cwd=tree, check=True, capture_output=True)
     return output
 
 
 def start(tree, model_path):
     """The tree's API under its serve.py, as the image runs it; (server, seconds to ready)."""
-    env = {"API_USERNAME": USERNAME, "API_PASSWORD": PASSWORD, "MODEL_PATH": str(model_path), "LOG_LEVEL": "WARNING"}
+    env = {"API_USERNAME": USERNAME, "API_PASSWORD": PASSWORD, "LOG_LEVEL": "WARNING",
+           "MODEL_REPOSITORY" if model_path.is_dir() else "MODEL_PATH": str(model_path)}
     started = time.perf_counter()
     server = Server("api", env, lambda port: ["env", "-C", str(tree), sys.executable, "serve.py", "api"])
     wait_ready(server.url + "/readyz")
@@ -104,6 +107,8 @@ def parse_args(argv):
     parser.add_argument("--model", default="logistic_regression", help="the algorithm (default: logistic_regression)")
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run (default: 5)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported (default: 3)")
+    parser.add_argument("--repository", action="store_true",
+                        help="this tree serves the model published into a model repository (MODEL_REPOSITORY)")
     parser.add_argument("--cold-starts", type=int, default=3, help="starts timed per tree; the median (default: 3)")
     args = parser.parse_args(argv)
     for tool in ("wrk", "git"):
@@ -117,10 +122,11 @@ def main(argv=None):
     stack, figures, servers = [], {}, {}
     with tempfile.TemporaryDirectory(prefix="tabserve-bench-versus-") as folder:
         (Path(folder) / "base").mkdir()
-        trees = {f"at {args.base}": unpack(args.base, Path(folder) / "base"), "this tree": ROOT}
+        this = "this tree, repository" if args.repository else "this tree"
+        trees = {f"at {args.base}": unpack(args.base, Path(folder) / "base"), this: ROOT}
         try:
             for label, tree in trees.items():
-                model_path = train(tree, folder, args)
+                model_path = train(tree, folder, args, repository=args.repository and tree == ROOT)
                 figures[label] = {"cold": cold_start(tree, model_path, args.cold_starts)}
                 server, _ = start(tree, model_path)
                 stack.append(server)
