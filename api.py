@@ -25,15 +25,28 @@ import prometheus_client
 from tabserve import openapi, server, v1, v2
 from tabserve.batching import Overloaded
 from tabserve.card import public_view
+from tabserve.feedback import read_feedback, record
 from tabserve.metrics import ApiMetrics, exposition
 from tabserve.model import ModelError, Unpredictable
+from tabserve.monitoring import Monitor
+from tabserve.predictionlog import PredictionLog
 from tabserve.repository import model_folder
 from tabserve.serving import Serving, with_batching
 from tabserve.settings import StartupError, read_api_settings
-from tabserve.users import Users, UsersFileError, hash_password
+from tabserve.users import USER_KEY, Users, UsersFileError, hash_password
 from tabserve.v1 import EXTRA_QUERY_FIELDS, parse_instances, parse_query, read_query
 from tabserve.versions import UnknownVersion, Versions
-from tabserve.wsgi import RequestError, answering, handle_requests, media_type, parse_json, read_body, shorten
+from tabserve.wsgi import (
+    RequestError,
+    answering,
+    field_error,
+    handle_requests,
+    invalid,
+    media_type,
+    parse_json,
+    read_body,
+    shorten,
+)
 
 DEMO_PASSWORD = "my_password"
 OPENAPI_PATH = Path(__file__).resolve().parent / "tabserve" / "openapi.json"
@@ -68,6 +81,7 @@ class Api:
 
     serving: Serving  # the versions, predicting and explaining, counted
     metrics: ApiMetrics
+    monitor: Monitor  # drift and feedback
     documents: dict = field(default_factory=dict)  # (what, version): bytes, built the first time each is asked
 
     def document(self, what, model):
@@ -81,16 +95,20 @@ class Api:
         return self.documents[key]
 
 
-def read_request(api, routed=True):
-    """(the version that answers, the query's other pairs): the version named by _version, else the routing's (or
-    the default, when not routed)."""
+def read_request(api, routed=True, options=("_version",), features=True):
+    """(the version that answers, the query's features, its options): the version named by _version, else the
+    routing's (or the default, when not routed). An endpoint that takes no features refuses any with a 400."""
     environ = bottle.request.environ
-    found, given = read_query(environ.get("QUERY_STRING", ""), api.serving.versions.widest + EXTRA_QUERY_FIELDS)
-    return api.serving.pick(environ, found.get("_version"), routed), given
+    found, given = read_query(environ.get("QUERY_STRING", ""), api.serving.versions.widest + EXTRA_QUERY_FIELDS,
+                              options)
+    if given and not features:
+        raise RequestError(400, f"The query takes only the options {', '.join(options)}, got "
+                                f"{shorten(next(iter(given)))!r}.")
+    return api.serving.pick(environ, found.get("_version"), routed), given, found
 
 
 def predict_one(api):
-    choice, given = read_request(api)
+    choice, given, _ = read_request(api)
     model = choice.model
     features = parse_query(model.schema, given)
     rows = model.schema.matrix([list(features.values())])
@@ -99,7 +117,7 @@ def predict_one(api):
 
 def explain_one(api):
     """/api/v1.0's answer, and why: each feature's contribution and the nearest training rows (explain.py)."""
-    choice, given = read_request(api)
+    choice, given, _ = read_request(api)
     model = choice.model
     features = parse_query(model.schema, given)
     rows = model.schema.matrix([list(features.values())])
@@ -113,10 +131,7 @@ def predict_batch(api):
     environ = bottle.request.environ
     if media_type(environ) != JSON_TYPE:
         raise RequestError(415, f"Send the body as JSON with 'Content-Type: {JSON_TYPE}'.")
-    choice, given = read_request(api)
-    if given:
-        raise RequestError(400, f"The query takes only the option _version; the rows go in the body, got "
-                                f"{shorten(next(iter(given)))!r}.")
+    choice, _, _ = read_request(api, features=False)  # the rows go in the body
     model = choice.model
     rows = parse_instances(model.schema, parse_json(read_body(environ)))
     return v1.batch_answer(model, rows, api.serving.predict(choice, rows))
@@ -124,13 +139,36 @@ def predict_batch(api):
 
 def describe_model(api):
     """The default version's card (where the web page learns its form), or the card of the version named."""
-    choice, given = read_request(api, routed=False)
-    if given:
-        raise RequestError(400, f"The query takes only the option _version, got {shorten(next(iter(given)))!r}.")
+    choice, _, _ = read_request(api, routed=False, features=False)
     return api.document("card", choice.model)
 
 
+def monitoring(api):
+    """Drift of each input and of the output, and live accuracy from feedback, since start or over the last
+    _window seconds (at most DRIFT_WINDOW), for the default version or the one named (monitoring.py)."""
+    choice, _, options = read_request(api, routed=False, options=("_version", "_window"), features=False)
+    window, limit = options.get("_window"), api.monitor.settings.drift_window
+    if window is not None and (not window.isdigit() or not 0 < int(window) <= limit):
+        raise invalid([field_error("_window", f"must be a whole number of seconds from 1 to {limit} (DRIFT_WINDOW), "
+                                              f"got {shorten(window)!r}")])
+    return api.monitor.report(choice.model, int(window) if window else None)
+
+
+def feedback(api):
+    """What clients learned after their answers: the true class or number, counted per version (feedback.py)."""
+    environ = bottle.request.environ
+    if media_type(environ) != JSON_TYPE:
+        raise RequestError(415, f"Send the body as JSON with 'Content-Type: {JSON_TYPE}'.")
+    versions = api.serving.versions
+    items = read_feedback(parse_json(read_body(environ)), lambda v: versions.named(v) if v else versions.active.default)
+    for model, item in items:
+        record(api.metrics, model, item)
+        api.serving.prediction_log.feedback(model, item, environ.get(USER_KEY))
+    return {"received": len(items)}
+
+
 def metrics_page(api):
+    api.monitor.update_gauges([entry.model for entry in api.serving.versions.index() if entry.model is not None])
     bottle.response.content_type = prometheus_client.CONTENT_TYPE_LATEST
     return exposition(api.metrics.registry)
 
@@ -200,6 +238,8 @@ ROUTES = (
     ("POST", "/api/v1.0/predict", predict_batch, True),
     ("GET", "/api/v1.0/explain", explain_one, True),
     ("GET", "/api/v1.0/model", describe_model, True),
+    ("GET", "/api/v1.0/monitoring", monitoring, True),
+    ("POST", "/api/v1.0/feedback", feedback, True),
     ("GET", "/metrics", metrics_page, True),
     ("GET", "/healthz", healthz, False),
     ("GET", "/readyz", readyz, False),
@@ -246,7 +286,9 @@ def create_app(settings):
     if settings.password == DEMO_PASSWORD:
         logger.warning("the demo password is in use: set API_PASSWORD or API_PASSWORD_FILE to a secret of your own")
     metrics = ApiMetrics()
-    api = Api(Serving(load_versions(settings, metrics), metrics), metrics)
+    monitor = Monitor(metrics, settings)
+    log = PredictionLog(settings.prediction_log, settings.prediction_log_sample)
+    api = Api(Serving(load_versions(settings, metrics), metrics, monitor, log), metrics, monitor)
     authenticate = load_users(settings, metrics, api.serving.versions.model_name).authenticate
     app = bottle.Bottle()
     # Crashes go to wsgi.handle_requests, which logs them once with their traceback and answers in kind.

@@ -5,7 +5,8 @@
 The task and the target; each input's name, label, kind, unit, allowed values and training range or categories; a
 classifier's classes and their labels, a regressor's interval; typical rows (one per class, or across the target's
 range); a reference sample with the answers the model gives it (the API's self-test); what explanations need
-(explain.py); the page's words; metrics, versions and the artifact's sha256.
+(explain.py); the reference distributions that drift is measured against (drift.py); the page's words; metrics,
+versions and the artifact's sha256.
 """
 
 import math
@@ -17,6 +18,7 @@ import numpy as np
 import sklearn
 from sklearn.model_selection import train_test_split
 
+from tabserve.drift import distributions
 from tabserve.frames import frame_maker
 from tabserve.training import MISSING_LEVEL
 
@@ -201,6 +203,8 @@ def build_card(table, estimator, train_split, facts, sha256, version):
     is sha256[:12] for an artifact alone (it changes exactly when the bytes do), a whole number in a repository."""
     X_train, y_train = train_split
     X = table.matrix()
+    inputs = [describe_input(column, X_train[:, i], facts["missing"]) for i, column in enumerate(table.columns)]
+    answers = task_facts(table, estimator, facts)
     return {
         "name": facts["name"],
         "version": version,
@@ -210,12 +214,13 @@ def build_card(table, estimator, train_split, facts, sha256, version):
         "parameters": simple_params(estimator),
         "target": describe_target(table, y_train),
         "features": [column.name for column in table.columns],
-        "inputs": [describe_input(column, X_train[:, i], facts["missing"]) for i, column in enumerate(table.columns)],
-        **task_facts(table, estimator, facts),
+        "inputs": inputs,
+        **answers,
         **model_needs(facts),
         "examples": typical_rows(table, X),
         "reference": reference_sample(table, X, estimator, facts.get("frame")),
         "explanation": explanation_facts(table, X, facts["seed"], facts["keep_rows"]),
+        "distributions": distributions(inputs, X_train, (facts["held_out"], answers["classes"])),
         "texts": page_texts(table),
         "metrics": facts["metrics"],
         "training": {**facts["training"], "dataset": table.source,

@@ -37,6 +37,16 @@ def exposition(registry):
     return prometheus_client.generate_latest(registry)
 
 
+def samples(registry, prefixes):
+    """{(sample name, ((label, value), ...)): value} of the metrics whose names start with one of the prefixes,
+    summed over the server's workers as exposition() sums them."""
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in registry.collect() if family.name.startswith(prefixes) for sample in family.samples}
+
+
 def cached_labels(metric):
     """metric.labels, remembered: prometheus_client checks and looks up the labels on every call. Only for labels
     from a small, fixed set, since every value is kept."""
@@ -72,6 +82,7 @@ class ApiMetrics:
             "unknown)", ["user"], registry=registry))
         self.batching_metrics(registry)
         self.version_metrics(registry)
+        self.monitoring_metrics(registry)
         # Set once, in the server's main process; the workers' copies read 0, so "max" reports the main value.
         Gauge(f"{PREFIX}_api_start_time_seconds", "When the service started, in seconds since the epoch",
               registry=registry, multiprocess_mode="max").set(time.time())
@@ -103,6 +114,41 @@ class ApiMetrics:
             "version (a regressor)", ["version"], buckets=DIFFERENCE_BUCKETS, registry=registry))
         self.shadow_dropped = Counter(f"{PREFIX}_api_shadow_dropped", "Shadow predictions dropped because too many "
                                       "were waiting", registry=registry)
+
+    def monitoring_metrics(self, registry):
+        """Drift (monitoring.py: a bin's label is its position in the card's distributions, or "missing") and
+        feedback (feedback.py)."""
+        self.drift_inputs = cached_labels(Counter(
+            f"{PREFIX}_api_drift_input_values", "Live input values, by version, input and bin of the card's reference "
+            "distribution", ["version", "input", "bin"], registry=registry))
+        self.drift_outputs = cached_labels(Counter(
+            f"{PREFIX}_api_drift_output_values", "Live predictions, by version and bin (the class, or a number's bin)",
+            ["version", "bin"], registry=registry))
+        self.reference_inputs = cached_labels(Gauge(
+            f"{PREFIX}_model_input_reference_share", "Each bin's share of the training split, by version, input, bin",
+            ["version", "input", "bin"], registry=registry, multiprocess_mode="max"))
+        self.reference_outputs = cached_labels(Gauge(
+            f"{PREFIX}_model_output_reference_share", "Each output bin's share of the held-out predictions",
+            ["version", "bin"], registry=registry, multiprocess_mode="max"))
+        # "mostrecent": every worker computes the same index from the shared counts; the last one written stands.
+        self.input_psi = cached_labels(Gauge(
+            f"{PREFIX}_model_input_drift_psi", "Population stability index of each input, by version and span "
+            "(since_start, window)", ["version", "input", "span"], registry=registry, multiprocess_mode="mostrecent"))
+        self.output_psi = cached_labels(Gauge(
+            f"{PREFIX}_model_output_drift_psi", "Population stability index of the predictions, by version and span",
+            ["version", "span"], registry=registry, multiprocess_mode="mostrecent"))
+        self.feedback = cached_labels(Counter(
+            f"{PREFIX}_api_feedback", "Feedback received, by version, prediction and truth (a classifier's classes; "
+            "empty for a regressor)", ["version", "prediction", "truth"], registry=registry))
+        self.feedback_absolute = cached_labels(Counter(
+            f"{PREFIX}_api_feedback_absolute_error", "Sum of |truth - prediction| in feedback (a regressor)",
+            ["version"], registry=registry))
+        self.feedback_squared = cached_labels(Counter(
+            f"{PREFIX}_api_feedback_squared_error", "Sum of (truth - prediction)² in feedback (a regressor)",
+            ["version"], registry=registry))
+        self.feedback_intervals = cached_labels(Counter(
+            f"{PREFIX}_api_feedback_intervals", "Feedback with the interval the answer gave, by whether the truth "
+            "fell inside it", ["version", "covered"], registry=registry))
 
     def version_changed(self, version, state, card=None):
         for other in ("READY", "LOADING", "UNAVAILABLE"):

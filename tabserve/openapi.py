@@ -174,4 +174,10 @@ def served_document(path, metadata):
     schemas["InferenceRequest"]["properties"]["inputs"] = inputs_schema(schema)
     if schema.numeric:
         schemas["InputTensor"] = matrix_tensor(schema)
+    feedback = schemas["FeedbackItem"]["properties"]
+    answer = {"type": "number"} if task_of(metadata) == "regression" else {"enum": list(metadata["classes"])}
+    for key in ("prediction", "truth"):
+        feedback[key] = {**feedback[key], **answer}
+    if task_of(metadata) == "classification":
+        del feedback["interval"]
     return json.dumps(document, indent=2, ensure_ascii=False).encode()

@@ -1,12 +1,12 @@
 """The model as both protocols use it: /api/v1.0 and /v2 ask this layer, which picks the version that answers,
 predicts, explains and counts.
 
-    serving = Serving(versions, ApiMetrics())               # versions.py: one artifact, or a repository's versions
+    serving = Serving(versions, metrics, monitor, log)      # versions.py; monitoring.py; predictionlog.py
     choice = serving.pick(environ, version=None)            # the version named, or the routing's for this client
     predictions = serving.predict(choice, rows)             # model.Predictions, counted, and shadowed if routed so
 
-Whatever a prediction must pass through on its way (the version's choice, the metrics, the shadow; drift and the
-prediction log as they come) is written here once, not in each protocol.
+Whatever a prediction must pass through on its way (the version's choice, the metrics, the drift counts, the
+prediction log, the shadow) is written here once, not in each protocol.
 """
 
 import dataclasses
@@ -44,10 +44,11 @@ def with_batching(model, setting, metrics):
 
 @dataclass(frozen=True)
 class Choice:
-    """The version that answers a request, and the one that shadows it (or None)."""
+    """The version that answers a request, the one that shadows it (or None), and who asked."""
 
     model: object
     shadow: object = None
+    user: str = None
 
 
 class Shadow:
@@ -90,8 +91,9 @@ class Shadow:
 class Serving:
     """The served versions, their metrics, and what each prediction passes through."""
 
-    def __init__(self, versions, metrics):
+    def __init__(self, versions, metrics, monitor, prediction_log):
         self.versions, self.metrics = versions, metrics
+        self.monitor, self.prediction_log = monitor, prediction_log  # monitoring.py, predictionlog.py
         self.shadow = Shadow(metrics)
 
     @property
@@ -103,13 +105,13 @@ class Serving:
         the clients, decided by the X-Routing-Key header or the user, the default for the others (for all of them
         when not routed)."""
         self.versions.refresh()
+        user = environ.get(USER_KEY)
         if version is not None:
-            choice = Choice(self.versions.named(version))
+            choice = Choice(self.versions.named(version), user=user)
         elif not routed:
-            choice = Choice(self.default)
+            choice = Choice(self.default, user=user)
         else:
-            key = environ.get(ROUTING_HEADER) or environ.get(USER_KEY) or ""
-            choice = Choice(*self.versions.routed(key))
+            choice = Choice(*self.versions.routed(environ.get(ROUTING_HEADER) or user or ""), user=user)
         environ[VERSION_KEY] = choice.model.card["version"]
         return choice
 
@@ -117,6 +119,8 @@ class Serving:
         """Predictions for checked rows, counted, and asked of the shadow too when the routing says so."""
         predictions = predict(choice.model, rows)
         self.metrics.count_predictions(choice.model, predictions)
+        self.monitor.count(choice.model, rows, predictions)
+        self.prediction_log.predictions(choice.model, rows, predictions, choice.user)
         if choice.shadow is not None:
             self.shadow.submit(choice.shadow, rows, predictions)
         return predictions

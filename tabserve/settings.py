@@ -27,6 +27,12 @@ DEFAULT_WORKERS = 2
 DEFAULT_THREADS = 8
 DEFAULT_MODEL_PATH = ROOT / "model" / "iris.joblib"
 BATCHING_CHOICES = ("auto", "on", "off")
+DEFAULT_DRIFT_WINDOW = 3600  # seconds: the recent window of GET /api/v1.0/monitoring and the PSI gauges
+DEFAULT_DRIFT_THRESHOLDS = (0.1, 0.25)  # PSI: below the first stable, above the second drifted (the usual bands)
+# The live values an input needs before its PSI is judged: an unchanged distribution over 10 bins shows a PSI of
+# about (bins - 1) / count from sampling alone, 0.02 at 500, a fifth of the first band.
+DEFAULT_DRIFT_MIN_COUNT = 500
+PREDICTION_LOGS = ("off", "stdout")
 DEFAULT_FAILURES_PER_MINUTE = 10
 DEFAULT_API_URL = "http://localhost:8000"
 DEFAULT_TIMEOUT = 5.0
@@ -62,6 +68,11 @@ class ApiSettings(Settings):
     users_file: Path = None  # API_USERS_FILE: name:hash lines (users.py); else API_USERNAME + API_PASSWORD
     failures_per_minute: int = DEFAULT_FAILURES_PER_MINUTE
     trusted_proxies: tuple = ()
+    drift_window: int = DEFAULT_DRIFT_WINDOW
+    drift_thresholds: tuple = DEFAULT_DRIFT_THRESHOLDS
+    drift_min_count: int = DEFAULT_DRIFT_MIN_COUNT
+    prediction_log: str = "off"
+    prediction_log_sample: float = 1.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -139,7 +150,34 @@ def read_api_settings(environ):
                        model_repository=Path(repository) if repository else None, model_name=name or None,
                        batching=batching,
                        users_file=Path(users_file) if users_file else None, failures_per_minute=int(failures),
-                       trusted_proxies=proxies, **common)
+                       trusted_proxies=proxies, **read_monitoring_settings(environ), **common)
+
+
+def fraction_of(environ, name, default):
+    """A number from 0 to 1 (PREDICTION_LOG_SAMPLE); StartupError otherwise."""
+    text = environ.get(name) or str(default)
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 1:
+        raise StartupError(f"{name} must be a number from 0 to 1, got {text!r}")
+    return value
+
+
+def read_monitoring_settings(environ):
+    """DRIFT_WINDOW, DRIFT_THRESHOLDS, DRIFT_MIN_COUNT, PREDICTION_LOG and PREDICTION_LOG_SAMPLE, checked."""
+    text = environ.get("DRIFT_THRESHOLDS") or ",".join(map(str, DEFAULT_DRIFT_THRESHOLDS))
+    try:
+        thresholds = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        thresholds = ()
+    if len(thresholds) != 2 or not 0 < thresholds[0] < thresholds[1] < math.inf:
+        raise StartupError(f"DRIFT_THRESHOLDS must be two increasing positive numbers, as 0.1,0.25, got {text!r}")
+    return {"drift_window": positive_int(environ, "DRIFT_WINDOW", DEFAULT_DRIFT_WINDOW), "drift_thresholds": thresholds,
+            "drift_min_count": positive_int(environ, "DRIFT_MIN_COUNT", DEFAULT_DRIFT_MIN_COUNT),
+            "prediction_log": choice(environ, "PREDICTION_LOG", PREDICTION_LOGS, "off"),
+            "prediction_log_sample": fraction_of(environ, "PREDICTION_LOG_SAMPLE", 1.0)}
 
 
 def read_web_settings(environ):

@@ -120,15 +120,17 @@ def interval_facts(residuals, level, seed):
 
 
 def evaluate(estimator, split, seed, task, level):
-    """Fit on the training split; measure on the held-out split and by cross-validation. (metrics, interval)."""
+    """Fit on the training split; measure on the held-out split and by cross-validation. (metrics, interval, the
+    held-out predictions)."""
     X_train, X_test, y_train, y_test = split
     if task == "classification":
         folds = StratifiedKFold(n_splits=CV_FOLDS, shuffle=True, random_state=seed)
         cv_scores = cross_val_score(estimator, X_train, y_train, cv=folds)
         predicted = estimator.fit(X_train, y_train).predict(X_test)
-        return {"test_accuracy": round(float(accuracy_score(y_test, predicted)), 4), "cv_folds": CV_FOLDS,
-                "cv_accuracy_mean": round(float(cv_scores.mean()), 4),
-                "cv_accuracy_std": round(float(cv_scores.std()), 4), **report_classes(y_test, predicted)}, None
+        metrics = {"test_accuracy": round(float(accuracy_score(y_test, predicted)), 4), "cv_folds": CV_FOLDS,
+                   "cv_accuracy_mean": round(float(cv_scores.mean()), 4),
+                   "cv_accuracy_std": round(float(cv_scores.std()), 4), **report_classes(y_test, predicted)}
+        return metrics, None, predicted
     folds = KFold(n_splits=CV_FOLDS, shuffle=True, random_state=seed)
     cv_scores = cross_val_score(estimator, X_train, y_train, cv=folds, scoring="r2")
     predicted = estimator.fit(X_train, y_train).predict(X_test)
@@ -136,7 +138,7 @@ def evaluate(estimator, split, seed, task, level):
     return {**regression_errors(y_test, predicted, "test"),
             **regression_errors(y_test, np.full(len(y_test), y_train.mean()), "baseline"),
             "cv_folds": CV_FOLDS, "cv_r2_mean": round(float(cv_scores.mean()), 4),
-            "cv_r2_std": round(float(cv_scores.std()), 4), **interval_metrics}, interval
+            "cv_r2_std": round(float(cv_scores.std()), 4), **interval_metrics}, interval, predicted
 
 
 def build_estimator(table, algorithm, seed):
@@ -178,12 +180,13 @@ def fit(table, algorithm, seed, test_size, level):
     split = train_test_split(X, y, test_size=test_size, stratify=stratify, random_state=seed)
     estimator = build_estimator(table, algorithm, seed)
     started = time.perf_counter()
-    metrics, interval = evaluate(estimator, split, seed, table.task, level)
+    metrics, interval, predicted = evaluate(estimator, split, seed, table.task, level)
     training = {"seed": seed, "test_size": test_size, "train_samples": int(len(split[0])),
                 "training_seconds": round(time.perf_counter() - started, 3), "task_decided": table.task_reason,
                 "rows_without_target": table.dropped_rows}
     return estimator, (split[0], split[2]), {"algorithm": algorithm, "metrics": metrics, "training": training,
-                                             "interval": interval, "missing": missing_policy(algorithm), "frame": None}
+                                             "interval": interval, "missing": missing_policy(algorithm), "frame": None,
+                                             "held_out": predicted}
 
 
 def load_fitted(path):
@@ -247,13 +250,14 @@ def adopt(estimator, path, table, level, seed, labels=None):
     training = {"fitted": Path(path).name, "train_samples": int(len(X)), "task_decided": "the fitted model's",
                 "rows_without_target": table.dropped_rows}
     facts = {"algorithm": "fitted elsewhere", "interval": None, "training": training, "missing": "adopted",
-             "frame": columns}
+             "frame": columns, "held_out": predicted}  # the table's rows: there is no held-out split here
     if table.task == "regression":
         interval_metrics, facts["interval"] = interval_facts(y - predicted.astype(float), level, seed)
         return estimator, (X, y), {**facts, "metrics": {**regression_errors(y, predicted, "table"),
                                                         **interval_metrics}}
     names, codes = class_names(estimator, y, path, labels)
     predicted = np.array([names[int(code)] for code in predicted] if codes else predicted.astype(str))
+    facts["held_out"] = predicted  # as class names
     return estimator, (X, y), {**facts, "classes": names, "class_codes": codes,
                                "metrics": {"table_accuracy": round(float(accuracy_score(y, predicted)), 4),
                                            **report_classes(y, predicted)}}

@@ -96,7 +96,7 @@ def variables_read_by_the_code():
     for path in [*ROOT.glob("*.py"), *ROOT.glob("tabserve/*.py")]:
         text = path.read_text()
         names |= set(re.findall(r'environ(?:\.get)?[(\[]"([A-Z][A-Z0-9_]+)"', text))
-        names |= set(re.findall(r'(?:positive_int|choice)\(environ, "([A-Z_]+)"', text))
+        names |= set(re.findall(r'(?:positive_int|choice|fraction_of)\(environ, "([A-Z_]+)"', text))
         names |= set(re.findall(r'"(PROMETHEUS_MULTIPROC_DIR)"', text))
     return {name for name in names if name not in WSGI_KEYS and not name.startswith("HTTP_")}
 

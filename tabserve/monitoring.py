@@ -1,0 +1,238 @@
+"""The model watched on its own traffic: every prediction's inputs and output counted in the bins of the card's
+reference distributions (drift.py), the population stability index since start and over a recent window, and the
+feedback's live accuracy (feedback.py), for GET /api/v1.0/monitoring, the PSI gauges and the web page.
+
+    monitor = Monitor(metrics, settings)             # settings: drift_window, drift_thresholds, drift_min_count
+    monitor.count(model, rows, predictions)          # for every prediction (serving.py)
+    monitor.report(model, window=None)               # the JSON of GET /api/v1.0/monitoring
+
+Counting costs a request a few NumPy operations: the counts gather in arrays of each worker's own, and a thread of
+each worker adds them to the Prometheus counters once every FLUSH_SECONDS. Those counters are the multiprocess ones
+of metrics.py, so a report is exact across the server's workers (give the others FLUSH_SECONDS), and Prometheus adds
+them up across replicas. The recent window is the counts now less those of a snapshot taken at least that long ago:
+the workers' threads take one every drift_window / 60 seconds (at least every second) into a file beside the
+counters' (in memory, without the server), so that any worker can answer for all of them.
+"""
+
+import bisect
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tabserve.drift import Bins, psi, verdict
+from tabserve.feedback import summary
+from tabserve.metrics import PREFIX, samples
+
+FLUSH_SECONDS = 1.0
+SNAPSHOTS = 60  # kept per window: its resolution is a sixtieth of it
+COUNTED = (f"{PREFIX}_api_drift_", f"{PREFIX}_api_feedback", f"{PREFIX}_api_predictions")
+
+logger = logging.getLogger(__name__)
+
+
+class Snapshots:
+    """The shared counts at moments past: in a file of the server's metrics directory, or in memory without one."""
+
+    def __init__(self, keep_seconds):
+        folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        self.path = Path(folder) / "monitoring-snapshots.json" if folder else None
+        self.memory, self.keep = [], keep_seconds
+
+    def load(self):
+        if self.path is None:
+            return self.memory
+        try:
+            return [(when, {tuple(json.loads(key)): value for key, value in counts.items()})
+                    for when, counts in json.loads(self.path.read_text())]
+        except (OSError, ValueError):
+            return []
+
+    def add(self, when, counts):
+        kept = [entry for entry in self.load() if entry[0] >= when - self.keep] + [(when, counts)]
+        if self.path is None:
+            self.memory = kept
+            return
+        text = json.dumps([[t, {json.dumps(key): value for key, value in c.items()}] for t, c in kept])
+        temporary = self.path.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text(text)
+        os.replace(temporary, self.path)  # a reader sees the old file or the new one
+
+    def at(self, when):
+        """(time, counts) of the latest snapshot taken at or before `when`; None if there is none."""
+        entries = self.load()
+        position = bisect.bisect_right([entry[0] for entry in entries], when)
+        return entries[position - 1] if position else None
+
+
+class Counts:
+    """One version's counts in this worker, not yet added to the shared counters."""
+
+    def __init__(self, bins):
+        self.bins = bins
+        self.inputs = np.zeros(bins.size, dtype=np.int64)
+        self.output = np.zeros(len(bins.output), dtype=np.int64)
+
+
+class Monitor:
+    """Counts every prediction, and reports drift and feedback from the shared counts."""
+
+    def __init__(self, metrics, settings):
+        self.metrics, self.settings = metrics, settings
+        self.counts, self.lock, self.pid = {}, threading.Lock(), None
+        self.interval = max(1.0, settings.drift_window / SNAPSHOTS)
+        self.snapshots = Snapshots(settings.drift_window + 2 * self.interval)
+        self.taken, self.started = 0.0, time.time()
+
+    def counts_of(self, model):
+        """This worker's counts of a version (None for a card without distributions: trained before them)."""
+        version = model.card["version"]
+        if version not in self.counts:
+            bins = Bins(model.card) if "distributions" in model.card else None
+            self.counts[version] = Counts(bins) if bins else None
+            if bins:
+                self.publish_reference(version, bins)
+        return self.counts[version]
+
+    def publish_reference(self, version, bins):
+        for name, shares, _, keys in bins.inputs:
+            for key, share in zip(keys, shares, strict=True):
+                self.metrics.reference_inputs(version, name, key).set(share)
+        for label, share in zip(bins.output, bins.output_shares, strict=True):
+            self.metrics.reference_outputs(version, label).set(share)
+
+    def count(self, model, rows, predictions):
+        """Count checked rows and their predictions in their bins (the hot path: a few NumPy operations)."""
+        if self.pid != os.getpid():
+            self.start()
+        counts = self.counts.get(model.card["version"], False)
+        if counts is False:
+            counts = self.counts_of(model)
+        if counts is None:
+            return
+        inputs = counts.bins.of_inputs(rows, model.schema.numbers_of(rows))
+        output = counts.bins.of_output(predictions)
+        with self.lock:
+            if len(rows) == 1:  # one row's bins are all different: a plain add
+                counts.inputs[inputs[0]] += 1
+                counts.output[output] += 1
+            else:
+                counts.inputs += np.bincount(inputs.ravel(), minlength=len(counts.inputs))
+                counts.output += np.bincount(output, minlength=len(counts.output))
+
+    def start(self):
+        """This worker's thread (a forked worker starts its own; the counts copied from the parent are dropped)."""
+        with self.lock:
+            if self.pid == os.getpid():
+                return
+            self.pid, self.counts = os.getpid(), {}
+            threading.Thread(target=self.run, name="monitoring", daemon=True).start()
+
+    def run(self):
+        while True:
+            try:
+                self.flush()
+                if time.time() - self.taken >= self.interval:
+                    self.snapshot()
+            except Exception:
+                logger.exception("monitoring could not add its counts")
+            time.sleep(FLUSH_SECONDS)
+
+    def flush(self):
+        """Add this worker's counts to the shared counters."""
+        with self.lock:
+            pending = [(version, counts, counts.inputs.copy(), counts.output.copy())
+                       for version, counts in self.counts.items() if counts]
+            for _, counts, _, _ in pending:
+                counts.inputs[:], counts.output[:] = 0, 0
+        for version, counts, inputs, output in pending:
+            for index in np.flatnonzero(inputs).tolist():
+                self.metrics.drift_inputs(version, *counts.bins.input_bin(index)).inc(int(inputs[index]))
+            for index in np.flatnonzero(output).tolist():
+                self.metrics.drift_outputs(version, counts.bins.output[index]).inc(int(output[index]))
+
+    def snapshot(self):
+        """Keep the shared counts of now, unless another worker did within the interval."""
+        now = time.time()
+        latest = self.snapshots.at(now)
+        if latest is None or now - latest[0] >= self.interval:
+            self.snapshots.add(now, self.shared())
+        self.taken = now
+
+    def shared(self):
+        return {key: value for key, value in samples(self.metrics.registry, COUNTED).items()
+                if key[0].endswith("_total")}
+
+    def live(self, window=None):
+        """The shared counts since start, or over the last `window` seconds: (counts, the seconds covered)."""
+        if self.pid == os.getpid():
+            self.flush()
+        now = self.shared()
+        if window is None:
+            return now, None
+        before = self.snapshots.at(time.time() - window)
+        if before is None:  # nothing that old: the service (or its first counting) is younger than the window
+            return now, round(min(window, time.time() - self.started))
+        return {key: value - before[1].get(key, 0) for key, value in now.items()}, round(time.time() - before[0])
+
+    def report(self, model, window=None):
+        """GET /api/v1.0/monitoring's answer for a version: drift of each input and of the output, feedback, and
+        the share of the traffic each version answered."""
+        counts, covered = self.live(window)
+        version = model.card["version"]
+        answer = {"model": model.identity, "window": {"seconds": window, "covered": covered} if window else None,
+                  "thresholds": {"psi": list(self.settings.drift_thresholds),
+                                 "min_count": self.settings.drift_min_count}}
+        mine = self.counts_of(model)
+        if mine is None:
+            answer["drift"] = "this model's card has no reference distributions: train it again with train.py"
+        else:
+            answer.update(self.drift(mine.bins, version, counts))
+        answer["feedback"] = summary(model, counts)
+        answer["traffic"] = traffic(counts)
+        return answer
+
+    def drift(self, bins, version, counts):
+        inputs = {}
+        for name, shares, labels, keys in bins.inputs:
+            live = [counts.get((f"{PREFIX}_api_drift_input_values_total",
+                                (("bin", key), ("input", name), ("version", version))), 0) for key in keys]
+            inputs[name] = self.judged(labels, shares, live)
+        live = [counts.get((f"{PREFIX}_api_drift_output_values_total", (("bin", label), ("version", version))), 0)
+                for label in bins.output]
+        return {"inputs": inputs, "output": self.judged(bins.output, bins.output_shares, live)}
+
+    def judged(self, labels, shares, live):
+        total = int(sum(live))
+        value = psi(shares, live)
+        return {"count": total, "psi": None if value is None else round(value, 4),
+                "verdict": verdict(value, total, self.settings.drift_thresholds, self.settings.drift_min_count),
+                "bins": [{"label": label, "reference": share, "live": round(count / total, 6) if total else None,
+                          "count": int(count)} for label, share, count in zip(labels, shares, live, strict=True)]}
+
+    def update_gauges(self, models):
+        """The PSI gauges of these versions, since start and over the window (before /metrics answers)."""
+        for span, window in (("since_start", None), ("window", self.settings.drift_window)):
+            for model in models:
+                report = self.report(model, window)
+                if "inputs" not in report:
+                    continue
+                for name, judged in report["inputs"].items():
+                    if judged["psi"] is not None:
+                        self.metrics.input_psi(model.card["version"], name, span).set(judged["psi"])
+                if report["output"]["psi"] is not None:
+                    self.metrics.output_psi(model.card["version"], span).set(report["output"]["psi"])
+
+
+def traffic(counts):
+    """{version: predictions answered} from the shared counts."""
+    answered = {}
+    for (name, labels), value in counts.items():
+        if name == f"{PREFIX}_api_predictions_total":
+            version = dict(labels)["version"]
+            answered[version] = answered.get(version, 0) + int(value)
+    return answered
