@@ -47,7 +47,7 @@ class Snapshots:
         if self.path is None:
             return self.memory
         try:
-            return [(when, {tuple(json.loads(key)): value for key, value in counts.items()})
+            return [(when, {decoded(key): value for key, value in counts.items()})
                     for when, counts in json.loads(self.path.read_text())]
         except (OSError, ValueError):
             return []
@@ -67,6 +67,12 @@ class Snapshots:
         entries = self.load()
         position = bisect.bisect_right([entry[0] for entry in entries], when)
         return entries[position - 1] if position else None
+
+
+def decoded(text):
+    """A counter's key, (sample name, ((label, value), ...)), from its JSON in the snapshots file."""
+    name, labels = json.loads(text)
+    return name, tuple(map(tuple, labels))
 
 
 class Counts:
