@@ -89,8 +89,11 @@ class Api:
         card (less the rows kept for the self-test and the neighbours) of a version, as JSON bytes."""
         key = (what, model.card["version"])
         if key not in self.documents:
-            self.documents[key] = (openapi.served_document(OPENAPI_PATH, model.card) if what == "openapi" else
-                                   json.dumps(public_view(model.card)).encode())
+            if what == "openapi":
+                self.documents[key] = openapi.served_document(OPENAPI_PATH, model.card,
+                                                              self.monitor.settings.drift_window)
+            else:
+                self.documents[key] = json.dumps(public_view(model.card)).encode()
         bottle.response.content_type = JSON_TYPE
         return self.documents[key]
 

@@ -20,7 +20,7 @@ MAX_REQUEST_ID = 200
 
 def read_feedback(document, model_of):
     """[(model, item)] of a feedback body: one item (an object) or many (a list of them); model_of(version or None)
-    gives the version's model or raises LookupError."""
+    gives the version's model or raises LookupError, which is a 404 naming the item."""
     items, where = ([document], lambda i: "") if isinstance(document, dict) else (document, lambda i: f"[{i}].")
     if not isinstance(items, list) or not items:
         raise invalid([field_error("body", "must be a feedback object, or a non-empty list of them")])
@@ -45,15 +45,15 @@ def check_item(item, where, model_of):
               for key in item if key not in FIELDS]
     errors += [field_error(f"{where}{key}", "is required") for key in ("prediction", "truth") if key not in item]
     for key in ("version", "request_id"):
-        value = item.get(key)
-        if value is not None and (not isinstance(value, str) or not 0 < len(value) <= MAX_REQUEST_ID):
+        value = item.get(key, "given")
+        if not isinstance(value, str) or not 0 < len(value) <= MAX_REQUEST_ID:
             errors.append(field_error(f"{where}{key}", f"must be a string of 1 to {MAX_REQUEST_ID} characters"))
     if "prediction" not in item or "truth" not in item or any(e["field"] == f"{where}version" for e in errors):
         return errors
     try:
         model = model_of(item.get("version"))
-    except LookupError as err:
-        return [*errors, field_error(f"{where}version", str(err))]
+    except LookupError as err:  # a 404, as for _version: the version is not served (now)
+        raise RequestError(404, f"{where}version: {err}") from None
     check = check_classes if model.task == "classification" else check_numbers
     return errors + check(model, item, where)
 

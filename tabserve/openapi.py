@@ -1,7 +1,7 @@
 """The contract the API serves at /openapi.json: openapi.json beside this file (what holds for every model), with the
 served model's inputs put in at start-up, so that clients and fuzzers see the real rules of whatever model is loaded.
 
-    document = served_document(Path("openapi.json"), metadata)     # bytes, built once by api.create_app()
+    document = served_document(Path("openapi.json"), metadata, 3600)  # bytes; 3600: DRIFT_WINDOW
 
 From the metadata's inputs (inputs.py's rules, in JSON Schema's words) it writes: the query parameters of GET
 /api/v1.0, the Features and Row schemas of the batch, and the input tensors of /v2: one tensor of shape [N, n] for a
@@ -158,9 +158,11 @@ def explanation_schema(metadata):
                            "distance": {"type": "number", "minimum": 0}}}}}}
 
 
-def served_document(path, metadata):
-    """The OpenAPI document for the model this metadata describes, as the bytes /openapi.json answers."""
+def served_document(path, metadata, drift_window):
+    """The OpenAPI document for the model this metadata describes (and the monitoring's window, DRIFT_WINDOW), as the
+    bytes /openapi.json answers."""
     document = json.loads(path.read_text(encoding="utf-8"))
+    document["components"]["parameters"]["Window"]["schema"]["maximum"] = drift_window
     schema = Schema(metadata["inputs"])
     schemas = document["components"]["schemas"]
     document["info"]["title"] = metadata.get("texts", {}).get("title", document["info"]["title"])

@@ -274,11 +274,13 @@ def test_feedback_gives_the_exact_accuracy_recall_and_confusion(model_path):
 def test_bad_feedback_is_refused_by_field_and_none_of_it_counted(model_path):
     client = client_of(model_path)
     items = [{"prediction": "setosa", "truth": "setosa"}, {"prediction": "rose", "truth": "setosa", "colour": 1},
-             {"truth": "setosa"}, {"prediction": "setosa", "truth": "setosa", "version": "9"},
+             {"truth": "setosa"}, {"prediction": "setosa", "truth": "setosa", "version": ""},
              {"prediction": "setosa", "truth": "setosa", "interval": {"low": 1, "high": 2}}, "setosa"]
     errors = client.post_json("/api/v1.0/feedback", items, status=400).json["errors"]
     assert [error["field"] for error in errors] == ["[1].colour", "[1].prediction", "[2].prediction", "[3].version",
                                                     "[4].interval", "[5]"]
+    unknown = client.post_json("/api/v1.0/feedback", [items[0], {**items[0], "version": "9"}], status=404).json
+    assert unknown["detail"].startswith("[1].version: model 'iris-classifier' has no version '9'")
     assert client.post("/api/v1.0/feedback", "prediction=setosa", status=415)
     assert client.post_json("/api/v1.0/feedback", [], status=400)
     assert client.post_json("/api/v1.0/feedback", [items[0]] * 10_001, status=413)
