@@ -33,6 +33,7 @@ from tabserve.forms import FormSource, query_link, value_text
 from tabserve.metrics import WebMetrics, exposition
 from tabserve.settings import WebSettings, read_web_settings
 from tabserve.users import credentials_checker
+from tabserve.watchview import monitoring_view, span_links
 from tabserve.wsgi import handle_requests
 
 READINESS_TIMEOUT = 2.0
@@ -224,6 +225,44 @@ def prediction_page(site):
     return api_failure_page(site, form, status, values)
 
 
+def ask_for_credentials(site, form):
+    """401 with the header that makes a browser ask for a name and password."""
+    bottle.response.set_header("WWW-Authenticate", 'Basic realm="tabserve monitoring", charset="UTF-8"')
+    return failure(site, form, 401, "Sign in", "Sign in to see the monitoring",
+                   "The monitoring page is for the people who run the model: sign in as a user of the API.")
+
+
+def monitoring_page(site):
+    """Drift and live accuracy, for the people who run the model: asked of the API with the visitor's own
+    credentials (the users the API knows, checked there: this app holds no list of them), so the page shows nothing
+    its visitor could not ask the API for."""
+    bottle.response.set_header("Cache-Control", "no-store")  # what a signed-in visitor saw stays with them
+    form = site.forms.current()
+    header = bottle.request.environ.get("HTTP_AUTHORIZATION")
+    if not header:
+        return ask_for_credentials(site, form)
+    asked = [(name, value) for name, value in parse_qsl(query_string()) if name in ("window", "version")]
+    try:
+        status, body = call_api(site.opener, f"{site.settings.api_url}/api/v1.0/monitoring?"
+                                f"{urlencode([(f'_{name}', value) for name, value in asked])}", header,
+                                site.settings.timeout)
+    except ApiUnavailable as err:
+        logger.error("prediction service unavailable at %s: %s", site.settings.api_url, err)
+        return unavailable(site, form, asked, "/monitoring")
+    if status == 401:
+        return ask_for_credentials(site, form)
+    if status == 200 and body:
+        labels = {item["name"]: item["label"] for item in form.context["inputs"]} if form else {}
+        view = monitoring_view(body, labels)
+        links, span = span_links(view, dict(asked))
+        return render(site, form, "monitoring", "Monitoring", view=view, spans=links, span=span)
+    if status in (400, 404, 429) and body:
+        problems = [f"{error['field'].lstrip('_')} {error['message']}" for error in body.get("errors", [])]
+        return failure(site, form, status, "Monitoring", "The monitoring cannot be shown so",
+                       "; ".join(problems) or body.get("detail", ""), retry_link="/monitoring")
+    return api_failure_page(site, form, status, asked)
+
+
 def static_file(site, filename):
     return bottle.static_file(filename, root=STATIC_ROOT,
                               headers={"Cache-Control": f"public, max-age={STATIC_MAX_AGE}, immutable"})
@@ -268,6 +307,7 @@ def error_page(site, error):
 ROUTES = (
     ("GET", "/", form_page),
     ("GET", "/prediction", prediction_page),
+    ("GET", "/monitoring", monitoring_page),
     ("GET", "/static/<filename:path>", static_file),
     ("GET", "/metrics", metrics_page),
     ("GET", "/healthz", healthz),
@@ -287,7 +327,7 @@ def create_app(settings):
         authorization=authorization,
         is_authorised=credentials_checker(settings.username, settings.password, logger),
         templates={name: Template(name=f"{name}.tpl", lookup=[str(VIEWS)])
-                   for name in ("form", "result", "failure")},
+                   for name in ("form", "result", "failure", "monitoring")},
         common={"stylesheet": f"/static/style.css?v={stylesheet_hash}", "percent": percent,
                 "value_text": value_text, "number_text": number_text},
         forms=FormSource(functools.partial(counted_call, settings, opener, authorization, metrics, "/api/v1.0/model")),

@@ -191,6 +191,7 @@ class Monitor:
         counts, covered = self.live(window)
         version = model.card["version"]
         answer = {"model": model.identity, "window": {"seconds": window, "covered": covered} if window else None,
+                  "window_limit": self.settings.drift_window,
                   "thresholds": {"psi": list(self.settings.drift_thresholds),
                                  "min_count": self.settings.drift_min_count}}
         mine = self.counts_of(model)

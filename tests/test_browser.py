@@ -6,6 +6,9 @@ docs/images), so a test run leaves the tree as it found it.
 
 import json
 import os
+import re
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -13,7 +16,7 @@ import pytest
 import api
 import web
 from tabserve.settings import ApiSettings, WebSettings
-from tests.support import PASSWORD, USERNAME, require, serve_in_thread
+from tests.support import PASSWORD, USERNAME, auth_header, require, serve_in_thread
 
 CHROMIUM = Path("/usr/bin/chromium")
 # axe-core's rules for WCAG 2.1 levels A and AA (axe-core 4.12, shipped inside axe-playwright-python).
@@ -291,5 +294,92 @@ def test_optional_inputs_may_be_left_empty_and_the_page_says_they_were_not_given
         assert "sex not given" in tab.locator(".why").inner_text()
         assert "sex was not given" in tab.locator(".alert").inner_text()
         assert axe_violations(tab) == [], f"the result page at {width} px"
+    finally:
+        context.close()
+
+
+# --- The monitoring page ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def monitoring_site(model_path):
+    """An API that has seen iris's flowers twice, then once with the petal width in inches (a client's bug), and
+    some feedback; the web app calling it. Yields (web URL, API client)."""
+    import webtest
+    from sklearn.datasets import load_iris
+    app = api.create_app(ApiSettings(username=USERNAME, password=PASSWORD, model_path=model_path,
+                                     drift_min_count=100))
+    client = webtest.TestApp(app)
+    client.authorization = ("Basic", (USERNAME, PASSWORD))
+    rows = load_iris().data.tolist()
+    client.post_json("/api/v1.0/predict", {"instances": rows + rows + [[a, b, c, round(d / 2.54, 2)]
+                                                                      for a, b, c, d in rows]})
+    client.post_json("/api/v1.0/feedback", [{"prediction": "setosa", "truth": "setosa"}] * 40 +
+                     [{"prediction": "versicolor", "truth": "virginica"}] * 7 +
+                     [{"prediction": "virginica", "truth": "virginica"}] * 33)
+    with serve_in_thread(app) as api_url:
+        settings = WebSettings(api_url=api_url, username=USERNAME, password=PASSWORD)
+        with serve_in_thread(web.create_app(settings)) as url:
+            yield url, client
+
+
+def signed_in_tab(chromium, width, credentials=(USERNAME, PASSWORD)):
+    context = chromium.new_context(viewport={"width": width, "height": 900},
+                                   http_credentials={"username": credentials[0], "password": credentials[1]})
+    tab = context.new_page()
+    tab.console_errors = []
+    tab.on("console", lambda message: message.type == "error" and tab.console_errors.append(message.text))
+    return context, tab
+
+
+def test_the_monitoring_page_shows_the_apis_figures(chromium, monitoring_site, screenshot):
+    url, client = monitoring_site
+    context, tab = signed_in_tab(chromium, 1000)
+    try:
+        assert tab.goto(f"{url}/monitoring").status == 200
+        report = client.get("/api/v1.0/monitoring").json
+        rows = tab.locator("table.summary").first.locator("tbody tr")
+        shown = {rows.nth(i).locator("th").inner_text(): (rows.nth(i).locator("td").nth(1).inner_text(),
+                                                          rows.nth(i).locator("td").nth(2).inner_text())
+                 for i in range(rows.count())}
+        expected = {"Sepal length": report["inputs"]["sepal_length"], "Petal width": report["inputs"]["petal_width"],
+                    "The model's answers": report["output"]}
+        words = {"stable": "Stable", "moderate": "Moderate drift", "drifted": "Drifted"}
+        for name, judged in expected.items():
+            assert shown[name] == (f"{judged['psi']:.4f}", words[judged["verdict"]]), name
+        assert shown["Petal width"][1] == "Drifted" and shown["Sepal length"][1] == "Stable"
+        width = tab.locator("section.drift", has=tab.locator("h3", has_text="Petal width"))
+        values = [re.sub(r"[ \n]+", " ", text) for text in width.locator(".bins .value").all_text_contents()]
+        assert values == [f"training {100 * b['reference']:.1f}\u00a0% → live {100 * b['live']:.1f}\u00a0%"
+                          for b in report["inputs"]["petal_width"]["bins"]]
+        feedback = tab.locator("table.summary").nth(1).locator("tbody tr").first.locator("td").all_inner_texts()
+        assert report["feedback"]["accuracy"] == 0.9125  # 73 of 80
+        assert feedback[0] == f"{100 * report['feedback']['accuracy']:.1f}\u00a0%"
+        assert tab.locator(".chart .value").all_inner_texts() == [f"100.0\u00a0% ({report['traffic'][version]})"
+                                                                  for version in report["traffic"]]
+        assert tab.console_errors == []
+        screenshot(tab, "monitoring.png")
+    finally:
+        context.close()
+
+
+def test_the_monitoring_page_asks_for_credentials_the_api_knows(monitoring_site):
+    url, _ = monitoring_site
+    for headers in ({}, auth_header(USERNAME, "wrong")):  # a browser asks for a name and password on this 401
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(f"{url}/monitoring", headers=headers))
+        assert refused.value.code == 401 and refused.value.headers["WWW-Authenticate"].startswith("Basic")
+        assert "Sign in" in refused.value.read().decode()
+
+
+@pytest.mark.parametrize("width", [1280, 375])
+def test_the_monitoring_page_passes_axe_core(chromium, monitoring_site, width):
+    url, _ = monitoring_site
+    context, tab = signed_in_tab(chromium, width)
+    try:
+        for path in ("/monitoring", "/monitoring?window=3600"):
+            tab.goto(f"{url}{path}")
+            assert axe_violations(tab) == [], f"{path} at {width} px"
+            assert tab.evaluate("document.documentElement.scrollWidth") <= width, "no sideways scrolling"
     finally:
         context.close()

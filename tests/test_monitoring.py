@@ -17,7 +17,8 @@ from sklearn.model_selection import train_test_split
 
 import api
 import train
-from tabserve.settings import ApiSettings
+import web
+from tabserve.settings import ApiSettings, WebSettings
 from tests.support import (
     FEATURES,
     PASSWORD,
@@ -362,3 +363,32 @@ def test_the_prediction_log_keeps_the_share_it_is_told(model_path, sample):
         server.stop()
     # 0.3 of 400: 120 expected, 9 the standard deviation; 70 to 170 is more than five of them either side.
     assert kept == 0 if sample == "0" else 70 <= kept <= 170
+
+
+# --- The web page (in Chromium: tests/test_browser.py) ---------------------------------------------------------------
+
+
+def web_client_of(api_url, credentials=(USERNAME, PASSWORD)):
+    client = webtest.TestApp(web.create_app(WebSettings(api_url=api_url, username=USERNAME, password=PASSWORD)))
+    if credentials:
+        client.authorization = ("Basic", credentials)
+    return client
+
+
+def test_the_page_forwards_the_window_and_the_version_and_shows_the_apis_refusals(live_api, model_path):
+    client = web_client_of(live_api)
+    page = client.get("/monitoring?window=600")
+    assert page.headers["Cache-Control"] == "no-store"
+    assert "over the last 10 minutes" in page.text and 'aria-current="page">The last hour' not in page.text
+    assert "since the service started" in client.get("/monitoring").text
+    version = card_of(model_path)["version"]
+    assert f"version {version}" in client.get(f"/monitoring?version={version}").text
+    assert "has no version &#039;nope&#039;" in client.get("/monitoring?version=nope", status=404).text
+    assert "window must be a whole number of seconds" in client.get("/monitoring?window=0", status=400).text
+    assert web_client_of(live_api, (USERNAME, "wrong")).get("/monitoring", status=401)
+    assert web_client_of(live_api, None).get("/monitoring", status=401).headers["WWW-Authenticate"]
+
+
+def test_the_page_says_when_the_api_is_unavailable(closed_port_url):
+    page = web_client_of(closed_port_url).get("/monitoring?window=60", status=503)
+    assert 'href="/monitoring?window=60"' in page.text
