@@ -65,10 +65,11 @@ class Stack:
         return subprocess.run(["docker", "inspect", "-f", template, self.container(service)], capture_output=True,
                               text=True, check=True).stdout.strip()
 
-    def web(self, path, timeout=10):
+    def web(self, path, timeout=10, headers=None):
         """(status, body) of a page of the web app on its published port."""
+        request = urllib.request.Request(f"http://127.0.0.1:{self.web_port}{path}", headers=headers or {})
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}{path}", timeout=timeout) as response:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
                 return response.status, response.read().decode()
         except urllib.error.HTTPError as err:
             with err:
@@ -130,6 +131,26 @@ def test_web_page_form_and_prediction(stack):
     assert status == 200 and '<form action="/prediction" method="get"' in form
     status, page = stack.web(f"/prediction?{SETOSA_QUERY}")
     assert status == 200 and "Iris setosa" in page
+
+
+def test_the_model_is_watched_in_the_containers(stack):
+    """Drift counted across the API container's workers, feedback taken, and the web's /monitoring page showing them
+    to a user of the API (the demo one)."""
+    before = stack.api("/api/v1.0/monitoring")["output"]["count"]
+    for _ in range(20):
+        stack.api(f"/api/v1.0?{SETOSA_QUERY}")
+    feedback = urllib.request.Request(f"http://127.0.0.1:{stack.api_port}/api/v1.0/feedback",
+                                      data=b'{"prediction": "setosa", "truth": "setosa"}',
+                                      headers={"Authorization": "Basic bXlfdXNlcm5hbWU6bXlfcGFzc3dvcmQ=",
+                                               "Content-Type": "application/json"})
+    with urllib.request.urlopen(feedback, timeout=10) as response:
+        assert json.load(response) == {"received": 1}
+    eventually(lambda: stack.api("/api/v1.0/monitoring")["output"]["count"] >= before + 20)  # flushed each second
+    report = stack.api("/api/v1.0/monitoring")
+    assert report["output"]["count"] == before + 20 and report["feedback"]["count"] >= 1
+    status, page = stack.web("/monitoring", headers={"Authorization": "Basic bXlfdXNlcm5hbWU6bXlfcGFzc3dvcmQ="})
+    assert status == 200 and "Drift by input" in page and "Live accuracy" in page
+    assert stack.web("/monitoring")[0] == 401
 
 
 @pytest.mark.parametrize("service", ["api", "web"])
