@@ -8,8 +8,9 @@ Its keys: name and version; task ("classification" or "regression"); algorithm, 
 (what is predicted: a quantity's unit, training range and quantiles); features and inputs (each input's name, label,
 kind, unit, allowed values and training range or categories); a classifier's classes and class_labels, a
 regressor's interval; examples (typical rows); reference (rows with the answers the model gives them: the API's
-self-test); explanation (what explain.py needs); texts (the page's words); metrics, training, versions (of Python and
-the libraries) and the artifact's sha256. tabserve/describe.py computes them; docs/models.md explains them. Reading a
+self-test); explanation (what explain.py needs); distributions (the reference of drift.py: each input's and the
+output's bins and their training shares); texts (the page's words); metrics, training, versions (of Python and the
+libraries) and the artifact's sha256. tabserve/describe.py computes them; docs/models.md explains them. Reading a
 card needs only the standard library, so the web app can use this module without NumPy.
 """
 

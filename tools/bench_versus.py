@@ -3,6 +3,7 @@
     python -m tools.bench_versus --base 509470e          # 3 interleaved rounds of 5 s per endpoint, medians
     python -m tools.bench_versus --base HEAD --duration 1 --rounds 1 --cold-starts 1   # a smoke run (test_bench.py)
     python -m tools.bench_versus --base 7f4b846 --repository   # this tree serving a model repository's version
+    python -m tools.bench_versus --base HEAD --env PREDICTION_LOG=stdout   # the cost of a setting, same run
 
 Each tree (the base unpacked with `git archive`) trains its own model with its own train.py (same dataset, algorithm
 and seed) and serves it as the image does (serve.py, 2 workers); every URL is on 127.0.0.1. It prints, side by side:
@@ -38,21 +39,22 @@ def train(tree, folder, args, repository=False):
     return output
 
 
-def start(tree, model_path):
-    """The tree's API under its serve.py, as the image runs it; (server, seconds to ready)."""
+def start(tree, model_path, settings=()):
+    """The tree's API under its serve.py, as the image runs it, with these (NAME, value) settings; (server, seconds to
+    ready). Its output goes to a file, as a container's does."""
     env = {"API_USERNAME": USERNAME, "API_PASSWORD": PASSWORD, "LOG_LEVEL": "WARNING",
-           "MODEL_REPOSITORY" if model_path.is_dir() else "MODEL_PATH": str(model_path)}
+           "MODEL_REPOSITORY" if model_path.is_dir() else "MODEL_PATH": str(model_path), **dict(settings)}
     started = time.perf_counter()
     server = Server("api", env, lambda port: ["env", "-C", str(tree), sys.executable, "serve.py", "api"])
     wait_ready(server.url + "/readyz")
     return server, time.perf_counter() - started
 
 
-def cold_start(tree, model_path, repeats):
+def cold_start(tree, model_path, repeats, settings=()):
     """The median seconds from start to ready over a few starts."""
     seconds = []
     for _ in range(repeats):
-        server, ready = start(tree, model_path)
+        server, ready = start(tree, model_path, settings)
         seconds.append(ready)
         stop([server])
     return statistics.median(seconds)
@@ -110,7 +112,12 @@ def parse_args(argv):
     parser.add_argument("--repository", action="store_true",
                         help="this tree serves the model published into a model repository (MODEL_REPOSITORY)")
     parser.add_argument("--cold-starts", type=int, default=3, help="starts timed per tree; the median (default: 3)")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting of this tree's API only (repeatable), such as PREDICTION_LOG=stdout")
     args = parser.parse_args(argv)
+    if not all("=" in setting for setting in args.env):
+        parser.error("--env takes NAME=VALUE")
+    args.env = [tuple(setting.split("=", 1)) for setting in args.env]
     for tool in ("wrk", "git"):
         if not shutil.which(tool):
             sys.exit(f"bench_versus.py: {tool} is not installed")
@@ -122,13 +129,15 @@ def main(argv=None):
     stack, figures, servers = [], {}, {}
     with tempfile.TemporaryDirectory(prefix="tabserve-bench-versus-") as folder:
         (Path(folder) / "base").mkdir()
-        this = "this tree, repository" if args.repository else "this tree"
+        this = ", ".join(["this tree", *(["repository"] if args.repository else []),
+                          *(f"{name}={value}" for name, value in args.env)])
         trees = {f"at {args.base}": unpack(args.base, Path(folder) / "base"), this: ROOT}
         try:
             for label, tree in trees.items():
                 model_path = train(tree, folder, args, repository=args.repository and tree == ROOT)
-                figures[label] = {"cold": cold_start(tree, model_path, args.cold_starts)}
-                server, _ = start(tree, model_path)
+                settings = args.env if tree == ROOT else ()
+                figures[label] = {"cold": cold_start(tree, model_path, args.cold_starts, settings)}
+                server, _ = start(tree, model_path, settings)
                 stack.append(server)
                 servers[label] = server
             endpoints = cases(f"{args.dataset.replace('_', '-')}-classifier", folder)
