@@ -44,13 +44,18 @@ def chromium():
         browser.close()
 
 
-@pytest.fixture
-def tab(chromium):
-    """A fresh browser tab that records console errors (a CSP violation shows up there)."""
-    context = chromium.new_context(viewport={"width": 1000, "height": 900})
+def new_tab(chromium, width=1000, **options):
+    """(context, tab): a fresh browser tab that records console errors (a CSP violation shows up there)."""
+    context = chromium.new_context(viewport={"width": width, "height": 900}, **options)
     tab = context.new_page()
     tab.console_errors = []
     tab.on("console", lambda message: message.type == "error" and tab.console_errors.append(message.text))
+    return context, tab
+
+
+@pytest.fixture
+def tab(chromium):
+    context, tab = new_tab(chromium)
     yield tab
     context.close()
 
@@ -323,13 +328,8 @@ def monitoring_site(model_path):
             yield url, client
 
 
-def signed_in_tab(chromium, width, credentials=(USERNAME, PASSWORD)):
-    context = chromium.new_context(viewport={"width": width, "height": 900},
-                                   http_credentials={"username": credentials[0], "password": credentials[1]})
-    tab = context.new_page()
-    tab.console_errors = []
-    tab.on("console", lambda message: message.type == "error" and tab.console_errors.append(message.text))
-    return context, tab
+def signed_in_tab(chromium, width):
+    return new_tab(chromium, width, http_credentials={"username": USERNAME, "password": PASSWORD})
 
 
 def test_the_monitoring_page_shows_the_apis_figures(chromium, monitoring_site, screenshot):
