@@ -9,8 +9,9 @@ a hello-world Bottle app (tools/hello.py) and the API under granian and under gu
 the server the images ran before), batches, the web page. With --mlserver (the default when it can be installed):
 MLServer 1.7.1's default scikit-learn server on the same model, from a virtual environment of its own under
 ~/.cache/tabserve-bench. With --docker (the default when docker answers): the API image, run with --network host and
-Docker's default log driver, with each ACCESS_LOG setting; its cold start, memory and size. Load comes from wrk
-(apt-get install wrk) with 2 threads on the same cores. Every URL is on 127.0.0.1. Needs a trained model.
+Docker's default log driver, with each ACCESS_LOG setting and PREDICTION_LOG=stdout; its cold start, memory and
+size. Load comes from wrk (apt-get install wrk) with 2 threads on the same cores. Every URL is on 127.0.0.1. Needs a
+trained model.
 """
 
 import argparse
@@ -50,7 +51,8 @@ MLSERVER = ("mlserver==1.7.1", "mlserver-sklearn==1.7.1",
             "uvloop==0.21.0")  # uvloop 0.22 and later break MLServer 1.7.1's worker start
 MLSERVER_HOME = Path.home() / ".cache" / "tabserve-bench" / "mlserver"
 IMAGE = "tabserve-bench"
-ACCESS_LOGS = ("all", "off")
+# The container's logging settings measured side by side with its default ("").
+LOGGING = ("ACCESS_LOG=all", "ACCESS_LOG=off", "PREDICTION_LOG=stdout")
 CEILING = "hello world, gunicorn sync, 16 connections"
 WEB = "web GET /prediction, 16 connections"
 EXPLAIN = "GET /api/v1.0/explain, 16 connections"
@@ -229,15 +231,15 @@ def build_images(stack):
     return sizes
 
 
-def start_container(access_log, stack):
-    """The API image on a free loopback port (--network host, Docker's default log driver), added to stack: (id,
-    URL, seconds from docker run to the first 200 from /readyz)."""
+def start_container(setting, stack):
+    """The API image on a free loopback port (--network host, Docker's default log driver), with one NAME=VALUE
+    setting or none (""), added to stack: (id, URL, seconds from docker run to the first 200 from /readyz)."""
     port = free_port()
     started = time.monotonic()
     container = subprocess.run(
         ["docker", "run", "-d", "--rm", "--network", "host", "--read-only", "--tmpfs", "/tmp", "--init",
          "-e", "HOST=127.0.0.1", "-e", f"PORT={port}", "-e", f"API_USERNAME={USERNAME}",
-         "-e", f"API_PASSWORD={PASSWORD}", *(["-e", f"ACCESS_LOG={access_log}"] if access_log else []), f"{IMAGE}-api"],
+         "-e", f"API_PASSWORD={PASSWORD}", *(["-e", setting] if setting else []), f"{IMAGE}-api"],
         capture_output=True, text=True, check=True).stdout.strip()
     stack.append(container)
     url = f"http://127.0.0.1:{port}"
@@ -256,8 +258,8 @@ def container_memory(container):
 
 
 def container_cases(urls, duration):
-    """{case: measure it once} for containers {ACCESS_LOG setting, or "" for the image's default: URL}."""
-    return {f"API container, GET /api/v1.0, 16 connections, ACCESS_LOG={setting or 'default (errors)'}":
+    """{case: measure it once} for containers {a logging setting, or "" for the image's default: URL}."""
+    return {f"API container, GET /api/v1.0, 16 connections, {setting or 'ACCESS_LOG=default (errors)'}":
             (lambda url=url: wrk(f"{url}/api/v1.0?{SETOSA}", 16, duration)) for setting, url in urls.items()}
 
 
@@ -302,12 +304,12 @@ def latency_phase(args, folder, stack):
 
 
 def logging_phase(args, folder, stack):
-    """The API image with its default logging and with each other ACCESS_LOG setting, side by side."""
+    """The API image with its default logging and with each other logging setting, side by side."""
     if not docker_wanted(args):
         return {}, {}, dict
     build_images(stack)
     containers, urls = {}, {}
-    for setting in ("", *ACCESS_LOGS):
+    for setting in ("", *LOGGING):
         containers[setting], urls[setting], _ = start_container(setting, stack)
     return container_cases(urls, args.duration), {}, lambda: {"container memory": container_memory(containers[""])}
 
