@@ -24,6 +24,12 @@ from tabserve.v1 import answers
 LOGGER = "tabserve.predictions"
 
 
+def inputs_of(names, kinds, row):
+    """A checked row's inputs by name, as JSON takes them: numbers as floats, a missing value as None."""
+    return {name: None if is_missing(value) else float(value) if kind == "number" else value
+            for name, kind, value in zip(names, kinds, row, strict=True)}
+
+
 def now():
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
@@ -46,12 +52,13 @@ class PredictionLog:
     def predictions(self, model, rows, predictions, user):
         if not self.kept():
             return
-        head = {"time": now(), "request_id": request_id.get(), "user": user, "model": model.identity}
+        # The request's fields are encoded once and each row's spliced in after them.
+        head = json.dumps({"time": now(), "request_id": request_id.get(), "user": user, "model": model.identity})
         names, kinds = model.schema.names, [item.kind for item in model.schema.inputs]
-        for row, answer in zip(rows.tolist(), answers(model, rows, predictions), strict=True):
-            inputs = {name: None if is_missing(value) else float(value) if kind == "number" else value
-                      for name, kind, value in zip(names, kinds, row, strict=True)}
-            self.log.info(json.dumps({**head, "inputs": inputs, **answer}))
+        lines = [f"{head[:-1]}, {json.dumps({'inputs': inputs_of(names, kinds, row), **answer})[1:]}"
+                 for row, answer in zip(rows.tolist(), answers(model, rows, predictions), strict=True)]
+        # A batch's lines in one log record: a record costs about 10 µs, twice a line's JSON.
+        self.log.info("\n".join(lines))
 
     def feedback(self, model, item, user):
         if self.kept():
