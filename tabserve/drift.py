@@ -1,7 +1,7 @@
 """Drift: how far live values have moved from those the model learnt from, as a population stability index (PSI) over
 bins fixed at training.
 
-    card["distributions"] = distributions(table, X_train, classes, held_out)    # train.py, once (describe.py)
+    card["distributions"] = distributions(inputs, X_train, (held_out, classes))  # train.py, once (describe.py)
     bins = Bins(card)                                                          # the API, per version
     bins.of_inputs(rows), bins.of_output(predictions)                          # flat bin numbers, to count
     psi(reference_shares, live_counts)                                         # 0: unchanged; 0.25: drifted
