@@ -29,6 +29,8 @@ from tabserve.feedback import summary
 from tabserve.metrics import PREFIX, samples
 
 FLUSH_SECONDS = 1.0
+SMALL_REQUEST = 16  # rows: a request this small is binned later with the others (Counts)
+CHUNK_REQUESTS = 1024  # small requests binned together at most, so that the temporaries stay a few MB
 SNAPSHOTS = 60  # kept per window: its resolution is a sixtieth of it
 COUNTED = (f"{PREFIX}_api_drift_", f"{PREFIX}_api_feedback", f"{PREFIX}_api_predictions")
 
@@ -76,20 +78,38 @@ def decoded(text):
 
 
 class Counts:
-    """One version's predictions in this worker, not yet added to the shared counters: each request's checked rows
-    and its answers' output bins, binned all together by the worker's thread (NumPy's cost per call, a few µs, is
-    paid once a second rather than once a request)."""
+    """One version's predictions in this worker, not yet added to the shared counters. A small request's rows and
+    output bins are kept as they are and binned together with the others by the worker's thread (NumPy's cost per
+    call, a few µs, paid once a second rather than once a request); a larger one is binned at once (its arrays would
+    weigh more than its counts) into the running counts."""
 
     def __init__(self, bins, schema):
         self.bins, self.schema, self.pending = bins, schema, []
+        self.inputs = np.zeros(bins.size, dtype=np.int64)
+        self.output = np.zeros(len(bins.output), dtype=np.int64)
 
-    def binned(self, pending):
-        """(the input bins' counts, the output bins' counts) of pending predictions."""
-        rows = np.concatenate([rows for rows, _ in pending])
-        output = np.concatenate([output for _, output in pending])
+    def binned(self, rows, output):
+        """(the input bins' counts, the output bins' counts) of checked rows and their output bins."""
         inputs = self.bins.of_inputs(rows, self.schema.numbers_of(rows))
         return (np.bincount(inputs.ravel(), minlength=self.bins.size),
                 np.bincount(output, minlength=len(self.bins.output)))
+
+    def take(self):
+        """The counts so far, as (inputs, output) arrays, and zero; the caller holds the monitor's lock."""
+        pending, self.pending = self.pending, []
+        taken = self.inputs.copy(), self.output.copy()
+        self.inputs[:], self.output[:] = 0, 0
+        return taken, pending
+
+    def add_pending(self, taken, pending):
+        """Bin the pending requests into taken, CHUNK_REQUESTS of them at a time (bounded temporaries)."""
+        for start in range(0, len(pending), CHUNK_REQUESTS):
+            chunk = pending[start:start + CHUNK_REQUESTS]
+            inputs, output = self.binned(np.concatenate([rows for rows, _ in chunk]),
+                                         np.concatenate([output for _, output in chunk]))
+            taken[0][:] += inputs
+            taken[1][:] += output
+        return taken
 
 
 class Monitor:
@@ -129,8 +149,14 @@ class Monitor:
         if counts is None:
             return
         output = counts.bins.of_output(predictions)
+        if len(rows) <= SMALL_REQUEST:
+            with self.lock:
+                counts.pending.append((rows, output))
+            return
+        inputs, outputs = counts.binned(rows, output)
         with self.lock:
-            counts.pending.append((rows, output))
+            counts.inputs += inputs
+            counts.output += outputs
 
     def start(self):
         """This worker's thread (a forked worker starts its own; the counts copied from the parent are dropped)."""
@@ -153,13 +179,9 @@ class Monitor:
     def flush(self):
         """Add this worker's counts to the shared counters."""
         with self.lock:
-            pending = [(version, counts, counts.pending) for version, counts in self.counts.items() if counts]
-            for _, counts, _ in pending:
-                counts.pending = []
-        for version, counts, taken in pending:
-            if not taken:
-                continue
-            inputs, output = counts.binned(taken)
+            taken = [(version, counts, *counts.take()) for version, counts in self.counts.items() if counts]
+        for version, counts, so_far, pending in taken:
+            inputs, output = counts.add_pending(so_far, pending)
             for index in np.flatnonzero(inputs).tolist():
                 self.metrics.drift_inputs(version, *counts.bins.input_bin(index)).inc(int(inputs[index]))
             for index in np.flatnonzero(output).tolist():
