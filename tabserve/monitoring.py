@@ -29,8 +29,8 @@ from tabserve.feedback import summary
 from tabserve.metrics import PREFIX, samples
 
 FLUSH_SECONDS = 1.0
-SMALL_REQUEST = 16  # rows: a request this small is binned later with the others (Counts)
-CHUNK_REQUESTS = 1024  # small requests binned together at most, so that the temporaries stay a few MB
+SMALL_REQUEST = 256  # rows: a request this small is binned later with the others (Counts)
+CHUNK_ROWS = 16_384  # rows binned together at most, so that the temporaries stay a few MB
 SNAPSHOTS = 60  # kept per window: its resolution is a sixtieth of it
 COUNTED = (f"{PREFIX}_api_drift_", f"{PREFIX}_api_feedback", f"{PREFIX}_api_predictions")
 
@@ -102,13 +102,17 @@ class Counts:
         return taken, pending
 
     def add_pending(self, taken, pending):
-        """Bin the pending requests into taken, CHUNK_REQUESTS of them at a time (bounded temporaries)."""
-        for start in range(0, len(pending), CHUNK_REQUESTS):
-            chunk = pending[start:start + CHUNK_REQUESTS]
-            inputs, output = self.binned(np.concatenate([rows for rows, _ in chunk]),
-                                         np.concatenate([output for _, output in chunk]))
-            taken[0][:] += inputs
-            taken[1][:] += output
+        """Bin the pending requests into taken, about CHUNK_ROWS rows at a time (bounded temporaries)."""
+        chunk, size = [], 0
+        for index, (rows, output) in enumerate(pending):
+            chunk.append((rows, output))
+            size += len(rows)
+            if size >= CHUNK_ROWS or index == len(pending) - 1:
+                inputs, outputs = self.binned(np.concatenate([rows for rows, _ in chunk]),
+                                              np.concatenate([output for _, output in chunk]))
+                taken[0][:] += inputs
+                taken[1][:] += outputs
+                chunk, size = [], 0
         return taken
 
 

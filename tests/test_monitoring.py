@@ -214,8 +214,9 @@ def test_categories_and_missing_values_are_counted_in_their_bins(tmp_path):
     header, *cells = [line.split(",") for line in table.read_text().splitlines()]
     features = [name for name in header if name != "species"]
     rows = [{name: (None if value in ("NA", "") else float(value) if name not in ("island", "sex") else value)
-             for name, value in zip(header, line, strict=True) if name != "species"} for line in cells[:120]]
-    client.post_json("/api/v1.0/predict", {"instances": rows})
+             for name, value in zip(header, line, strict=True) if name != "species"} for line in cells]
+    client.post_json("/api/v1.0/predict", {"instances": rows[:300]})  # binned at once: a large request
+    client.post_json("/api/v1.0/predict", {"instances": rows[300:]})  # binned later, with the other small ones
     answer = client.get("/api/v1.0/monitoring").json
     islands = answer["inputs"]["island"]
     assert {b["label"]: b["count"] for b in islands["bins"]} == \
