@@ -272,6 +272,23 @@ def test_metrics_are_kept_per_version(repository):
     assert 'tabserve_model_info{algorithm="random_forest",name="iris-classifier",version="2"} 1.0' in metrics
 
 
+def test_each_version_is_watched_apart(repository):
+    """Drift counts, feedback and the traffic share per version: GET /api/v1.0/monitoring?_version=2 counts only what
+    version 2 answered."""
+    client = client_of(repository)
+    for _ in range(3):
+        client.get(f"/api/v1.0?{QUERY}")
+    client.post_json("/api/v1.0/predict?_version=2", {"instances": [list(SETOSA)] * 5})
+    client.post_json("/api/v1.0/feedback", [{"prediction": "setosa", "truth": "setosa", "version": "2"},
+                                            {"prediction": "setosa", "truth": "virginica", "version": "1"}])
+    first, second = client.get("/api/v1.0/monitoring").json, client.get("/api/v1.0/monitoring?_version=2").json
+    assert (first["model"]["version"], second["model"]["version"]) == ("1", "2")
+    assert first["traffic"] == second["traffic"] == {"1": 3, "2": 5}
+    assert [judged["count"] for judged in (first["output"], second["output"])] == [3, 5]
+    assert all(judged["count"] == 5 for judged in second["inputs"].values())
+    assert (first["feedback"]["accuracy"], second["feedback"]["accuracy"]) == (0.0, 1.0)
+
+
 def test_each_version_has_its_own_batcher(repository):
     metrics = ApiMetrics()
     served = versions.Versions.repository(repository / NAME, lambda model: with_batching(model, "on", metrics),
