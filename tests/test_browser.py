@@ -9,6 +9,7 @@ import os
 import re
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,15 @@ def web_url(live_api):
     settings = WebSettings(api_url=live_api, username=USERNAME, password=PASSWORD)
     with serve_in_thread(web.create_app(settings)) as url:
         yield url
+
+
+@contextmanager
+def web_in_front_of(api_app):
+    """The web app served on a free loopback port, calling this API app served on another; yields its URL."""
+    with serve_in_thread(api_app) as api_url:
+        settings = WebSettings(api_url=api_url, username=USERNAME, password=PASSWORD)
+        with serve_in_thread(web.create_app(settings)) as url:
+            yield url
 
 
 @pytest.fixture(scope="module")
@@ -134,10 +144,8 @@ def test_example_link_then_submit(tab, web_url, model_path):
 def fruit_web_url(model_files):
     """The web app in front of the API serving the CSV model with categories; yields its URL."""
     api_app = api.create_app(ApiSettings(username=USERNAME, password=PASSWORD, model_path=model_files["fruit"]))
-    with serve_in_thread(api_app) as api_url:
-        settings = WebSettings(api_url=api_url, username=USERNAME, password=PASSWORD)
-        with serve_in_thread(web.create_app(settings)) as url:
-            yield url
+    with web_in_front_of(api_app) as url:
+        yield url
 
 
 def test_a_category_is_picked_from_a_select(tab, fruit_web_url, screenshot):
@@ -230,10 +238,8 @@ def diabetes_web_url(tmp_path_factory):
     path = tmp_path_factory.mktemp("diabetes") / "diabetes.joblib"
     train.main(["--dataset", "diabetes", "--output", str(path)])
     api_app = api.create_app(ApiSettings(username=USERNAME, password=PASSWORD, model_path=path))
-    with serve_in_thread(api_app) as api_url:
-        settings = WebSettings(api_url=api_url, username=USERNAME, password=PASSWORD)
-        with serve_in_thread(web.create_app(settings)) as url:
-            yield url
+    with web_in_front_of(api_app) as url:
+        yield url
 
 
 def test_a_regressors_page_draws_the_number_and_its_interval(tab, diabetes_web_url, screenshot):
@@ -277,10 +283,8 @@ def penguins_web_url(tmp_path_factory):
     train.main(["--csv", str(write_penguins_csv(folder / "penguins.csv")), "--target", "species",
                 "--output", str(folder / "penguins.joblib")])
     api_app = api.create_app(ApiSettings(username=USERNAME, password=PASSWORD, model_path=folder / "penguins.joblib"))
-    with serve_in_thread(api_app) as api_url:
-        settings = WebSettings(api_url=api_url, username=USERNAME, password=PASSWORD)
-        with serve_in_thread(web.create_app(settings)) as url:
-            yield url
+    with web_in_front_of(api_app) as url:
+        yield url
 
 
 @pytest.mark.parametrize("width", [1280, 375])
@@ -322,10 +326,8 @@ def monitoring_site(model_path):
     client.post_json("/api/v1.0/feedback", [{"prediction": "setosa", "truth": "setosa"}] * 40 +
                      [{"prediction": "versicolor", "truth": "virginica"}] * 7 +
                      [{"prediction": "virginica", "truth": "virginica"}] * 33)
-    with serve_in_thread(app) as api_url:
-        settings = WebSettings(api_url=api_url, username=USERNAME, password=PASSWORD)
-        with serve_in_thread(web.create_app(settings)) as url:
-            yield url, client
+    with web_in_front_of(app) as url:
+        yield url, client
 
 
 def signed_in_tab(chromium, width):
