@@ -168,7 +168,9 @@ class Monitor:
             if self.pid == os.getpid():
                 return
             self.pid, self.counts = os.getpid(), {}
-            threading.Thread(target=self.run, name="monitoring", daemon=True).start()
+        # Started after the lock is let go: under gevent (gunicorn's gevent workers) the new thread is a greenlet
+        # that runs, and flushes, as soon as it is started, and would wait for the lock forever.
+        threading.Thread(target=self.run, name="monitoring", daemon=True).start()
 
     def run(self):
         while True:

@@ -76,7 +76,10 @@ def wrk(url, connections, duration, script=None, auth=True):
     latency = {p: float(v) * UNITS[u] for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)$", output, re.M)}
     failures = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", output))
     failures += sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", output))
-    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+    if rps == 0:  # a server that hangs answers nothing within wrk's timeout: each connection's request failed
+        failures += connections
+    return {"rps": rps,
             "p50": latency.get("50"), "p99": latency.get("99"), "failures": failures}
 
 
