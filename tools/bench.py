@@ -16,6 +16,7 @@ trained model.
 
 import argparse
 import json
+import math
 import os
 import re
 import shutil
@@ -80,7 +81,7 @@ def wrk(url, connections, duration, script=None, auth=True):
     if rps == 0:  # a server that hangs answers nothing within wrk's timeout: each connection's request failed
         failures += connections
     return {"rps": rps,
-            "p50": latency.get("50"), "p99": latency.get("99"), "failures": failures}
+            "p50": latency.get("50", math.nan), "p99": latency.get("99", math.nan), "failures": failures}
 
 
 def post_script(body, folder, headers=None):
