@@ -136,6 +136,7 @@ def test_web_page_form_and_prediction(stack):
 def test_the_model_is_watched_in_the_containers(stack):
     """Drift counted across the API container's workers, feedback taken, and the web's /monitoring page showing them
     to a user of the API (the demo one)."""
+    time.sleep(1.5)  # the earlier tests' predictions, added to the counters by each worker once a second
     before = stack.api("/api/v1.0/monitoring")["output"]["count"]
     for _ in range(20):
         stack.api(f"/api/v1.0?{SETOSA_QUERY}")
