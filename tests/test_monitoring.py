@@ -170,8 +170,9 @@ def verdicts(answer):
 
 def test_drift_is_stable_on_training_like_traffic_and_shows_on_the_input_that_moved(model_path):
     card = card_of(model_path)
-    # DRIFT_WINDOW of 4 s: the shifted traffic can be looked at alone, over the last 4 seconds.
-    server = api_server(model_path, DRIFT_MIN_COUNT="200", DRIFT_WINDOW="4")
+    # DRIFT_WINDOW of 8 s, snapshots a second apart: after 10 idle seconds the shifted traffic is alone in the last
+    # 8 seconds while it takes less than 8 to send and count.
+    server = api_server(model_path, DRIFT_MIN_COUNT="200", DRIFT_WINDOW="8")
     try:
         rows = iris_rows()
         sent = send(server.url, rows[:100])
@@ -181,11 +182,11 @@ def test_drift_is_stable_on_training_like_traffic_and_shows_on_the_input_that_mo
         answer = report(server.url, 250)
         check_drift(answer, card, rows + rows[:100], sent)
         assert verdicts(answer) == ({name: "stable" for name in FEATURES}, "stable")
-        time.sleep(6)  # the next traffic alone in the window
+        time.sleep(10)
         shifted = iris_rows(INCH)
         moved = send(server.url, shifted + shifted[:100])
-        window = report(server.url, 250, "?_window=4")
-        assert window["window"]["seconds"] == 4
+        window = report(server.url, 250, "?_window=8")
+        assert window["window"]["seconds"] == 8
         check_drift(window, card, shifted + shifted[:100], moved)
         inputs, output = verdicts(window)
         assert inputs == {**{name: "stable" for name in FEATURES}, "petal_width": "drifted"}
