@@ -75,13 +75,11 @@ def wrk(url, connections, duration, script=None, auth=True):
     command += ["-s", script] if script else []
     output = subprocess.run(command + [url], capture_output=True, text=True, check=True).stdout
     latency = {p: float(v) * UNITS[u] for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)$", output, re.M)}
-    failures = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", output))
-    failures += sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", output))
+    failures = sum(map(int, re.findall(r"(?:Non-2xx or 3xx responses:|connect|read|write|timeout) (\d+)", output)))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
-    if rps == 0:  # a server that hangs answers nothing within wrk's timeout: each connection's request failed
-        failures += connections
-    return {"rps": rps,
-            "p50": latency.get("50", math.nan), "p99": latency.get("99", math.nan), "failures": failures}
+    # A server that hangs answers nothing within wrk's timeout: each connection's request failed.
+    return {"rps": rps, "failures": failures + (connections if rps == 0 else 0),
+            "p50": latency.get("50", math.nan), "p99": latency.get("99", math.nan)}
 
 
 def post_script(body, folder, headers=None):
