@@ -19,7 +19,7 @@ ADVERTISE_ADDR ?= $(shell ip route get 1.1.1.1 2>/dev/null | sed -n 's/.* src \(
 # versions"); make stack REPO=models serves it on Swarm (deploy/repository-stack.yml) instead of the image's model.
 repository := $(or $(REPO),models)
 
-.PHONY: test lint train publish canary promote rollback api web screenshots bench bench-batching bench-web bench-versus bench-models load images stack stack-down clean
+.PHONY: test lint train publish signing-key canary promote rollback api web screenshots bench bench-batching bench-web bench-versus bench-models load images stack stack-down clean
 
 $(VENV)/installed: requirements.txt requirements-web.txt requirements-extras.txt requirements-test.txt
 	$(PYTHON) -m venv $(VENV)
@@ -42,11 +42,17 @@ lint: $(VENV)/installed  # ruff over the scripts, the package, the tests and the
 
 train: $(VENV)/installed  # make train MODEL=random_forest DATASET=wine, or CSV=my.csv TARGET=y for your own table
 	$(VENV)/bin/python train.py $(if $(MODEL),--model $(MODEL)) $(if $(DATASET),--dataset $(DATASET)) \
-	    $(if $(CSV),--csv $(CSV) --target $(TARGET))
+	    $(if $(CSV),--csv $(CSV) --target $(TARGET)) $(if $(SIGN_KEY),--sign-key $(SIGN_KEY))
 
-publish: $(VENV)/installed  # the next version into REPO, trained as make train's MODEL DATASET CSV say
+publish: $(VENV)/installed  # the next version into REPO, trained as make train's MODEL DATASET CSV say; SIGN_KEY signs it
 	$(VENV)/bin/python train.py --publish $(repository) $(if $(MODEL),--model $(MODEL)) \
-	    $(if $(DATASET),--dataset $(DATASET)) $(if $(CSV),--csv $(CSV) --target $(TARGET))
+	    $(if $(DATASET),--dataset $(DATASET)) $(if $(CSV),--csv $(CSV) --target $(TARGET)) \
+	    $(if $(SIGN_KEY),--sign-key $(SIGN_KEY))
+
+signing-key:  # signing.key and signing.pub: an elliptic-curve key pair for make publish SIGN_KEY=signing.key
+	@[ ! -e signing.key ] || { echo "signing.key exists: not replaced"; exit 1; }
+	umask 077 && openssl ecparam -name prime256v1 -genkey -noout -out signing.key
+	openssl ec -in signing.key -pubout -out signing.pub 2>/dev/null
 
 canary: $(VENV)/installed  # make canary VERSION=2 PERCENT=10: that share of the clients gets version 2
 	$(VENV)/bin/python -m tabserve.repository canary $(repository) $(VERSION) $(PERCENT)

@@ -27,7 +27,7 @@ from tabserve.batching import Overloaded
 from tabserve.card import public_view
 from tabserve.feedback import read_feedback, record
 from tabserve.metrics import ApiMetrics, exposition
-from tabserve.model import ModelError, Unpredictable
+from tabserve.model import ModelError, Unpredictable, load_checked, self_test
 from tabserve.monitoring import Monitor
 from tabserve.predictionlog import PredictionLog
 from tabserve.repository import model_folder
@@ -93,7 +93,7 @@ class Api:
                 self.documents[key] = openapi.served_document(OPENAPI_PATH, model.card,
                                                               self.monitor.settings.drift_window)
             else:
-                self.documents[key] = json.dumps(public_view(model.card)).encode()
+                self.documents[key] = json.dumps({**public_view(model.card), "artifact": model.artifact}).encode()
         bottle.response.content_type = JSON_TYPE
         return self.documents[key]
 
@@ -263,24 +263,30 @@ ROUTES = (
 
 def load_versions(settings, metrics):
     """The versions to serve: one artifact (MODEL_PATH) or a repository's (versions.py), or StartupError."""
-    def prepare(model):
+    def load(artifact, whole_folder=False):
+        model = load_checked(artifact, settings.allow_pickle, settings.signing_keys, whole_folder)
+        self_test(model)
         return with_batching(model, settings.batching, metrics)
 
     def on_state(version):
-        metrics.version_changed(version.name, version.state, version.model.card if version.model else None)
+        metrics.version_changed(version.name, version.state, version.model)
 
     try:
         if settings.model_repository is None:
-            versions = Versions.single(settings.model_path, prepare, logger, on_state)
+            versions = Versions.single(settings.model_path, load, logger, on_state)
         else:
             folder = model_folder(settings.model_repository, settings.model_name)
-            versions = Versions.repository(folder, prepare, logger, on_state)
+            versions = Versions.repository(folder, load, logger, on_state)
     except (ModelError, ValueError) as err:
         raise StartupError(str(err)) from None
-    card = versions.active.default.card
-    logger.info("model %s version %s (%s) is the default, from %s; predictions computed by %s", card["name"],
-                card["version"], card["algorithm"], settings.model_repository or settings.model_path,
-                versions.active.default.engine)
+    default = versions.active.default
+    logger.info("model %s version %s (%s) is the default, from %s; predictions computed by %s; artifact: %s, "
+                "signature %s", default.card["name"], default.card["version"], default.card["algorithm"],
+                settings.model_repository or settings.model_path, default.engine, default.artifact["format"],
+                default.artifact["signature"])
+    if not settings.signing_keys:
+        logger.info("model signatures are not verified: set MODEL_SIGNING_PUBLIC_KEY to serve only models signed by "
+                    "a key you trust (docs/running.md)")
     return versions
 
 

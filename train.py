@@ -1,20 +1,24 @@
 """Train a model on a table and save it, with the model card that every other part of the service reads.
 
 Usage:
-    python train.py                                     # iris, logistic regression, seed 42: model/iris.joblib
+    python train.py                                     # iris, logistic regression, seed 42: model/iris.skops
     python train.py --dataset wine                      # or breast_cancer, or diabetes (a quantity to predict)
-    python train.py --csv my.csv --target y --drop id   # a table of your own: model/my.joblib
+    python train.py --csv my.csv --target y --drop id   # a table of your own: model/my.skops
     python train.py --csv my.csv --target y --fitted mine.joblib   # adopt a model you fitted elsewhere
-    python train.py --model random_forest --seed 7 --output /tmp/rf.joblib
+    python train.py --model random_forest --seed 7 --output /tmp/rf.skops
+    python train.py --publish models --sign-key key.pem # the next version of a repository, signed
+    python train.py --convert old.joblib                # an artifact written before skops: old.skops beside it
 
 The task follows from the target: a numeric target with more than 20 distinct values (or with fractions) is a
 regression, any other a classification; --task overrides it, and a fitted model brings its own. It holds out a test
 split (stratified for classes), prints a report (held-out accuracy, or MAE, RMSE and R² beside a baseline that always
 predicts the mean; 5-fold cross-validation; per class precision, recall and F1, or a regressor's prediction interval
-and its coverage), and writes two files atomically: the joblib artifact (`--output`) and beside it its model card, a
-JSON file with the same name and a `.json` suffix (tabserve/card.py): the one description of the model that every
-other part reads. The API reads it first and checks the artifact's sha256 before it unpickles anything. A table
-that cannot make a model (tables.py says why) is refused in one line, and nothing is written.
+and its coverage), and writes two files atomically: the artifact (`--output`), a skops file that loads without
+running code (tabserve/artifacts.py), and beside it its model card, a JSON file with the same name and a `.json`
+suffix (tabserve/card.py): the one description of the model that every other part reads. The API reads it first and
+checks the artifact's sha256 before it builds anything. With --sign-key, a signature of both goes beside them
+(OpenSSF model signing, tabserve/signing.py). A table that cannot make a model (tables.py says why), or a model the
+API would not load, is refused in one line, and nothing is written.
 
 The work is the package's: tabserve/tables.py and datasets.py read the table, training.py fits and measures,
 describe.py writes the card, repository.py saves both, report.py words the report.
@@ -25,12 +29,15 @@ import json
 import sys
 from pathlib import Path
 
+from tabserve.artifacts import FORMAT, SUFFIX, ArtifactError
+from tabserve.card import CardError, card_path, read_card
 from tabserve.datasets import BUNDLED, DEFAULT_DATASET, load_bundled
-from tabserve.describe import build_card
+from tabserve.describe import build_card, library_versions
 from tabserve.packages import PackageError, needed_packages
 from tabserve.report import format_report
-from tabserve.repository import publish, save
+from tabserve.repository import ARTIFACT, OLD_ARTIFACT, file_sha256, publish, save
 from tabserve.routing import read_routing
+from tabserve.signing import SignatureError, check_private_key
 from tabserve.tables import MISSING_MARKERS, TASKS, TableError, normalise, read_csv
 from tabserve.training import (
     ALGORITHMS,
@@ -47,6 +54,8 @@ MODEL_FOLDER = Path(__file__).resolve().parent / "model"
 DEFAULT_SEED = 42
 DEFAULT_TEST_SIZE = 0.25
 DEFAULT_INTERVAL = 0.9  # a regressor's prediction interval covers the true value 9 times in 10
+# The options --convert goes with (the others keep their defaults).
+CONVERT_OPTIONS = {"convert", "sign_key", "dataset", "interval", "seed", "test_size", "drop", "missing"}
 
 
 def read_table(args, task):
@@ -79,10 +88,40 @@ def train(args):
     def make_card(sha256, version):
         return build_card(table, estimator, train_split, facts, sha256, version)
 
-    if args.publish:
-        return publish(estimator, make_card, args.publish, facts["name"])
-    output = args.output or MODEL_FOLDER / f"{table.name}.joblib"
-    return save(estimator, make_card, output), output
+    try:
+        if args.publish:
+            return publish(estimator, make_card, args.publish, facts["name"], args.sign_key)
+        output = args.output or MODEL_FOLDER / f"{table.name}{SUFFIX}"
+        return save(estimator, make_card, output, sign_key=args.sign_key), output
+    except ArtifactError as err:
+        raise TableError(f"{f'--fitted {args.fitted}' if args.fitted else 'the model'} {err}") from None
+
+
+def convert(path, sign_key=None):
+    """An artifact written before skops (the user's own joblib file, unpickled here) written again beside it as
+    skops, with its card: its version kept (a repository's number) or renewed (an artifact alone is named by its
+    bytes). (the card, the new artifact); TableError when the card does not describe it."""
+    try:
+        card = read_card(card_path(path))
+    except CardError as err:
+        raise TableError(str(err)) from None
+    if file_sha256(path) != card["sha256"]:
+        raise TableError(f"{path} does not match the sha256 in {card_path(path)}: it is not the model it describes")
+    if card["versions"].get("scikit-learn") != library_versions()["scikit-learn"]:
+        raise TableError(f"{path} was trained with scikit-learn {card['versions'].get('scikit-learn')}: retrain it "
+                         "with 'python train.py' rather than convert it")
+    estimator = load_fitted(path, "--convert")
+    named_by_bytes = card["version"] == card["sha256"][:12]
+
+    def make_card(sha256, version):
+        return {**card, "version": version if named_by_bytes else card["version"], "format": FORMAT,
+                "versions": {**card["versions"], **library_versions()}, "sha256": sha256}
+
+    output = Path(path).with_name(ARTIFACT) if Path(path).name == OLD_ARTIFACT else Path(path).with_suffix(SUFFIX)
+    try:
+        return save(estimator, make_card, output, sign_key=sign_key), output
+    except ArtifactError as err:
+        raise TableError(f"--convert {err}") from None
 
 
 def fraction(text):
@@ -98,6 +137,22 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
+def skops_path(text):
+    """argparse type: where the artifact goes, named for its format."""
+    if not text.endswith(SUFFIX):
+        raise argparse.ArgumentTypeError(f"the artifact is a skops file: name it <something>{SUFFIX}, got {text!r}")
+    return Path(text)
+
+
+def private_key(text):
+    """argparse type: a signing key that can sign."""
+    try:
+        check_private_key(Path(text))
+    except SignatureError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return Path(text)
 
 
 def model_name(text):
@@ -145,9 +200,16 @@ def add_model_options(parser):
                         help="publish into a model repository instead: REPO/<name>/<next version>/, the version a "
                              "whole number; the first one published becomes the default, later ones are served only "
                              "when named, until promoted (make canary, make promote: docs/running.md)")
-    parser.add_argument("--output", type=Path,
-                        help="where to write the joblib artifact; the card goes beside it as .json "
-                             "(default: model/<dataset or file name>.joblib next to this script)")
+    parser.add_argument("--output", type=skops_path,
+                        help=f"where to write the artifact, a skops file ({SUFFIX}); the card goes beside it as .json "
+                             f"(default: model/<dataset or file name>{SUFFIX} next to this script)")
+    parser.add_argument("--sign-key", type=private_key, metavar="KEY.pem",
+                        help="sign what is written with this elliptic-curve private key (OpenSSF model signing): a "
+                             "version's model.sig, or <name>.sig beside an artifact; the API verifies it with the "
+                             "public key in MODEL_SIGNING_PUBLIC_KEY (docs/running.md)")
+    parser.add_argument("--convert", type=Path, metavar="OLD.joblib",
+                        help="write an artifact of an earlier train.py (a joblib file, beside its card) again as "
+                             "skops: OLD.skops, its card rewritten; nothing is trained")
     parser.add_argument("--no-rows", action="store_true",
                         help="keep no training rows in the card (a table that must not ship inside an image): "
                              "explanations then have contributions and no neighbours")
@@ -170,6 +232,8 @@ def parse_args(argv=None):
         parser.error("--labels goes with --fitted")
     if args.publish and args.output:
         parser.error("--publish and --output: give one of them")
+    if args.convert and any(value for name, value in vars(args).items() if name not in CONVERT_OPTIONS):
+        parser.error("--convert writes an existing artifact again: it goes with --sign-key only")
     if not args.csv and (args.target or args.drop or args.fitted or args.missing):
         parser.error("--target, --drop, --missing and --fitted go with --csv")
     args.missing = tuple(args.missing) if args.missing is not None else MISSING_MARKERS
@@ -179,7 +243,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        card, output = train(args)
+        card, output = convert(args.convert, args.sign_key) if args.convert else train(args)
     except TableError as err:
         sys.exit(f"train.py: {err}")
     except OSError as err:

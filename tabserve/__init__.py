@@ -4,4 +4,4 @@ The package holds what the scripts at the root (train.py, api.py, web.py, serve.
 Importing it loads nothing heavy: the web app uses its modules without NumPy or scikit-learn.
 """
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"

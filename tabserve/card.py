@@ -1,7 +1,7 @@
 """The model card: the one description of a model that every part of the service reads, written by train.py beside
-the artifact as JSON (model/iris.joblib -> model/iris.json).
+the artifact as JSON (model/iris.skops -> model/iris.json).
 
-    card = read_card(card_path("model/iris.joblib"))    # a dict; CardError says what is wrong
+    card = read_card(card_path("model/iris.skops"))     # a dict; CardError says what is wrong
     public_view(card)                                    # what GET /api/v1.0/model answers
 
 Its keys: name and version; task ("classification" or "regression"); algorithm, estimator and parameters; target
@@ -10,8 +10,8 @@ kind, unit, allowed values and training range or categories); a classifier's cla
 regressor's interval; examples (typical rows); reference (rows with the answers the model gives them: the API's
 self-test); explanation (what explain.py needs); distributions (the reference of drift.py: each input's and the
 output's bins and their training shares); texts (the page's words); metrics, training, versions (of Python and the
-libraries) and the artifact's sha256. tabserve/describe.py computes them; docs/models.md explains them. Reading a
-card needs only the standard library, so the web app can use this module without NumPy.
+libraries), the artifact's format (skops) and sha256. tabserve/describe.py computes them; docs/models.md explains
+them. Reading a card needs only the standard library, so the web app can use this module without NumPy.
 """
 
 import json
@@ -32,19 +32,21 @@ def card_path(artifact_path):
     return Path(artifact_path).with_suffix(".json")
 
 
-def read_card(path):
-    """The card at this path, with every required key; CardError otherwise."""
+def read_card(path, shown=None):
+    """The card at this path, with every required key; CardError otherwise, naming the card as shown (path may be a
+    verified copy of it)."""
+    shown = shown or path
     try:
         card = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise CardError(f"model metadata {path} not found: train a model first with 'python train.py'") from None
+        raise CardError(f"model metadata {shown} not found: train a model first with 'python train.py'") from None
     except (OSError, ValueError) as err:
-        raise CardError(f"cannot read model metadata {path}: {err}") from None
+        raise CardError(f"cannot read model metadata {shown}: {err}") from None
     if task_of(card) not in REQUIRED_FOR:
-        raise CardError(f"model metadata {path} has the task {card['task']!r}: retrain with 'python train.py'")
+        raise CardError(f"model metadata {shown} has the task {card['task']!r}: retrain with 'python train.py'")
     missing = [key for key in REQUIRED + REQUIRED_FOR[task_of(card)] if key not in card]
     if missing:
-        raise CardError(f"model metadata {path} lacks {', '.join(missing)}: retrain with 'python train.py'")
+        raise CardError(f"model metadata {shown} lacks {', '.join(missing)}: retrain with 'python train.py'")
     return card
 
 

@@ -6,7 +6,7 @@ The task and the target; each input's name, label, kind, unit, allowed values an
 classifier's classes and their labels, a regressor's interval; typical rows (one per class, or across the target's
 range); a reference sample with the answers the model gives it (the API's self-test); what explanations need
 (explain.py); the reference distributions that drift is measured against (drift.py); the page's words; metrics,
-versions and the artifact's sha256.
+versions, the artifact's format and sha256.
 """
 
 import math
@@ -16,8 +16,10 @@ from datetime import UTC, datetime
 import joblib
 import numpy as np
 import sklearn
+import skops
 from sklearn.model_selection import train_test_split
 
+from tabserve.artifacts import FORMAT
 from tabserve.drift import distributions
 from tabserve.frames import frame_maker
 from tabserve.training import MISSING_LEVEL
@@ -225,11 +227,14 @@ def build_card(table, estimator, train_split, facts, sha256, version):
         "metrics": facts["metrics"],
         "training": {**facts["training"], "dataset": table.source,
                      "trained_at": datetime.now(UTC).isoformat(timespec="seconds")},
-        "versions": {
-            "python": platform.python_version(),
-            "scikit-learn": sklearn.__version__,
-            "joblib": joblib.__version__,
-            "numpy": np.__version__,
-        },
+        "versions": library_versions(),
+        "format": FORMAT,
         "sha256": sha256,
     }
+
+
+def library_versions():
+    """The versions of Python and of the libraries that wrote the artifact (the API loads it with the same
+    scikit-learn)."""
+    return {"python": platform.python_version(), "scikit-learn": sklearn.__version__, "skops": skops.__version__,
+            "joblib": joblib.__version__, "numpy": np.__version__}

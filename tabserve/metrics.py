@@ -98,8 +98,9 @@ class ApiMetrics:
     def version_metrics(self, registry):
         # "max" over the workers: a state is shown while any worker has its version in it.
         self.info = cached_labels(Gauge(
-            f"{PREFIX}_model_info", "The model versions being served (the value is always 1)",
-            ["name", "version", "algorithm"], registry=registry, multiprocess_mode="max"))
+            f"{PREFIX}_model_info", "The model versions being served (the value is always 1), with their artifact's "
+            "format (skops; pickle only under ALLOW_PICKLE) and whether its signature was verified",
+            ["name", "version", "algorithm", "format", "signature"], registry=registry, multiprocess_mode="max"))
         self.state = cached_labels(Gauge(
             f"{PREFIX}_model_version_state", "Each version's state (1 in its state, 0 in the others): READY, LOADING "
             "or UNAVAILABLE", ["version", "state"], registry=registry, multiprocess_mode="max"))
@@ -150,13 +151,15 @@ class ApiMetrics:
             f"{PREFIX}_api_feedback_intervals", "Feedback with the interval the answer gave, by whether the truth "
             "fell inside it", ["version", "covered"], registry=registry))
 
-    def version_changed(self, version, state, card=None):
+    def version_changed(self, version, state, model=None):
         for other in ("READY", "LOADING", "UNAVAILABLE"):
             self.state(version, other).set(1 if other == state else 0)
         if state != "LOADING":
             self.loads(version, state).inc()
-        if card is not None:
-            self.info(card["name"], card["version"], card["algorithm"]).set(1)
+        if model is not None:
+            card, artifact = model.card, model.artifact
+            signature = "verified" if artifact["signature"].startswith("verified") else "unverified"
+            self.info(card["name"], card["version"], card["algorithm"], artifact["format"], signature).set(1)
 
     def count_request(self, environ, status, content_type, seconds):
         endpoint, version = endpoint_of(environ), environ.get(VERSION_KEY, "none")

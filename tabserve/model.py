@@ -1,12 +1,14 @@
 """The model as the service serves it: train.py's artifact loaded safely, once, and its predictions. No HTTP here:
 it returns Predictions and raises ModelError and Unpredictable, which the services map to what they mean.
 
-    model = load_model("model/iris.joblib")   # checks, unpickles and self-tests, or raises ModelError
+    model = load_model("model/iris.skops")    # checks, loads and builds the estimator, or raises ModelError
+    self_test(model)                          # the answers recorded in training, or ModelError
     predictions = predict(model, rows)        # rows: an (n, inputs) array of values checked by inputs.py
 
-A joblib file is a pickle, and unpickling runs code. load_model() reads the card that train.py wrote beside the
-artifact first, and unpickles only when the artifact's sha256 matches it and the installed scikit-learn is the one
-that trained it (scikit-learn's model persistence guide). The path comes from configuration, never from a client.
+load_model() reads the card that train.py wrote beside the artifact first, and builds the estimator only when the
+artifact's bytes are the ones the card records and the installed scikit-learn is the one that trained it
+(scikit-learn's model persistence guide); artifacts.py builds it from a skops file, running no code, and refuses a
+pickle. The path comes from configuration, never from a client; who made the files is signing.py's to check, before.
 """
 
 import hashlib
@@ -17,17 +19,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-import joblib
 import numpy as np
 import sklearn
 from sklearn.base import is_regressor
 
+from tabserve.artifacts import PICKLE, ArtifactError, check_format, from_bytes
 from tabserve.card import CardError, card_path, identity, read_card, task_of
 from tabserve.explain import Explainer
 from tabserve.fastpaths import choose_predictor, sklearn_predictor
 from tabserve.frames import frame_maker
 from tabserve.inputs import Schema
 from tabserve.packages import PackageError, check_packages
+from tabserve.signing import SignatureError, verified_copy
 
 MAX_ROWS = 10_000  # rows predicted in one call, at most
 PROBABILITY_DIGITS = 6
@@ -36,6 +39,7 @@ PROBABILITY_DIGITS = 6
 # company it came in.
 PREDICTION_DIGITS = 10
 SELF_TEST_TOLERANCE = 1e-6  # another machine's floating point may differ in the last digits, never by this much
+UNVERIFIED = "not verified: MODEL_SIGNING_PUBLIC_KEY is not set"  # an artifact's signature, when none is checked
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +65,7 @@ class Model:
     engine: str  # "numpy" (the linear fast path), "numpy forest" (the forest's) or "scikit-learn"
     explainer: Explainer  # contributions and neighbours (explain.py)
     decimals: int = None  # a regressor's numbers are rounded to these decimal places (PREDICTION_DIGITS)
+    artifact: dict = None  # its format ("skops", or "pickle" under ALLOW_PICKLE) and signature, as served
 
     @property
     def identity(self):
@@ -95,20 +100,27 @@ class NumberPredictions:
     outside: np.ndarray  # (n, inputs) booleans, as for a classifier
 
 
-def verify_artifact(model_path, card):
-    """Refuse an artifact built by another scikit-learn or whose bytes are not the ones train.py recorded."""
+def read_artifact(path, card, allow_pickle=False, model_path=None):
+    """(the artifact's bytes, their format): ModelError for a pickle (unless allowed), for bytes that are not the
+    ones train.py recorded, and for an artifact built by another scikit-learn. Read once: what is checked is what is
+    loaded. model_path: the artifact as messages name it (path may be a verified copy of it)."""
+    model_path = model_path or path
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise ModelError(f"cannot read model artifact {model_path}: {err.strerror}") from None
+    try:
+        kind = check_format(data, model_path, allow_pickle)
+    except ArtifactError as err:
+        raise ModelError(str(err)) from None
     trained_with = card["versions"].get("scikit-learn")
     if trained_with != sklearn.__version__:
         raise ModelError(f"model {model_path} was trained with scikit-learn {trained_with} but "
                          f"{sklearn.__version__} is installed: retrain it with 'python train.py'")
-    try:
-        with open(model_path, "rb") as handle:
-            digest = hashlib.file_digest(handle, "sha256").hexdigest()
-    except OSError as err:
-        raise ModelError(f"cannot read model artifact {model_path}: {err.strerror}") from None
-    if not hmac.compare_digest(digest, str(card["sha256"])):
+    if not hmac.compare_digest(hashlib.sha256(data).hexdigest(), str(card["sha256"])):
         raise ModelError(f"model artifact {model_path} does not match the sha256 in its metadata "
                          "(corrupt or replaced): refusing to load it")
+    return data, kind
 
 
 def check_fit(model_path, estimator, schema, card):
@@ -129,23 +141,27 @@ def check_fit(model_path, estimator, schema, card):
     return tuple(str(name) for name in card["classes"])
 
 
-def load_model(model_path):
-    """Load and check the artifact once, at start-up; ModelError says why it cannot be served."""
-    model_path = Path(model_path)
+def load_model(path, allow_pickle=False, signature=UNVERIFIED, model_path=None):
+    """Load and check the artifact once, at start-up; ModelError says why it cannot be served. signature: what the
+    caller verified of its files (signing.py), as the metadata shows it; model_path: the artifact as messages name
+    it, when path is a verified copy of it."""
+    path = Path(path)
+    model_path = Path(model_path or path)
     try:
-        card = read_card(card_path(model_path))
+        card = read_card(card_path(path), shown=card_path(model_path))
     except CardError as err:
         raise ModelError(str(err)) from None
-    verify_artifact(model_path, card)
+    data, kind = read_artifact(path, card, allow_pickle, model_path)
     try:
         check_packages(card.get("requires", {}), f"model {model_path}")
-    except PackageError as err:
+        estimator = from_bytes(data, model_path, allow_pickle)
+    except (PackageError, ArtifactError) as err:
         raise ModelError(str(err)) from None
-    # Only our own artifact, whose hash matched, gets here to be unpickled.
-    try:
-        estimator = joblib.load(model_path)
-    except Exception as err:
-        raise ModelError(f"cannot load model artifact {model_path}: {err}") from None
+    except Exception as err:  # skops or joblib cannot build it: a file they did not write, or from other versions
+        raise ModelError(f"cannot load model artifact {model_path}: {str(err).splitlines()[0]}") from None
+    if kind == PICKLE:
+        logger.warning("model %s is a pickle, loaded because ALLOW_PICKLE is set: a pickle runs the code it names; "
+                       "convert it with 'python train.py --convert %s'", model_path, model_path)
     schema = Schema(card["inputs"])
     classes = check_fit(model_path, estimator, schema, card)
     if "frame" in card:  # fitted on a DataFrame: asked with one, through scikit-learn (frames.py)
@@ -155,7 +171,25 @@ def load_model(model_path):
     else:
         compute, engine = choose_predictor(estimator, schema, reference_rows(schema, card))
     return Model(estimator=estimator, card=card, schema=schema, task=task_of(card), classes=classes, compute=compute,
-                 engine=engine, explainer=Explainer(schema, card["explanation"]), decimals=decimals_for(card))
+                 engine=engine, explainer=Explainer(schema, card["explanation"]), decimals=decimals_for(card),
+                 artifact={"format": kind, "signature": signature})
+
+
+def load_checked(artifact, allow_pickle=False, keys=None, whole_folder=False):
+    """load_model() of an artifact whose signature, when keys are given, verifies (signing.py): its own, <name>.sig
+    over it and its card, or with whole_folder (a version) its folder's, model.sig over every file there. The files
+    are verified and loaded from a private copy, so what is checked is what is served."""
+    artifact = Path(artifact)
+    if not keys:
+        return load_model(artifact, allow_pickle)
+    files = None if whole_folder else [artifact.name, card_path(artifact).name]
+    try:
+        with verified_copy(keys, artifact.parent, files, artifact.with_suffix(".sig")) as (copy, signature):
+            return load_model(copy / artifact.name, allow_pickle, signature, model_path=artifact)
+    except SignatureError as err:
+        raise ModelError(f"{artifact.parent if whole_folder else artifact} is refused: {err}") from None
+    except FileNotFoundError as err:
+        raise ModelError(f"cannot read {err.filename}: {err.strerror}") from None
 
 
 def reference_rows(schema, card):

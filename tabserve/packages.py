@@ -1,12 +1,12 @@
-"""The packages an artifact needs beyond the API's own: found in its pickle, recorded in the card, checked at load.
+"""The packages an artifact needs beyond the API's own: found in the estimator, recorded in the card, checked at load.
 
     needs = estimator_packages(estimator)   # {"xgboost": {"distribution": "xgboost-cpu", "version": "3.2.0"}}
-    check_packages(card["requires"], where)  # PackageError naming the pip requirement, before unpickling
+    check_packages(card["requires"], where)  # PackageError naming the pip requirement, before loading
 
-A joblib file is a pickle: every class and function it holds is named by its module, and unpickling imports them.
-train.py walks the fitted estimator it is about to save (every object it holds, and the functions it refers to), so it
-knows exactly which packages the artifact needs (XGBoost, LightGBM, ...), and can refuse one that needs a module the API
-could never import (a function defined in a notebook, in __main__). The API image has the packages of requirements.txt
+Every class and function an artifact holds is named by its module, and loading it imports them. train.py walks the
+fitted estimator it is about to save (every object it holds, and the functions it refers to), so it knows exactly
+which packages the artifact needs (XGBoost, LightGBM, ...), and can refuse one that needs a module the API could never
+import (a function defined in a notebook, in __main__). The API image has the packages of requirements.txt
 (BUILT_IN); an artifact that needs more says so in its card ("requires"), and the API refuses to load it, in one line
 that names the pip requirement, until they are installed: the image's EXTRAS build argument (docs/models.md).
 """
@@ -19,8 +19,8 @@ import sys
 import numpy as np
 
 # What the API image always has: its own requirements and Python's standard library.
-BUILT_IN = {"numpy", "scipy", "sklearn", "joblib", "threadpoolctl", "narwhals", "tabserve"}
-# Packages whose pickles hold only in the version that wrote them; others (pandas) need only be there.
+BUILT_IN = {"numpy", "scipy", "sklearn", "joblib", "skops", "threadpoolctl", "narwhals", "tabserve"}
+# Packages whose models load only in the version that wrote them; others (pandas) need only be there.
 EXACT = {"xgboost", "lightgbm"}
 
 
@@ -28,16 +28,15 @@ class PackageError(Exception):
     """An artifact that needs a package that is missing, or present in another version."""
 
 
-def object_modules(root):
-    """The top-level modules of the classes of every object reachable from root, and of the functions it holds."""
-    modules, seen, pending = set(), set(), [root]
+def reachable(root):
+    """Every object reachable from root through containers, arrays of objects and instance attributes, once each."""
+    seen, pending = set(), [root]
     while pending:
         item = pending.pop()
         if id(item) in seen or isinstance(item, (str, bytes, int, float, bool, type(None))):
             continue
         seen.add(id(item))
-        named = item if callable(item) and hasattr(item, "__qualname__") else type(item)
-        modules.add((getattr(named, "__module__", None) or "builtins").split(".")[0])
+        yield item
         if isinstance(item, dict):
             pending += [*item.keys(), *item.values()]
         elif isinstance(item, (list, tuple, set, frozenset)):
@@ -46,6 +45,14 @@ def object_modules(root):
             pending += item.ravel().tolist() if item.dtype == object else []
         elif hasattr(item, "__dict__") and not isinstance(item, type):
             pending += list(vars(item).values())
+
+
+def object_modules(root):
+    """The top-level modules of the classes of every object reachable from root, and of the functions it holds."""
+    modules = set()
+    for item in reachable(root):
+        named = item if callable(item) and hasattr(item, "__qualname__") else type(item)
+        modules.add((getattr(named, "__module__", None) or "builtins").split(".")[0])
     return modules
 
 

@@ -1,14 +1,15 @@
 """Models on disk: an artifact and its card written so that a reader never sees half of either, alone or published
-as the next version in a model repository.
+as the next version in a model repository, signed when a key is given (signing.py).
 
-    save(estimator, make_card, Path("model/iris.joblib"))          # the artifact, then its card
-    card, artifact = publish(estimator, make_card, Path("repo"), name)  # repo/<name>/<version>/model.joblib, .json
+    save(estimator, make_card, Path("model/iris.skops"))           # the artifact, its card, and model/iris.sig
+    card, artifact = publish(estimator, make_card, Path("repo"), name)  # repo/<name>/<version>/model.skops, .json
     folder = model_folder(Path("repo"), name=None)                 # repo/<name>: the one model there, or the named
 
-make_card(sha256, version) gives the card of the bytes written: its version is the artifact's sha256[:12] alone, the
-next whole number (1, 2, 3, ...) in a repository, where the digest stays in the card's sha256. A version is written
-in a temporary folder and renamed into place, so the API watching the repository sees all of it or nothing; the
-first version published becomes the default of a new routing file, and later ones never change it (routing.py).
+The artifact is a skops file (artifacts.py). make_card(sha256, version) gives the card of the bytes written: its
+version is the artifact's sha256[:12] alone, the next whole number (1, 2, 3, ...) in a repository, where the digest
+stays in the card's sha256. A version is written and signed in a temporary folder and renamed into place, so the API
+watching the repository sees all of it or nothing; the first version published becomes the default of a new routing
+file, and later ones never change it (routing.py).
 
     python -m tabserve.repository canary REPO 2 10    # send 10 % of the clients to version 2 (make canary)
     python -m tabserve.repository promote REPO        # the canary becomes the default (make promote)
@@ -25,12 +26,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-import joblib
-
+from tabserve.artifacts import SUFFIX, to_bytes
 from tabserve.card import card_path
 from tabserve.routing import ROUTING_FILE, Routing, RoutingError, change, published, read_routing, write_routing
+from tabserve.signing import SIGNATURE, sign_files
 
-ARTIFACT = "model.joblib"  # a version's artifact; its card is model.json beside it
+ARTIFACT = "model" + SUFFIX  # a version's artifact; its card is model.json beside it
+OLD_ARTIFACT = "model.joblib"  # what versions published before skops hold: a pickle, refused unless ALLOW_PICKLE
 
 
 def file_sha256(path):
@@ -59,33 +61,52 @@ def write_atomically(path, write):
         raise
 
 
-def save(estimator, make_card, output, version=None):
-    """Write the artifact, then its card (make_card(sha256, version) of the bytes written); return the card."""
-    write_atomically(output, lambda handle: joblib.dump(estimator, handle))
-    sha256 = file_sha256(output)
+def save(estimator, make_card, output, version=None, sign_key=None):
+    """Write the artifact, then its card (make_card(sha256, version) of the bytes written), then, with a key, the
+    signature of both beside them (<name>.sig); return the card. Nothing is written for an estimator the API would
+    not load (ArtifactError)."""
+    data = to_bytes(estimator)
+    write_atomically(output, lambda handle: handle.write(data))
+    sha256 = hashlib.sha256(data).hexdigest()
     card = make_card(sha256, version or sha256[:12])
     text = json.dumps(card, indent=2) + "\n"
     write_atomically(card_path(output), lambda handle: handle.write(text.encode()))
+    signature = Path(output).with_suffix(".sig")  # a version's: model.sig, over exactly its folder's two files
+    if sign_key:
+        with tempfile.TemporaryDirectory() as scratch:
+            sign_files([output, card_path(output)], Path(scratch) / SIGNATURE, sign_key)
+            write_atomically(signature, lambda handle: handle.write((Path(scratch) / SIGNATURE).read_bytes()))
+    else:
+        signature.unlink(missing_ok=True)  # an earlier artifact's, which these bytes would not match
     return card
 
 
-def publish(estimator, make_card, repository, name):
-    """Publish the model as the next version of repository/name; (the card, the version's artifact)."""
+def publish(estimator, make_card, repository, name, sign_key=None):
+    """Publish the model as the next version of repository/name, signed (model.sig) when a key is given; (the card,
+    the version's artifact)."""
     folder = Path(repository) / name
     folder.mkdir(parents=True, exist_ok=True)
     while True:
         version = str(max(map(int, published(folder)), default=0) + 1)
         staging = Path(tempfile.mkdtemp(dir=folder, prefix=f".version-{version}-"))
-        card = save(estimator, make_card, staging / ARTIFACT, version)
-        os.chmod(staging, 0o755)
-        try:
-            os.rename(staging, folder / version)  # fails if another publisher took this number meanwhile
+        try:  # signed in place: a version's folder holds exactly its artifact, its card and model.sig
+            card = save(estimator, make_card, staging / version / ARTIFACT, version, sign_key)
+            os.chmod(staging / version, 0o755)
+            os.rename(staging / version, folder / version)  # fails if another publisher took this number meanwhile
         except OSError:
-            shutil.rmtree(staging, ignore_errors=True)
             continue
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         if not (folder / ROUTING_FILE).exists():
             write_routing(folder, Routing(version))
         return card, folder / version / ARTIFACT
+
+
+def version_artifact(folder):
+    """A version's artifact: model.skops, or the pickle a version published before skops holds."""
+    folder = Path(folder)
+    return folder / ARTIFACT if (folder / ARTIFACT).exists() or not (folder / OLD_ARTIFACT).exists() \
+        else folder / OLD_ARTIFACT
 
 
 def model_folder(repository, name=None):

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from tabserve.signing import SignatureError, read_public_keys
 from tabserve.users import trusted_networks
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,7 +26,8 @@ DEFAULT_ACCESS_LOG = "errors"
 DEFAULT_PORTS = {"api": 8000, "web": 5000}
 DEFAULT_WORKERS = 2
 DEFAULT_THREADS = 8
-DEFAULT_MODEL_PATH = ROOT / "model" / "iris.joblib"
+DEFAULT_MODEL_PATH = ROOT / "model" / "iris.skops"
+BOOLEANS = ("true", "false")
 BATCHING_CHOICES = ("auto", "on", "off")
 DEFAULT_DRIFT_WINDOW = 3600  # seconds: the recent window of GET /api/v1.0/monitoring and the PSI gauges
 DEFAULT_DRIFT_THRESHOLDS = (0.1, 0.25)  # PSI: below the first stable, above the second drifted (the usual bands)
@@ -64,6 +66,8 @@ class ApiSettings(Settings):
     model_path: Path = DEFAULT_MODEL_PATH
     model_repository: Path = None  # MODEL_REPOSITORY: serve every version published there instead (versions.py)
     model_name: str = None  # which model of the repository, when it holds more than one
+    allow_pickle: bool = False  # ALLOW_PICKLE: load a pickle artifact anyway (a migration), warned at every load
+    signing_keys: dict = field(default=None, repr=False)  # MODEL_SIGNING_PUBLIC_KEY's keys: every version verified
     batching: str = "auto"
     users_file: Path = None  # API_USERS_FILE: name:hash lines (users.py); else API_USERNAME + API_PASSWORD
     failures_per_minute: int = DEFAULT_FAILURES_PER_MINUTE
@@ -148,9 +152,19 @@ def read_api_settings(environ):
         raise StartupError("MODEL_NAME names a model of MODEL_REPOSITORY, which is not set")
     return ApiSettings(model_path=Path(environ.get("MODEL_PATH") or DEFAULT_MODEL_PATH),
                        model_repository=Path(repository) if repository else None, model_name=name or None,
-                       batching=batching,
+                       batching=batching, **read_artifact_settings(environ),
                        users_file=Path(users_file) if users_file else None, failures_per_minute=int(failures),
                        trusted_proxies=proxies, **read_monitoring_settings(environ), **common)
+
+
+def read_artifact_settings(environ):
+    """ALLOW_PICKLE and MODEL_SIGNING_PUBLIC_KEY (its keys read now: a key that cannot be read stops the start)."""
+    key_file = environ.get("MODEL_SIGNING_PUBLIC_KEY")
+    try:
+        keys = read_public_keys(Path(key_file)) if key_file else None
+    except SignatureError as err:
+        raise StartupError(f"MODEL_SIGNING_PUBLIC_KEY: {err}") from None
+    return {"allow_pickle": choice(environ, "ALLOW_PICKLE", BOOLEANS, "false") == "true", "signing_keys": keys}
 
 
 def fraction_of(environ, name, default):

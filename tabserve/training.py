@@ -7,6 +7,7 @@ facts holds what the card records of the fitting: the algorithm, the metrics, th
 regressor, its interval (intervals.py). The algorithms go by the same names for both tasks where both have them.
 """
 
+import io
 import time
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 from sklearn.svm import SVC
 
+from tabserve.artifacts import FORMAT, ArtifactError, format_of, from_bytes
 from tabserve.frames import FrameError, frame_columns, frame_maker
 from tabserve.intervals import TooFewRows, conformal_half_width, cross_fitted_coverage
 from tabserve.tables import TableError
@@ -189,17 +191,25 @@ def fit(table, algorithm, seed, test_size, level):
                                              "held_out": predicted}
 
 
-def load_fitted(path):
-    """A model the user fitted elsewhere (their own joblib file, named on their own command line)."""
+def load_fitted(path, option="--fitted"):
+    """A model the user fitted elsewhere, from their own file named on their own command line: a skops file, built
+    as the API builds one (artifacts.py), or a pickle (joblib's), unpickled after saying once what that means."""
     try:
-        return joblib.load(path)
+        data = Path(path).read_bytes()
+        if format_of(data) == FORMAT:
+            return from_bytes(data, path)
+        print(f"Note: {path} is a pickle, and unpickling runs whatever code it names: adopt only a file you made "
+              "yourself. It is written again as skops, which the API loads without running code.")
+        return joblib.load(io.BytesIO(data))
+    except ArtifactError as err:
+        raise TableError(f"cannot load {option} {err}") from None
     except ModuleNotFoundError as err:
-        raise TableError(f"cannot load --fitted {path}: it needs the module {err.name!r}: pip install it") from None
+        raise TableError(f"cannot load {option} {path}: it needs the module {err.name!r}: pip install it") from None
     except AttributeError as err:  # pickle's "Can't get attribute 'f' on <module '__main__' ...>"
-        raise TableError(f"cannot load --fitted {path}: it refers to something defined where it was fitted, not in "
+        raise TableError(f"cannot load {option} {path}: it refers to something defined where it was fitted, not in "
                          f"an installed package (a notebook's function?): {err}") from None
     except Exception as err:
-        raise TableError(f"cannot load --fitted {path}: {err}") from None
+        raise TableError(f"cannot load {option} {path}: {err}") from None
 
 
 def fitted_task(estimator, path, requested):

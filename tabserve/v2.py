@@ -36,7 +36,7 @@ from tabserve.wsgi import RequestError, shorten
 
 # model_repository: its index only; versions are loaded by publishing them, not by a request (versions.py).
 SERVER_METADATA = {"name": "tabserve", "version": __version__, "extensions": ["binary_tensor_data", "model_repository"]}
-PLATFORM = "sklearn_joblib"
+PLATFORM = "sklearn"  # followed by the artifact's format: sklearn_skops (or sklearn_pickle, under ALLOW_PICKLE)
 # Each task's outputs; the last, contributions (explain.py), costs n + 1 predictions a row: sent only when asked for.
 OUTPUTS = {"classification": ("predict", "predict_proba", "out_of_range", "contributions"),
            "regression": ("predict", "interval", "out_of_range", "contributions")}
@@ -115,7 +115,9 @@ def model_metadata(api, name, version=None):
     features = ",".join(model.schema.names)
     ready = [entry.name for entry in api.serving.versions.index() if entry.state == READY]
     return {
-        "name": model.card["name"], "versions": ready, "platform": PLATFORM,
+        "name": model.card["name"], "versions": ready, "platform": f"{PLATFORM}_{model.artifact['format']}",
+        # The artifact's format and signature, as MLServer's metadata carries parameters
+        "parameters": {"artifact_format": model.artifact["format"], "signature": model.artifact["signature"]},
         "inputs": input_metadata(model.schema),
         "outputs": [*answer_metadata(model),
                     {"name": "out_of_range", "datatype": "BOOL", "shape": [-1, len(model.schema.inputs)],

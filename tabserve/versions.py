@@ -1,12 +1,14 @@
 """The versions of the model the API serves, side by side: one artifact (MODEL_PATH), or every version published in
 a model repository's folder (MODEL_REPOSITORY, repository.py), followed without a restart.
 
-    versions = Versions.single(path, prepare, log)          # or Versions.repository(folder, prepare, log)
+    versions = Versions.single(path, load, log)             # or Versions.repository(folder, load, log)
     model = versions.named("2")                             # a ready version, or UnknownVersion
     model, shadow = versions.routed(key)                    # the default, or the canary for this routing key
 
-At start-up the versions the routing file names and the newest ones, MAX_LOADED in all, are loaded and self-tested
-(the default must be, or the API does not start). Then, at most once every RESCAN_SECONDS, a request's thread looks
+load(artifact, whole_folder) is the API's: it checks, loads and self-tests a model, or raises ModelError
+(model.load_checked: a version's whole folder must be signed when a signing key is set). At start-up the versions the
+routing file names and the newest ones, MAX_LOADED in all, are loaded (the default must be, or the API does not
+start). Then, at most once every RESCAN_SECONDS, a request's thread looks
 at the folder: a version published meanwhile is loaded and self-tested by a thread of its own and served once ready;
 one that fails is UNAVAILABLE with its reason (logged and counted), and serving goes on untouched. The routing file is
 read again when it changes, or when a version it names becomes ready: one that does not parse, or whose default is
@@ -21,8 +23,8 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from tabserve.model import ModelError, load_model, self_test
-from tabserve.repository import ARTIFACT
+from tabserve.model import ModelError
+from tabserve.repository import version_artifact
 from tabserve.routing import ROUTING_FILE, Routing, RoutingError, published, read_routing
 
 MAX_LOADED = 4  # versions kept in memory at most: those the routing names, then the newest
@@ -59,8 +61,8 @@ def same_inputs(first, second):
 class Versions:
     """The served versions of one model and the routing between them."""
 
-    def __init__(self, folder, prepare, log, on_state=None):
-        self.folder, self.prepare, self.log = folder, prepare, log
+    def __init__(self, folder, load, log, on_state=None):
+        self.folder, self.load, self.log = folder, load, log
         self.on_state = on_state or (lambda version: None)  # told each Version as it changes: for the metrics
         # Re-entrant: a rescan holds it while it marks versions (set() takes it too).
         self.versions, self.lock, self.checked = {}, threading.RLock(), time.monotonic()
@@ -68,9 +70,9 @@ class Versions:
         self.routing_stamp, self.active = None, None
 
     @classmethod
-    def single(cls, path, prepare, log, on_state=None):
+    def single(cls, path, load, log, on_state=None):
         """One artifact, always the default; nothing to follow."""
-        versions = cls(None, prepare, log, on_state)
+        versions = cls(None, load, log, on_state)
         model = versions.load(Path(path))
         name = model.card["version"]
         versions.set(Version(name, READY, model=model))
@@ -78,9 +80,9 @@ class Versions:
         return versions
 
     @classmethod
-    def repository(cls, folder, prepare, log, on_state=None):
+    def repository(cls, folder, load, log, on_state=None):
         """Every version published in a model folder; the routing's default must load, or ModelError."""
-        versions = cls(Path(folder), prepare, log, on_state)
+        versions = cls(Path(folder), load, log, on_state)
         try:
             routing = read_routing(folder)
         except RoutingError as err:
@@ -110,16 +112,11 @@ class Versions:
         return [name for name in wanted if name not in self.versions or self.versions[name].state == UNAVAILABLE
                 and self.versions[name].reason.startswith("not loaded")]
 
-    def load(self, artifact):
-        model = load_model(artifact)
-        self_test(model)
-        return self.prepare(model)
-
     def load_version(self, name):
         """Load and self-test one published version; its state says how it went."""
         self.set(Version(name, LOADING))
         try:
-            model = self.load(self.folder / name / ARTIFACT)
+            model = self.load(version_artifact(self.folder / name), whole_folder=True)
             if (model.card["name"], model.card["version"]) != (self.folder.name, name):
                 raise ModelError(f"its card says {model.card['name']} version {model.card['version']}")
         except ModelError as err:

@@ -30,7 +30,7 @@ from tests.support import (
 @pytest.fixture(scope="session")
 def model_path(tmp_path_factory):
     """A logistic-regression artifact and its metadata, trained exactly as `python train.py` does."""
-    path = tmp_path_factory.mktemp("model") / "iris.joblib"
+    path = tmp_path_factory.mktemp("model") / "iris.skops"
     train.main(["--output", str(path)])
     return path
 
@@ -45,7 +45,7 @@ def model_files(tmp_path_factory):
                 "fruit": ["--csv", str(fruit), "--target", "Fruit", "--drop", "ID"]}
     paths = {}
     for name, arguments in commands.items():
-        paths[name] = folder / f"{name}.joblib"
+        paths[name] = folder / f"{name}.skops"
         train.main([*arguments, "--output", str(paths[name])])
     return paths
 

@@ -124,6 +124,12 @@ def write_penguins_csv(path, rows=344, seed=0):
 SERVER_SETTINGS = {"WORKERS": "2", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
 
+def load_artifact(path):
+    """The estimator in an artifact train.py wrote, built as the API builds it (skops, our trust list)."""
+    from tabserve.artifacts import from_bytes
+    return from_bytes(Path(path).read_bytes(), path)
+
+
 def auth_header(username=USERNAME, password=PASSWORD):
     """{"Authorization": ...} for HTTP basic auth."""
     return {"Authorization": client.basic_authorization(username, password)}

@@ -9,7 +9,6 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
-import joblib
 import numpy as np
 import pytest
 
@@ -17,13 +16,13 @@ import train
 from tabserve import batching
 from tabserve.batching import Batcher, Overloaded
 from tabserve.settings import ApiSettings, read_api_settings
-from tests.support import api_server, auth_header, query
+from tests.support import api_server, auth_header, load_artifact, query
 
 
 @pytest.fixture(scope="module")
 def forest(tmp_path_factory):
     """A random forest (100 trees): its predict_proba costs about the same for 1 row as for 16."""
-    path = tmp_path_factory.mktemp("forest") / "forest.joblib"
+    path = tmp_path_factory.mktemp("forest") / "forest.skops"
     train.main(["--model", "random_forest", "--output", str(path)])
     return path
 
@@ -31,7 +30,7 @@ def forest(tmp_path_factory):
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory):
     """A calibrated support-vector classifier: no fast path, so every call goes through scikit-learn."""
-    path = tmp_path_factory.mktemp("svc") / "svc.joblib"
+    path = tmp_path_factory.mktemp("svc") / "svc.skops"
     train.main(["--model", "svc", "--output", str(path)])
     return path
 
@@ -116,7 +115,7 @@ def test_a_combined_call_holds_at_most_max_batch_rows(monkeypatch):
 
 def expected_answers(forest, rows):
     """What /api/v1.0 must answer for these rows: the forest's own predict_proba, rounded as the API rounds."""
-    estimator = joblib.load(forest)
+    estimator = load_artifact(forest)
     probabilities = np.round(estimator.predict_proba(np.array(rows)), 6)
     return [dict(zip(estimator.classes_, row, strict=True)) for row in probabilities.tolist()]
 
@@ -204,4 +203,4 @@ def test_the_forest_fast_path_answers_what_scikit_learn_answers(forest):
     loaded = model.load_model(forest)
     assert loaded.engine == "numpy forest"
     rows = np.random.default_rng(3).uniform(0, 10, size=(500, 4))
-    assert np.abs(loaded.compute(rows) - joblib.load(forest).predict_proba(rows)).max() <= 1e-9
+    assert np.abs(loaded.compute(rows) - load_artifact(forest).predict_proba(rows)).max() <= 1e-9

@@ -235,7 +235,7 @@ def test_the_similar_rows_table_scrolls_by_keyboard_at_375_pixels(chromium, web_
 def diabetes_web_url(tmp_path_factory):
     """The web app in front of the API serving the diabetes regressor; yields its URL."""
     import train
-    path = tmp_path_factory.mktemp("diabetes") / "diabetes.joblib"
+    path = tmp_path_factory.mktemp("diabetes") / "diabetes.skops"
     train.main(["--dataset", "diabetes", "--output", str(path)])
     api_app = api.create_app(ApiSettings(username=USERNAME, password=PASSWORD, model_path=path))
     with web_in_front_of(api_app) as url:
@@ -281,8 +281,8 @@ def penguins_web_url(tmp_path_factory):
     from tests.support import write_penguins_csv
     folder = tmp_path_factory.mktemp("penguins")
     train.main(["--csv", str(write_penguins_csv(folder / "penguins.csv")), "--target", "species",
-                "--output", str(folder / "penguins.joblib")])
-    api_app = api.create_app(ApiSettings(username=USERNAME, password=PASSWORD, model_path=folder / "penguins.joblib"))
+                "--output", str(folder / "penguins.skops")])
+    api_app = api.create_app(ApiSettings(username=USERNAME, password=PASSWORD, model_path=folder / "penguins.skops"))
     with web_in_front_of(api_app) as url:
         yield url
 

@@ -103,8 +103,8 @@ def variables_read_by_the_code():
 
 def variables_of_the_deployment():
     names = set()
-    for path in ("docker-compose.yml", "docker-stack.yml", "deploy/own-model.yml", "deploy/repository.yml",
-                 "deploy/repository-stack.yml", "deploy/haproxy.cfg"):
+    overrides = sorted(str(path.relative_to(ROOT)) for path in (ROOT / "deploy").glob("*.yml"))
+    for path in ("docker-compose.yml", "docker-stack.yml", *overrides, "deploy/haproxy.cfg"):
         names |= set(re.findall(r"\$\{([A-Z_]+)", (ROOT / path).read_text()))
     makefile = (ROOT / "Makefile").read_text()
     names |= set(re.findall(r"^([A-Z_]+) \?=", makefile, re.M))

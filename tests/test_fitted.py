@@ -41,11 +41,11 @@ def adopt(table, estimator, tmp_path, *args, target="species"):
     joblib.dump(estimator, tmp_path / "mine.joblib")
     result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--csv", str(path), "--target", target,
                              "--fitted", str(tmp_path / "mine.joblib"), *args, "--output",
-                             str(tmp_path / "adopted.joblib")], capture_output=True, text=True, timeout=300)
+                             str(tmp_path / "adopted.skops")], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     card = json.loads((tmp_path / "adopted.json").read_text())
     client = webtest.TestApp(api.create_app(ApiSettings(username=USERNAME, password=PASSWORD,
-                                                        model_path=tmp_path / "adopted.joblib")))
+                                                        model_path=tmp_path / "adopted.skops")))
     client.authorization = ("Basic", (USERNAME, PASSWORD))
     return card, client, result.stdout
 
@@ -112,14 +112,14 @@ def test_xgboost_fitted_on_class_codes_is_served_with_the_tables_class_names(tab
     joblib.dump(mine, tmp_path / "xgb.joblib")
     result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--csv", str(numbers_only), "--target",
                              "species", "--fitted", str(tmp_path / "xgb.joblib"), "--output",
-                             str(tmp_path / "adopted.joblib")], capture_output=True, text=True, timeout=300)
+                             str(tmp_path / "adopted.skops")], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "Classes: 0 = Adelie, 1 = Chinstrap, 2 = Gentoo" in result.stdout
     card = json.loads((tmp_path / "adopted.json").read_text())
     assert card["classes"] == ["Adelie", "Chinstrap", "Gentoo"] and card["class_codes"] == [0, 1, 2]
     assert card["requires"]["xgboost"]["version"] == xgboost.__version__
     client = webtest.TestApp(api.create_app(ApiSettings(username=USERNAME, password=PASSWORD,
-                                                        model_path=tmp_path / "adopted.joblib")))
+                                                        model_path=tmp_path / "adopted.skops")))
     client.authorization = ("Basic", (USERNAME, PASSWORD))
     row = complete.iloc[1]
     answer = client.get("/api/v1.0", params={name: row[name] for name in [*NUMBERS, "year"]}).json
@@ -135,7 +135,7 @@ def test_other_class_names_are_given_with_labels(table, tmp_path):
                                                      LabelEncoder().fit_transform(complete["species"]))
     frame[["species", *NUMBERS]].to_csv(tmp_path / "t.csv", index=False)
     joblib.dump(mine, tmp_path / "xgb.joblib")
-    output = tmp_path / "out.joblib"
+    output = tmp_path / "out.skops"
     train.main(["--csv", str(tmp_path / "t.csv"), "--target", "species", "--fitted", str(tmp_path / "xgb.joblib"),
                 "--labels", "Gentoo,Adelie,Chinstrap", "--output", str(output)])
     assert json.loads(output.with_suffix(".json").read_text())["classes"] == ["Gentoo", "Adelie", "Chinstrap"]
@@ -148,11 +148,11 @@ def test_other_class_names_are_given_with_labels(table, tmp_path):
                                                            "'nothing-such==1.0'"),
 ])
 def test_the_api_refuses_a_model_whose_packages_are_missing_in_one_line(tmp_path, change, message):
-    train.main(["--output", str(tmp_path / "iris.joblib")])
+    train.main(["--output", str(tmp_path / "iris.skops")])
     card = json.loads((tmp_path / "iris.json").read_text())
     (tmp_path / "iris.json").write_text(json.dumps({**card, "requires": change}))
     with pytest.raises(StartupError, match=message):
-        api.create_app(ApiSettings(username="u", password="p", model_path=tmp_path / "iris.joblib"))
+        api.create_app(ApiSettings(username="u", password="p", model_path=tmp_path / "iris.skops"))
 
 
 def test_a_function_from_a_notebook_is_refused_by_train_py(tmp_path):
@@ -178,7 +178,7 @@ joblib.dump(make_pipeline(FunctionTransformer(double), LogisticRegression(max_it
     (tmp_path / "t.csv").write_text("\n".join(lines) + "\n")
     result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--csv", str(tmp_path / "t.csv"), "--target",
                              "species", "--fitted", str(tmp_path / "mine.joblib"), "--output",
-                             str(tmp_path / "o.joblib")], capture_output=True, text=True, timeout=120)
+                             str(tmp_path / "o.skops")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and result.stderr.count("\n") == 1
     assert "refers to something defined where it was fitted, not in an installed package" in result.stderr
 
@@ -189,7 +189,7 @@ def test_a_frame_model_fitted_on_other_columns_is_refused(table, tmp_path):
         features_of(frame, "species").rename(columns={"year": "season"}), frame["species"])
     joblib.dump(mine, tmp_path / "mine.joblib")
     result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--csv", str(path), "--target", "species",
-                             "--fitted", str(tmp_path / "mine.joblib"), "--output", str(tmp_path / "o.joblib")],
+                             "--fitted", str(tmp_path / "mine.joblib"), "--output", str(tmp_path / "o.skops")],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert "the table lacks season; has year too (--drop them)" in result.stderr

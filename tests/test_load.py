@@ -13,7 +13,7 @@ from tests.support import ROOT
 @pytest.fixture(scope="module")
 def forest_path(tmp_path_factory):
     """A random forest: served with adaptive batching (BATCHING=auto), so concurrent requests share model calls."""
-    path = tmp_path_factory.mktemp("forest") / "forest.joblib"
+    path = tmp_path_factory.mktemp("forest") / "forest.skops"
     train.main(["--model", "random_forest", "--output", str(path)])
     return path
 

@@ -5,7 +5,6 @@ import json
 import struct
 import urllib.request
 
-import joblib
 import numpy as np
 import pytest
 import webtest
@@ -19,6 +18,7 @@ from tests.support import (
     PENGUIN_FEATURES,
     USERNAME,
     api_server,
+    load_artifact,
     penguins,
     serve_in_thread,
     write_penguins_csv,
@@ -37,8 +37,8 @@ def penguin_files(tmp_path_factory):
                 "species-boosted": ["--target", "species", "--model", "gradient_boosting"],
                 "mass": ["--target", "body_mass_g"]}
     for name, arguments in commands.items():
-        train.main(["--csv", str(table), *arguments, "--output", str(folder / f"{name}.joblib")])
-    return {name: folder / f"{name}.joblib" for name in commands}
+        train.main(["--csv", str(table), *arguments, "--output", str(folder / f"{name}.skops")])
+    return {name: folder / f"{name}.skops" for name in commands}
 
 
 def api_of(files, name):
@@ -72,7 +72,7 @@ def test_a_column_keeps_its_kind_whatever_holes_it_has_and_the_card_says_what_th
     assert {name for name, item in inputs.items() if item["optional"]} == OPTIONAL
     assert inputs["sex"]["missing"] == {"rows": 13, "value": "(missing)",
                                         "assumed": "a level of its own for a missing value"}
-    imputer = joblib.load(penguin_files["species"])[0].named_transformers_["numbers"][0]  # fitted on the split
+    imputer = load_artifact(penguin_files["species"])[0].named_transformers_["numbers"][0]  # fitted on the split
     numbers = [item["name"] for item in card["inputs"] if item["kind"] == "number"]
     for name, statistic in zip(numbers, imputer.statistics_, strict=True):
         if inputs[name]["optional"]:
@@ -83,7 +83,7 @@ def test_a_column_keeps_its_kind_whatever_holes_it_has_and_the_card_says_what_th
 
 def test_rows_without_a_target_are_left_out_and_the_report_says_how_many(tmp_path, capsys):
     train.main(["--csv", str(write_penguins_csv(tmp_path / "p.csv")), "--target", "body_mass_g",
-                "--output", str(tmp_path / "m.joblib")])
+                "--output", str(tmp_path / "m.skops")])
     report = capsys.readouterr().out
     assert "Left out 2 rows without a value of body_mass_g." in report
     assert "Missing: sex in 11 rows; the model assumes a level of its own for a missing value." in report
@@ -96,7 +96,7 @@ def test_other_missing_markers_are_named_on_the_command_line(tmp_path):
     text = (tmp_path / "p.csv")
     write_penguins_csv(text)
     text.write_text(text.read_text().replace("NA", "?"))
-    train.main(["--csv", str(text), "--target", "species", "--missing", "?", "--output", str(tmp_path / "m.joblib")])
+    train.main(["--csv", str(text), "--target", "species", "--missing", "?", "--output", str(tmp_path / "m.skops")])
     card = json.loads((tmp_path / "m.json").read_text())
     assert card["inputs"][1]["kind"] == "number" and card["inputs"][1]["optional"]
 

@@ -5,7 +5,6 @@ served OpenAPI document (fuzzed) and the web page."""
 import csv
 import json
 
-import joblib
 import numpy as np
 import pytest
 import tritonclient.http as triton
@@ -17,7 +16,7 @@ import api
 import train
 import web
 from tabserve.settings import ApiSettings, WebSettings
-from tests.support import FRUIT_FEATURES, PASSWORD, USERNAME, api_server, serve_in_thread
+from tests.support import FRUIT_FEATURES, PASSWORD, USERNAME, api_server, load_artifact, serve_in_thread
 from tests.test_fuzz import AUTHORIZATION, run_schemathesis
 
 MODELS = ("iris", "wine", "fruit")
@@ -307,7 +306,7 @@ def as_matrix(metadata, rows):
 def test_explanations_are_what_anyone_recomputes_from_the_table(served, model_files):
     name, metadata, client = served
     rows, classes = table_rows(name, model_files)
-    estimator = joblib.load(model_files[name])
+    estimator = load_artifact(model_files[name])
     baselines = baselines_of(rows, metadata)
     for x in rows[::17]:
         answer = client.get("/api/v1.0/explain", params=x).json
@@ -349,8 +348,8 @@ def test_v2_sends_contributions_only_when_asked_json_or_binary(served, model_fil
 def test_a_constant_column_contributes_nothing_and_is_left_out_of_the_distance(tmp_path):
     lines = ["size,colour,constant,kind"] + [f"{i},{'red' if i % 3 else 'blue'},7,{'ab'[i % 2]}" for i in range(40)]
     (tmp_path / "constant.csv").write_text("\n".join(lines) + "\n")
-    train.main(["--csv", str(tmp_path / "constant.csv"), "--target", "kind", "--output", str(tmp_path / "c.joblib")])
-    _, metadata, client = api_of({"c": tmp_path / "c.joblib"}, "c")
+    train.main(["--csv", str(tmp_path / "constant.csv"), "--target", "kind", "--output", str(tmp_path / "c.skops")])
+    _, metadata, client = api_of({"c": tmp_path / "c.skops"}, "c")
     answer = client.get("/api/v1.0/explain", params={"size": "4", "colour": "red", "constant": "7"}).json
     assert answer["contributions"]["constant"] == 0
     assert answer["neighbours"][0] == {"features": {"size": 4.0, "colour": "red", "constant": 7.0}, "class": "a",
@@ -360,8 +359,8 @@ def test_a_constant_column_contributes_nothing_and_is_left_out_of_the_distance(t
 
 
 def test_without_rows_explanations_have_contributions_and_no_neighbours(tmp_path):
-    train.main(["--no-rows", "--output", str(tmp_path / "iris.joblib")])
-    _, metadata, client = api_of({"iris": tmp_path / "iris.joblib"}, "iris")
+    train.main(["--no-rows", "--output", str(tmp_path / "iris.skops")])
+    _, metadata, client = api_of({"iris": tmp_path / "iris.skops"}, "iris")
     assert metadata["explanation"]["neighbours"] is False and "rows" not in metadata["explanation"]
     answer = client.get("/api/v1.0/explain", params=typical(metadata)).json
     assert answer["neighbours"] == [] and len(answer["contributions"]) == 4

@@ -93,7 +93,7 @@ def test_the_card_holds_the_training_deciles_and_the_held_out_predictions_shares
 
 
 def test_a_table_with_categories_and_holes_has_a_bin_for_each_category_and_for_missing(tmp_path):
-    path = tmp_path / "penguins.joblib"
+    path = tmp_path / "penguins.skops"
     train.main(["--csv", str(write_penguins_csv(tmp_path / "penguins.csv")), "--target", "species",
                 "--output", str(path)])
     card = card_of(path)
@@ -208,7 +208,7 @@ def test_drift_is_stable_on_training_like_traffic_and_shows_on_the_input_that_mo
 
 
 def test_categories_and_missing_values_are_counted_in_their_bins(tmp_path):
-    path = tmp_path / "penguins.joblib"
+    path = tmp_path / "penguins.skops"
     table = write_penguins_csv(tmp_path / "penguins.csv")
     train.main(["--csv", str(table), "--target", "species", "--output", str(path)])
     client = client_of(path, drift_min_count=10)
@@ -242,7 +242,7 @@ def test_the_monitoring_options_are_checked(api_client, anonymous_api_client):
 
 
 def test_a_card_from_before_the_distributions_still_reports_feedback(model_path, tmp_path):
-    path = tmp_path / "old.joblib"
+    path = tmp_path / "old.skops"
     shutil.copy(model_path, path)
     card = card_of(model_path)
     del card["distributions"]
@@ -295,7 +295,7 @@ def test_bad_feedback_is_refused_by_field_and_none_of_it_counted(model_path):
 @pytest.fixture(scope="module")
 def homes(tmp_path_factory):
     folder = tmp_path_factory.mktemp("homes")
-    path = folder / "homes.joblib"
+    path = folder / "homes.skops"
     train.main(["--csv", str(write_homes_csv(folder / "homes.csv")), "--target", "Price (k€)", "--drop", "ID",
                 "--output", str(path)])
     return path

@@ -6,7 +6,6 @@ follows the model's task: /api/v1.0, its batch and explanations, /v2 (with trito
 import csv
 import json
 
-import joblib
 import numpy as np
 import pytest
 import tritonclient.http as triton
@@ -19,7 +18,16 @@ import train
 import web
 from tabserve import model
 from tabserve.settings import ApiSettings, WebSettings
-from tests.support import HOMES_FEATURES, PASSWORD, USERNAME, api_server, homes, serve_in_thread, write_homes_csv
+from tests.support import (
+    HOMES_FEATURES,
+    PASSWORD,
+    USERNAME,
+    api_server,
+    homes,
+    load_artifact,
+    serve_in_thread,
+    write_homes_csv,
+)
 from tests.test_fuzz import AUTHORIZATION, run_schemathesis
 
 MODELS = ("diabetes", "homes")
@@ -33,8 +41,8 @@ def regression_files(tmp_path_factory):
     commands = {"diabetes": ["--dataset", "diabetes"],
                 "homes": ["--csv", str(table), "--target", "Price (k€)", "--drop", "ID"]}
     for name, arguments in commands.items():
-        train.main([*arguments, "--output", str(folder / f"{name}.joblib")])
-    return {name: folder / f"{name}.joblib" for name in commands}
+        train.main([*arguments, "--output", str(folder / f"{name}.skops")])
+    return {name: folder / f"{name}.skops" for name in commands}
 
 
 def table_rows(name, files):
@@ -135,7 +143,7 @@ def test_a_prediction_beyond_the_targets_training_range_is_warned(regression_fil
 def test_explanations_are_what_anyone_recomputes_in_the_targets_unit(served, regression_files):
     name, card, client = served
     rows, targets = table_rows(name, regression_files)
-    estimator = joblib.load(regression_files[name])
+    estimator = load_artifact(regression_files[name])
     baselines = card["explanation"]["baselines"]
     kinds = [item["kind"] for item in card["inputs"]]
     for x in rows[::41]:
@@ -174,8 +182,8 @@ def test_regressor_predictions_are_counted_without_a_class(regression_files):
 @pytest.mark.parametrize("algorithm, engine", [("ridge", "numpy"), ("random_forest", "numpy forest"),
                                                ("gradient_boosting", "scikit-learn")])
 def test_the_fast_paths_cover_their_regressors_exactly(tmp_path, algorithm, engine):
-    train.main(["--dataset", "diabetes", "--model", algorithm, "--output", str(tmp_path / "d.joblib")])
-    loaded = model.load_model(tmp_path / "d.joblib")
+    train.main(["--dataset", "diabetes", "--model", algorithm, "--output", str(tmp_path / "d.skops")])
+    loaded = model.load_model(tmp_path / "d.skops")
     assert loaded.engine == engine
     rows = np.random.default_rng(5).uniform(0, 300, size=(500, 10))
     expected = loaded.estimator.predict(rows)
@@ -191,8 +199,8 @@ def test_the_interval_holds_the_truth_as_often_as_it_promises_on_new_rows(tmp_pa
     a few points (split conformal promises at least the level, on average; 400 held-out rows calibrate it)."""
     write_homes_csv(tmp_path / "train.csv", rows=1200, seed=1)
     train.main(["--csv", str(tmp_path / "train.csv"), "--target", "Price (k€)", "--drop", "ID", "--interval",
-                str(level), "--output", str(tmp_path / "homes.joblib")])
-    card, client = api_of({"homes": tmp_path / "homes.joblib"}, "homes")
+                str(level), "--output", str(tmp_path / "homes.skops")])
+    card, client = api_of({"homes": tmp_path / "homes.skops"}, "homes")
     new = homes(4000, seed=2)
     answers = client.post_json("/api/v1.0/predict", {"instances": [
         {"area_m2": a, "rooms": r, "district": d} for a, r, d, _ in new]}).json["predictions"]

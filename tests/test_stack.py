@@ -242,9 +242,9 @@ def test_a_model_of_your_own_is_served_from_a_read_only_mount(docker_engine, tmp
     table of classes and one of a quantity alike."""
     write, target, name, question, answer = OWN_MODELS[table]
     train.main(["--csv", str(write(tmp_path / f"{table}.csv")), "--target", target, "--drop", "ID",
-                "--output", str(tmp_path / f"{table}.joblib")])
+                "--output", str(tmp_path / f"{table}.skops")])
     tmp_path.chmod(0o755)  # the API runs as UID 10001 and reads the mounted folder
-    own = Stack({"MODEL_DIR": str(tmp_path), "MODEL_FILE": f"{table}.joblib"}, files=("docker-compose.yml",
+    own = Stack({"MODEL_DIR": str(tmp_path), "MODEL_FILE": f"{table}.skops"}, files=("docker-compose.yml",
                                                                                         "deploy/own-model.yml"))
     with running(own):
         assert own.api("/api/v1.0/model")["name"] == name
@@ -326,13 +326,13 @@ def fitted_elsewhere(tmp_path_factory):
     joblib.dump(pipeline.fit(frame.drop(columns=["species"]), frame["species"]), folder / "mine-lgbm.joblib")
     for table, mine, output in (("numbers.csv", "mine-xgb", "xgb"), ("penguins.csv", "mine-lgbm", "lgbm")):
         train.main(["--csv", str(folder / table), "--target", "species", "--fitted", str(folder / f"{mine}.joblib"),
-                    "--output", str(folder / f"{output}.joblib")])
+                    "--output", str(folder / f"{output}.skops")])
     folder.chmod(0o755)  # the API runs as UID 10001 and reads the mounted folder
     return folder
 
 
 def test_the_lean_image_refuses_a_model_that_needs_xgboost_in_one_line(docker_engine, fitted_elsewhere):
-    own = Stack({"MODEL_DIR": str(fitted_elsewhere), "MODEL_FILE": "xgb.joblib"},
+    own = Stack({"MODEL_DIR": str(fitted_elsewhere), "MODEL_FILE": "xgb.skops"},
                 files=("docker-compose.yml", "deploy/own-model.yml"))
     try:
         run = own.compose("run", "--rm", "-T", "--no-deps", "api", check=False, timeout=UP_TIMEOUT)
@@ -348,7 +348,7 @@ def test_the_lean_image_refuses_a_model_that_needs_xgboost_in_one_line(docker_en
 
 
 def test_the_image_built_with_extras_serves_lightgbm_fitted_on_a_dataframe(docker_engine, fitted_elsewhere):
-    own = Stack({"EXTRAS": "1", "MODEL_DIR": str(fitted_elsewhere), "MODEL_FILE": "lgbm.joblib"},
+    own = Stack({"EXTRAS": "1", "MODEL_DIR": str(fitted_elsewhere), "MODEL_FILE": "lgbm.skops"},
                 files=("docker-compose.yml", "deploy/own-model.yml"))
     with running(own):
         assert own.api("/readyz")["engine"] == "scikit-learn, a DataFrame"

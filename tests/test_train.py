@@ -12,13 +12,13 @@ import pytest
 from sklearn.datasets import load_diabetes, load_iris
 
 import train
-from tests.support import FEATURES, homes, write_fruit_csv, write_homes_csv
+from tests.support import FEATURES, homes, load_artifact, write_fruit_csv, write_homes_csv
 
 TRAIN = str(Path(train.__file__))
 
 
 def run_train(tmp_path, *args):
-    output = tmp_path / "iris.joblib"
+    output = tmp_path / "iris.skops"
     train.main(["--output", str(output), *args])
     return output, json.loads(output.with_suffix(".json").read_text())
 
@@ -31,7 +31,7 @@ def test_each_algorithm_trains_and_reports(tmp_path, capsys, algorithm):
         assert heading in report
     assert metadata["algorithm"] == algorithm
     assert metadata["metrics"]["test_accuracy"] > 0.85
-    estimator = joblib.load(output)
+    estimator = load_artifact(output)
     assert set(estimator.predict(load_iris().data)) == {"setosa", "versicolor", "virginica"}
 
 
@@ -51,9 +51,9 @@ def test_metadata_describes_the_artifact(tmp_path):
     assert set(metrics) >= {"test_accuracy", "cv_accuracy_mean", "cv_accuracy_std", "per_class", "confusion_matrix"}
     assert sum(map(sum, metrics["confusion_matrix"]["matrix"])) == 45  # 30% of 150 held out
     assert metadata["training"]["seed"] == 3 and metadata["training"]["training_seconds"] > 0
-    assert set(metadata["versions"]) >= {"python", "scikit-learn", "joblib"}
+    assert set(metadata["versions"]) >= {"python", "scikit-learn", "skops"} and metadata["format"] == "skops"
     assert str(tmp_path) not in json.dumps(metadata)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["iris.joblib", "iris.json"]  # no temporary files left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["iris.json", "iris.skops"]  # no temporary files left
 
 
 def test_same_seed_same_predictions_other_seed_other_version(tmp_path):
@@ -61,23 +61,23 @@ def test_same_seed_same_predictions_other_seed_other_version(tmp_path):
     second, second_meta = run_train(tmp_path / "b")
     third, third_meta = run_train(tmp_path / "c", "--seed", "7")
     X = load_iris().data
-    assert (joblib.load(first).predict_proba(X) == joblib.load(second).predict_proba(X)).all()
+    assert (load_artifact(first).predict_proba(X) == load_artifact(second).predict_proba(X)).all()
     assert first_meta["version"] == second_meta["version"]
     assert third_meta["version"] != first_meta["version"]
 
 
 def test_unknown_model_is_one_clear_error(tmp_path):
-    result = subprocess.run([sys.executable, TRAIN, "--model", "deep_learning", "--output", str(tmp_path / "m.joblib")],
+    result = subprocess.run([sys.executable, TRAIN, "--model", "deep_learning", "--output", str(tmp_path / "m.skops")],
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "invalid choice: 'deep_learning'" in result.stderr
-    assert not (tmp_path / "m.joblib").exists()
+    assert not (tmp_path / "m.skops").exists()
 
 
 def test_unwritable_output_is_one_clear_line(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    result = subprocess.run([sys.executable, TRAIN, "--output", str(blocker / "iris.joblib")],
+    result = subprocess.run([sys.executable, TRAIN, "--output", str(blocker / "iris.skops")],
                             capture_output=True, text=True)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
@@ -102,7 +102,7 @@ def test_every_option_has_help():
 
 def run_cli(tmp_path, *args):
     """train.py as a user runs it, writing into tmp_path/out; (exit code, stderr, files written)."""
-    output = tmp_path / "out" / "model.joblib"
+    output = tmp_path / "out" / "model.skops"
     result = subprocess.run([sys.executable, TRAIN, *args, "--output", str(output)], capture_output=True, text=True,
                             timeout=300)
     written = sorted(p.name for p in output.parent.iterdir()) if output.parent.exists() else []
@@ -170,7 +170,7 @@ def test_a_bad_command_line_is_one_line(tmp_path, args, message):
 
 def test_a_csv_with_categories_becomes_a_model_that_takes_the_raw_values(tmp_path):
     table = write_fruit_csv(tmp_path / "Fruit Basket.csv")
-    output = tmp_path / "fruit.joblib"
+    output = tmp_path / "fruit.skops"
     train.main(["--csv", str(table), "--target", "Fruit", "--drop", "ID", "--output", str(output)])
     metadata = json.loads(output.with_suffix(".json").read_text())
     assert metadata["name"] == "fruit-basket-classifier"
@@ -178,7 +178,7 @@ def test_a_csv_with_categories_becomes_a_model_that_takes_the_raw_values(tmp_pat
         ("weight_g", "Weight (g)", "number"), ("colour", "Colour", "category"), ("origin", "Origin", "category")]
     assert metadata["classes"] == ["apple", "banana", "cherry"]
     assert metadata["texts"]["question"] == "Which fruit is this?"
-    estimator = joblib.load(output)
+    estimator = load_artifact(output)
     assert list(estimator.predict(np.array([[150.0, "green", "Spain"], [8.0, "dark red", "Chile"]], dtype=object))) \
         == ["apple", "cherry"]
 
@@ -188,7 +188,7 @@ def test_a_csv_with_categories_becomes_a_model_that_takes_the_raw_values(tmp_pat
     ("breast_cancer", 30, ["benign", "malignant"]),
 ])
 def test_bundled_datasets_keep_their_names_normalised(tmp_path, dataset, features, classes):
-    output = tmp_path / f"{dataset}.joblib"
+    output = tmp_path / f"{dataset}.skops"
     train.main(["--dataset", dataset, "--output", str(output)])
     metadata = json.loads(output.with_suffix(".json").read_text())
     assert len(metadata["features"]) == features and metadata["classes"] == classes
@@ -211,13 +211,13 @@ def test_a_classifier_fitted_elsewhere_is_adopted_with_the_tables_metadata(tmp_p
     mine = make_pipeline(make_column_transformer((OneHotEncoder(), [1, 2]), remainder="passthrough"),
                          RandomForestClassifier(random_state=0)).fit(X, data[:, 4])
     joblib.dump(mine, tmp_path / "mine.joblib")
-    output = tmp_path / "adopted.joblib"
+    output = tmp_path / "adopted.skops"
     train.main(["--csv", str(table), "--target", "Fruit", "--drop", "ID", "--fitted", str(tmp_path / "mine.joblib"),
                 "--output", str(output)])
     metadata = json.loads(output.with_suffix(".json").read_text())
     assert metadata["algorithm"] == "fitted elsewhere" and metadata["metrics"]["table_accuracy"] == 1.0
     assert metadata["features"] == ["weight_g", "colour", "origin"]
-    assert (joblib.load(output).predict(X) == mine.predict(X)).all()
+    assert (load_artifact(output).predict(X) == mine.predict(X)).all()
 
 
 def test_a_fitted_file_that_cannot_predict_the_table_is_refused(tmp_path):
@@ -233,7 +233,7 @@ def test_a_fitted_file_that_cannot_predict_the_table_is_refused(tmp_path):
 
 def test_a_numeric_target_with_many_values_is_a_regression_and_the_report_says_so(tmp_path, capsys):
     table = write_homes_csv(tmp_path / "homes.csv")
-    output = tmp_path / "homes.joblib"
+    output = tmp_path / "homes.skops"
     train.main(["--csv", str(table), "--target", "Price (k€)", "--drop", "ID", "--output", str(output)])
     report = capsys.readouterr().out
     distinct = len({price for *_, price in homes(300)})
@@ -257,11 +257,11 @@ def test_a_numeric_target_with_many_values_is_a_regression_and_the_report_says_s
 def test_the_interval_is_the_finite_sample_quantile_of_the_held_out_residuals(tmp_path):
     """Recomputed here from the held-out split: the ceil((n + 1) x 0.8)-th smallest absolute residual."""
     from sklearn.model_selection import train_test_split
-    train.main(["--dataset", "diabetes", "--interval", "0.8", "--output", str(tmp_path / "d.joblib")])
+    train.main(["--dataset", "diabetes", "--interval", "0.8", "--output", str(tmp_path / "d.skops")])
     card = json.loads((tmp_path / "d.json").read_text())
     data = load_diabetes(scaled=False)
     _, X_test, _, y_test = train_test_split(data.data, data.target, test_size=0.25, random_state=42)
-    residuals = np.sort(np.abs(y_test - joblib.load(tmp_path / "d.joblib").predict(X_test)))
+    residuals = np.sort(np.abs(y_test - load_artifact(tmp_path / "d.skops").predict(X_test)))
     rank = int(np.ceil((len(residuals) + 1) * 0.8))
     assert card["interval"]["half_width"] == pytest.approx(residuals[rank - 1])
     assert residuals[rank - 2] < card["interval"]["half_width"]  # not the plain quantile one place lower
@@ -284,20 +284,20 @@ def test_an_algorithm_or_task_that_does_not_fit_is_refused_in_one_line(tmp_path,
 @pytest.mark.parametrize("algorithm", sorted(train.ALGORITHMS["regression"]))
 def test_each_regression_algorithm_trains_on_numbers_and_categories(tmp_path, algorithm):
     table = write_homes_csv(tmp_path / "homes.csv")
-    output = tmp_path / "homes.joblib"
+    output = tmp_path / "homes.skops"
     train.main(["--csv", str(table), "--target", "Price (k€)", "--drop", "ID", "--model", algorithm,
                 "--output", str(output)])
     card = json.loads(output.with_suffix(".json").read_text())
     assert card["metrics"]["test_r2"] > 0.8 and card["metrics"]["test_mae"] < card["metrics"]["baseline_mae"]
-    estimator = joblib.load(output)
+    estimator = load_artifact(output)
     assert estimator.predict(np.array([[100.0, 3.0, "centre"]], dtype=object))[0] > 300  # 50 + 320 + 45 + 120
 
 
 def test_gradient_boosting_splits_on_categories_natively(tmp_path):
     table = write_homes_csv(tmp_path / "homes.csv")
     train.main(["--csv", str(table), "--target", "Price (k€)", "--drop", "ID", "--model", "gradient_boosting",
-                "--output", str(tmp_path / "homes.joblib")])
-    booster = joblib.load(tmp_path / "homes.joblib")[-1]
+                "--output", str(tmp_path / "homes.skops")])
+    booster = load_artifact(tmp_path / "homes.skops")[-1]
     assert booster.is_categorical_.tolist() == [True, False, False]  # district, then area and rooms
 
 
@@ -312,7 +312,7 @@ def test_a_regressor_fitted_elsewhere_is_adopted_and_calibrated_on_the_table(tmp
     lines = ["area,rooms,centre,north,price"] + [f"{a},{r},{int(d == 'centre')},{int(d == 'north')},{p}"
                                                  for a, r, d, p in homes(200, seed=4)]
     (tmp_path / "unseen.csv").write_text("\n".join(lines) + "\n")
-    output = tmp_path / "adopted.joblib"
+    output = tmp_path / "adopted.skops"
     train.main(["--csv", str(tmp_path / "unseen.csv"), "--target", "price", "--fitted", str(tmp_path / "mine.joblib"),
                 "--output", str(output)])
     card = json.loads(output.with_suffix(".json").read_text())

@@ -19,6 +19,7 @@ import train
 from tabserve import repository as repositories
 from tabserve import routing, versions
 from tabserve.metrics import ApiMetrics
+from tabserve.model import load_checked
 from tabserve.serving import with_batching
 from tabserve.settings import ApiSettings, StartupError, read_api_settings
 
@@ -88,7 +89,7 @@ def test_versions_compare_as_numbers(tmp_path):
 
 def test_publish_and_output_are_exclusive(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        train.main(["--publish", str(tmp_path), "--output", str(tmp_path / "m.joblib")])
+        train.main(["--publish", str(tmp_path), "--output", str(tmp_path / "m.skops")])
     assert "--publish and --output" in capsys.readouterr().err
 
 
@@ -148,7 +149,7 @@ def test_a_version_published_while_serving_is_loaded_then_served(repository):
 def test_a_broken_version_is_refused_while_serving_goes_on(repository, caplog):
     client = client_of(repository)
     broken = shutil.copytree(repository / NAME / "2", repository / NAME / "3")
-    (broken / "model.joblib").write_bytes(b"not a model")
+    shutil.copyfile(repository / NAME / "1" / "model.skops", broken / "model.skops")  # another version's artifact
     client.get(f"/api/v1.0?{QUERY}")
     wait_for(lambda: index(client)["3"]["state"] == "UNAVAILABLE")
     assert "does not match the sha256" in index(client)["3"]["reason"]
@@ -269,7 +270,8 @@ def test_metrics_are_kept_per_version(repository):
         assert f'tabserve_api_predictions_total{{class="setosa",version="{version}"}} {count}.0' in metrics
         assert f'tabserve_api_request_duration_seconds_count{{endpoint="/api/v1.0",version="{version}"}}' in metrics
         assert f'tabserve_model_version_state{{state="READY",version="{version}"}} 1.0' in metrics
-    assert 'tabserve_model_info{algorithm="random_forest",name="iris-classifier",version="2"} 1.0' in metrics
+    assert ('tabserve_model_info{algorithm="random_forest",format="skops",name="iris-classifier",'
+            'signature="unverified",version="2"} 1.0') in metrics
 
 
 def test_each_version_is_watched_apart(repository):
@@ -291,8 +293,10 @@ def test_each_version_is_watched_apart(repository):
 
 def test_each_version_has_its_own_batcher(repository):
     metrics = ApiMetrics()
-    served = versions.Versions.repository(repository / NAME, lambda model: with_batching(model, "on", metrics),
-                                          api.logger)
+    def load(artifact, whole_folder):
+        return with_batching(load_checked(artifact, whole_folder=whole_folder), "on", metrics)
+
+    served = versions.Versions.repository(repository / NAME, load, api.logger)
     first, second = served.named("1").compute, served.named("2").compute
     assert type(first).__name__ == type(second).__name__ == "Batcher" and first is not second
 
@@ -301,7 +305,7 @@ def test_each_version_has_its_own_batcher(repository):
 
 
 @pytest.mark.parametrize(("environ", "message"), [
-    ({"MODEL_PATH": "m.joblib", "MODEL_REPOSITORY": "repo"}, "set MODEL_PATH (one artifact) or MODEL_REPOSITORY"),
+    ({"MODEL_PATH": "m.skops", "MODEL_REPOSITORY": "repo"}, "set MODEL_PATH (one artifact) or MODEL_REPOSITORY"),
     ({"MODEL_NAME": "iris"}, "MODEL_NAME names a model of MODEL_REPOSITORY, which is not set"),
 ])
 def test_repository_settings_are_checked(environ, message):

@@ -360,7 +360,8 @@ def test_web_without_credentials_refuses_to_start_with_one_line():
 
 def test_the_web_app_loads_no_scientific_stack():
     """The web image has no NumPy or scikit-learn: web.py and what it imports must not need them."""
-    code = "import sys, web; print([m for m in ('numpy', 'sklearn', 'scipy', 'joblib') if m in sys.modules])"
+    modules = ("numpy", "sklearn", "scipy", "joblib", "skops", "model_signing", "cryptography")
+    code = f"import sys, web; print([m for m in {modules!r} if m in sys.modules])"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
@@ -394,7 +395,7 @@ class SwitchableApi:
 
 
 def test_a_new_model_rolled_out_gets_its_own_form_at_its_first_answer(new_web_client, api_app, tmp_path):
-    fruit = tmp_path / "fruit.joblib"
+    fruit = tmp_path / "fruit.skops"
     train.main(["--csv", str(write_fruit_csv(tmp_path / "fruit.csv")), "--target", "Fruit", "--drop", "ID",
                 "--output", str(fruit)])
     switch = SwitchableApi(api_app)
