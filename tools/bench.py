@@ -43,14 +43,12 @@ from tests.support import (
     untagged_images,
     wait_ready,
 )
+from tools.peers import MLSERVER_HOME, mlserver_executable, start_mlserver
 
 AUTH = auth_header()["Authorization"]
 SETOSA = query(FLOWERS["setosa"])
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 BATCH_ROWS = (1, 100, 10_000)
-MLSERVER = ("mlserver==1.7.1", "mlserver-sklearn==1.7.1",
-            "uvloop==0.21.0")  # uvloop 0.22 and later break MLServer 1.7.1's worker start
-MLSERVER_HOME = Path.home() / ".cache" / "tabserve-bench" / "mlserver"
 IMAGE = "tabserve-bench"
 # The container's logging settings measured side by side with its default ("").
 LOGGING = ("ACCESS_LOG=all", "ACCESS_LOG=off", "PREDICTION_LOG=stdout")
@@ -179,35 +177,6 @@ def loopback_cases(servers, duration, folder):
 
 
 # --- MLServer --------------------------------------------------------------------------------------------------
-
-
-def mlserver_executable(install):
-    """MLServer's own command, installed into its virtual environment when asked to; None when there is none."""
-    executable = MLSERVER_HOME / "bin" / "mlserver"
-    if not executable.exists() and install:
-        subprocess.run([sys.executable, "-m", "venv", str(MLSERVER_HOME)], check=True)
-        subprocess.run([str(MLSERVER_HOME / "bin" / "pip"), "install", "--quiet", *MLSERVER], check=True)
-    return executable if executable.exists() else None
-
-
-def start_mlserver(executable, model_path, folder, name="iris", settings=None):
-    """MLServer serving the same artifact with its default scikit-learn runtime, as `mlserver start` does, under this
-    model name, with these model settings besides (its adaptive batching, say)."""
-    models = Path(folder) / f"mlserver-{name}"
-    (models / name).mkdir(parents=True)
-    shutil.copy(model_path, models / name / "model.joblib")
-    (models / name / "model-settings.json").write_text(json.dumps(
-        {"name": name, "implementation": "mlserver_sklearn.SKLearnModel", "parameters": {"uri": "./model.joblib"},
-         **(settings or {})}))
-
-    def command(port):
-        (models / "settings.json").write_text(json.dumps({"host": "127.0.0.1", "http_port": port,
-                                                          "grpc_port": free_port(), "metrics_port": free_port()}))
-        return [str(executable), "start", str(models)]
-
-    server = Server(None, command=command)
-    wait_ready(server.url + "/v2/health/ready", timeout=120)
-    return server
 
 
 def mlserver_case(server, duration, folder):
@@ -397,8 +366,8 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run (default: 5)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported (default: 3)")
-    parser.add_argument("--model-path", type=Path, default=ROOT / "model" / "iris.joblib",
-                        help="the artifact the API serves (default: model/iris.joblib, written by python train.py)")
+    parser.add_argument("--model-path", type=Path, default=ROOT / "model" / "iris.skops",
+                        help="the artifact the API serves (default: model/iris.skops, written by python train.py)")
     parser.add_argument("--docker", action=argparse.BooleanOptionalAction, default=None,
                         help="also measure the API container (default: when docker is on PATH)")
     parser.add_argument("--mlserver", action=argparse.BooleanOptionalAction, default=None,

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import train
 from tests.support import FLOWERS, PASSWORD, USERNAME, Server, query, wait_ready
-from tools.bench import MLSERVER_HOME, measure, mlserver_executable, post_script, print_table, start_mlserver, stop, wrk
+from tools.bench import measure, post_script, print_table, stop, wrk
+from tools.peers import MLSERVER_HOME, mlserver_executable, start_mlserver
 
 SETOSA = query(FLOWERS["setosa"])
 # MLServer's adaptive batching as the issue measured it: up to 16 requests, waiting at most 2 ms for them.
@@ -82,7 +83,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     stack = []
     with tempfile.TemporaryDirectory(prefix="tabserve-bench-batching-") as folder:
-        model_path = Path(folder) / "forest.joblib"
+        model_path = Path(folder) / "forest.skops"
         train.main(["--model", "random_forest", "--output", str(model_path)])
         try:
             servers = {f"this API, BATCHING={setting}": start_api(model_path, setting) for setting in ("auto", "off")}

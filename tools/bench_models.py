@@ -44,7 +44,7 @@ MODELS = {
 
 def train(name, folder):
     """The artifact train.py writes for this model, and its card."""
-    output = Path(folder) / f"model-{list(MODELS).index(name)}.joblib"
+    output = Path(folder) / f"model-{list(MODELS).index(name)}.skops"
     arguments = [argument.replace("{homes}", str(Path(folder) / "homes.csv")).replace(
         "{diabetes_classes}", str(Path(folder) / "diabetes-classes.csv")) for argument in MODELS[name]]
     subprocess.run([sys.executable, "train.py", *arguments, "--output", str(output)], cwd=ROOT, check=True,

@@ -32,7 +32,7 @@ CONNECTIONS = 16
 
 def train(tree, folder, args, repository=False):
     """The tree's own train.py on the chosen table; the artifact's path, or the repository it was published in."""
-    output = Path(folder) / ("repository" if repository else f"{tree.name}.joblib")
+    output = Path(folder) / ("repository" if repository else f"{tree.name}.skops")
     command = [sys.executable, "train.py", "--dataset", args.dataset, "--model", args.model,
                "--publish" if repository else "--output", str(output)]
     subprocess.run(command, cwd=tree, check=True, capture_output=True)

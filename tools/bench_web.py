@@ -92,8 +92,8 @@ def parse_args(argv):
     parser.add_argument("--base", default=BEFORE_WHY, help=f"the commit to compare with (default: {BEFORE_WHY})")
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run (default: 5)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians are reported (default: 5)")
-    parser.add_argument("--model-path", type=Path, default=ROOT / "model" / "iris.joblib",
-                        help="the artifact the API serves (default: model/iris.joblib, written by python train.py)")
+    parser.add_argument("--model-path", type=Path, default=ROOT / "model" / "iris.skops",
+                        help="the artifact the API serves (default: model/iris.skops, written by python train.py)")
     args = parser.parse_args(argv)
     for tool in ("wrk", "taskset", "git"):
         if not shutil.which(tool):

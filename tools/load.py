@@ -179,8 +179,8 @@ def report(results, warm, end):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=100_000, help="requests after warm-up (default: 100000)")
-    parser.add_argument("--model-path", type=Path, default=ROOT / "model" / "iris.joblib",
-                        help="the artifact the API serves (default: model/iris.joblib)")
+    parser.add_argument("--model-path", type=Path, default=ROOT / "model" / "iris.skops",
+                        help="the artifact the API serves (default: model/iris.skops)")
     args = parser.parse_args(argv)
     if not args.model_path.exists():
         sys.exit(f"load.py: no model at {args.model_path}: run python train.py first")
