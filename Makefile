@@ -17,9 +17,13 @@ ADVERTISE_ADDR ?= $(shell ip route get 1.1.1.1 2>/dev/null | sed -n 's/.* src \(
 
 # make publish / canary / promote / rollback: the model repository REPO, models/ unless set (docs/running.md, "Model
 # versions"); make stack REPO=models serves it on Swarm (deploy/repository-stack.yml) instead of the image's model.
+# REPO=s3://BUCKET/PREFIX is a repository in S3; S3=URL names an S3-compatible server (deploy/s3.yml's is
+# http://127.0.0.1:8333), whose keys are those of .s3/credentials (make s3-credentials).
 repository := $(or $(REPO),models)
+S3_CREDENTIALS ?= .s3/credentials
+s3 := $(if $(S3),AWS_ENDPOINT_URL=$(S3) AWS_SHARED_CREDENTIALS_FILE=$(abspath $(S3_CREDENTIALS)) AWS_REGION=us-east-1)
 
-.PHONY: test lint train publish signing-key canary promote rollback api web screenshots bench bench-batching bench-web bench-versus bench-models load images stack stack-down clean
+.PHONY: test lint train publish signing-key s3-credentials canary promote rollback api web screenshots bench bench-batching bench-web bench-versus bench-models load images stack stack-down s3-stack s3-stack-down clean
 
 $(VENV)/installed: requirements.txt requirements-web.txt requirements-extras.txt requirements-test.txt
 	$(PYTHON) -m venv $(VENV)
@@ -45,7 +49,7 @@ train: $(VENV)/installed  # make train MODEL=random_forest DATASET=wine, or CSV=
 	    $(if $(CSV),--csv $(CSV) --target $(TARGET)) $(if $(SIGN_KEY),--sign-key $(SIGN_KEY))
 
 publish: $(VENV)/installed  # the next version into REPO, trained as make train's MODEL DATASET CSV say; SIGN_KEY signs it
-	$(VENV)/bin/python train.py --publish $(repository) $(if $(MODEL),--model $(MODEL)) \
+	$(s3) $(VENV)/bin/python train.py --publish $(repository) $(if $(MODEL),--model $(MODEL)) \
 	    $(if $(DATASET),--dataset $(DATASET)) $(if $(CSV),--csv $(CSV) --target $(TARGET)) \
 	    $(if $(SIGN_KEY),--sign-key $(SIGN_KEY))
 
@@ -55,13 +59,20 @@ signing-key:  # signing.key and signing.pub: an elliptic-curve key pair for make
 	openssl ec -in signing.key -pubout -out signing.pub 2>/dev/null
 
 canary: $(VENV)/installed  # make canary VERSION=2 PERCENT=10: that share of the clients gets version 2
-	$(VENV)/bin/python -m tabserve.repository canary $(repository) $(VERSION) $(PERCENT)
+	$(s3) $(VENV)/bin/python -m tabserve.repository canary $(repository) $(VERSION) $(PERCENT)
 
 promote: $(VENV)/installed  # the canary (or VERSION) becomes the default; the one before is kept for a rollback
-	$(VENV)/bin/python -m tabserve.repository promote $(repository) $(VERSION)
+	$(s3) $(VENV)/bin/python -m tabserve.repository promote $(repository) $(VERSION)
 
 rollback: $(VENV)/installed  # back to the default before the last promotion
-	$(VENV)/bin/python -m tabserve.repository rollback $(repository)
+	$(s3) $(VENV)/bin/python -m tabserve.repository rollback $(repository)
+
+s3-credentials: $(S3_CREDENTIALS)  # keys for the S3 server of deploy/s3.yml and its clients (make publish S3=...)
+
+$(S3_CREDENTIALS):  # new random keys, in the AWS shared credentials format; never in the repository (.gitignore)
+	@mkdir -p $(@D) && chmod 700 $(@D)
+	@printf '[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n' "$$(openssl rand -hex 10)" \
+	    "$$(openssl rand -hex 20)" > $@ && chmod 644 $@ && echo "wrote $@"
 
 api: $(VENV)/installed
 	$(VENV)/bin/python api.py
@@ -110,15 +121,30 @@ $(abspath $(STACK_FILES))/tls.pem:  # a self-signed certificate for localhost, f
 	    -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout $(@D)/tls.key -out $(@D)/tls.crt 2>/dev/null
 	cat $(@D)/tls.crt $(@D)/tls.key > $@
 
-stack: images $(API_PASSWORD_SECRET) $(API_USERS_SECRET) $(TLS_SECRET)  # deploy; return once all are healthy
+stack: images $(API_PASSWORD_SECRET) $(API_USERS_SECRET) $(TLS_SECRET) $(if $(S3_REPOSITORY),$(S3_CREDENTIALS))  # deploy, wait until healthy
 	[ "$$(docker info --format '{{.Swarm.LocalNodeState}}')" = active ] || \
 	    docker swarm init --advertise-addr $(ADVERTISE_ADDR)
 	TAG=$(TAG) API_PASSWORD_SECRET=$(API_PASSWORD_SECRET) API_USERS_SECRET=$(API_USERS_SECRET) TLS_SECRET=$(TLS_SECRET) \
-	    $(if $(REPO),REPO=$(abspath $(REPO))) docker stack deploy --resolve-image never --detach=false \
-	    -c docker-stack.yml $(if $(REPO),-c deploy/repository-stack.yml) $(STACK)
+	    $(if $(REPO),REPO=$(abspath $(REPO))) $(if $(S3_REPOSITORY),S3_CREDENTIALS=$(abspath $(S3_CREDENTIALS))) \
+	    docker stack deploy --resolve-image never --detach=false -c docker-stack.yml \
+	    $(if $(REPO),-c deploy/repository-stack.yml) $(if $(S3_REPOSITORY),-c deploy/s3-stack.yml) $(STACK)
 
 stack-down:
 	docker stack rm $(STACK)
+
+# make s3-stack: an S3 server for the model repository on Swarm, a stack of its own (deploy/s3-server-stack.yml);
+# publish into it (make publish REPO=s3://models/ S3=http://127.0.0.1:8333), then make stack S3_REPOSITORY=1.
+S3_STACK ?= tabserve-s3
+
+s3-stack: $(S3_CREDENTIALS)  # build tabserve-s3 and deploy it; return once it is healthy
+	[ "$$(docker info --format '{{.Swarm.LocalNodeState}}')" = active ] || \
+	    docker swarm init --advertise-addr $(ADVERTISE_ADDR)
+	docker build -f Dockerfile.s3 -t tabserve-s3:$(TAG) .
+	TAG=$(TAG) S3_CREDENTIALS=$(abspath $(S3_CREDENTIALS)) docker stack deploy --resolve-image never \
+	    --detach=false -c deploy/s3-server-stack.yml $(S3_STACK)
+
+s3-stack-down:
+	docker stack rm $(S3_STACK)
 
 clean:
 	rm -rf $(VENV) .venv-checkov .pytest_cache __pycache__ */__pycache__

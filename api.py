@@ -30,9 +30,9 @@ from tabserve.metrics import ApiMetrics, exposition
 from tabserve.model import ModelError, Unpredictable, load_checked, self_test
 from tabserve.monitoring import Monitor
 from tabserve.predictionlog import PredictionLog
-from tabserve.repository import model_folder
 from tabserve.serving import Serving, with_batching
 from tabserve.settings import StartupError, read_api_settings
+from tabserve.stores import StoreError, open_store
 from tabserve.users import USER_KEY, Users, UsersFileError, hash_password
 from tabserve.v1 import EXTRA_QUERY_FIELDS, parse_instances, parse_query, read_query
 from tabserve.versions import UnknownVersion, Versions
@@ -275,9 +275,10 @@ def load_versions(settings, metrics):
         if settings.model_repository is None:
             versions = Versions.single(settings.model_path, load, logger, on_state)
         else:
-            folder = model_folder(settings.model_repository, settings.model_name)
-            versions = Versions.repository(folder, load, logger, on_state)
-    except (ModelError, ValueError) as err:
+            store = open_store(settings.model_repository, settings.model_name)
+            versions = Versions.repository(store, load, logger, on_state, settings.repository_poll,
+                                           lambda outcome: metrics.repository_looks(outcome).inc())
+    except (ModelError, StoreError) as err:
         raise StartupError(str(err)) from None
     default = versions.active.default
     logger.info("model %s version %s (%s) is the default, from %s; predictions computed by %s; artifact: %s, "

@@ -36,8 +36,8 @@ from tabserve.describe import build_card, library_versions
 from tabserve.packages import PackageError, needed_packages
 from tabserve.report import format_report
 from tabserve.repository import ARTIFACT, OLD_ARTIFACT, file_sha256, publish, save
-from tabserve.routing import read_routing
 from tabserve.signing import SignatureError, check_private_key
+from tabserve.stores import StoreError, open_store
 from tabserve.tables import MISSING_MARKERS, TASKS, TableError, normalise, read_csv
 from tabserve.training import (
     ALGORITHMS,
@@ -139,6 +139,11 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see --help)\n")
 
 
+def repository(text):
+    """argparse type: a model repository, a folder or s3://BUCKET/PREFIX (stores.py)."""
+    return text if text.startswith("s3://") else Path(text)
+
+
 def skops_path(text):
     """argparse type: where the artifact goes, named for its format."""
     if not text.endswith(SUFFIX):
@@ -196,10 +201,11 @@ def add_model_options(parser):
     parser.add_argument("--interval", type=fraction, default=DEFAULT_INTERVAL,
                         help="a regressor's prediction interval: how often it should hold the true value "
                              f"(default: {DEFAULT_INTERVAL})")
-    parser.add_argument("--publish", type=Path, metavar="REPO",
-                        help="publish into a model repository instead: REPO/<name>/<next version>/, the version a "
-                             "whole number; the first one published becomes the default, later ones are served only "
-                             "when named, until promoted (make canary, make promote: docs/running.md)")
+    parser.add_argument("--publish", type=repository, metavar="REPO",
+                        help="publish into a model repository instead (a folder, or s3://BUCKET/PREFIX): "
+                             "REPO/<name>/<next version>/, the version a whole number; the first one published becomes "
+                             "the default, later ones are served only when named, until promoted (make canary, make "
+                             "promote: docs/running.md)")
     parser.add_argument("--output", type=skops_path,
                         help=f"where to write the artifact, a skops file ({SUFFIX}); the card goes beside it as .json "
                              f"(default: model/<dataset or file name>{SUFFIX} next to this script)")
@@ -248,9 +254,11 @@ def main(argv=None):
         sys.exit(f"train.py: {err}")
     except OSError as err:
         sys.exit(f"train.py: cannot write {err.filename or args.output}: {err.strerror}")
+    except StoreError as err:
+        sys.exit(f"train.py: {err}")
     print(format_report(card, output))
     if args.publish:
-        routing = json.dumps(read_routing(output.parent.parent).as_json())
+        routing = json.dumps(open_store(args.publish, card["name"]).read_routing()[0].as_json())
         print(f"Published {card['name']} version {card['version']}; the routing is {routing} (make canary, make "
               "promote and make rollback change it: docs/running.md)")
 

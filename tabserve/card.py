@@ -28,7 +28,9 @@ class CardError(Exception):
 
 
 def card_path(artifact_path):
-    """The card that sits beside an artifact."""
+    """The card that sits beside an artifact (a path, or the text of an s3:// location)."""
+    if str(artifact_path).startswith("s3://"):
+        return str(artifact_path).rsplit(".", 1)[0] + ".json"
     return Path(artifact_path).with_suffix(".json")
 
 

@@ -113,6 +113,10 @@ class ApiMetrics:
         self.shadow_difference = cached_labels(Histogram(
             f"{PREFIX}_api_shadow_difference", "How far a shadow version's number lies from the default's, by shadow "
             "version (a regressor)", ["version"], buckets=DIFFERENCE_BUCKETS, registry=registry))
+        self.repository_looks = cached_labels(Counter(
+            f"{PREFIX}_api_repository_looks", "Looks at the model repository for new versions and routing, by outcome "
+            "(ok, or failed: the store could not be read, and the versions loaded kept serving)", ["outcome"],
+            registry=registry))
         self.shadow_dropped = Counter(f"{PREFIX}_api_shadow_dropped", "Shadow predictions dropped because too many "
                                       "were waiting", registry=registry)
 
@@ -154,7 +158,7 @@ class ApiMetrics:
     def version_changed(self, version, state, model=None):
         for other in ("READY", "LOADING", "UNAVAILABLE"):
             self.state(version, other).set(1 if other == state else 0)
-        if state != "LOADING":
+        if state in ("READY", "UNAVAILABLE"):  # a load's outcome (not LOADING, nor REMOVED: forgotten)
             self.loads(version, state).inc()
         if model is not None:
             card, artifact = model.card, model.artifact

@@ -2,8 +2,8 @@
 as the next version in a model repository, signed when a key is given (signing.py).
 
     save(estimator, make_card, Path("model/iris.skops"))           # the artifact, its card, and model/iris.sig
-    card, artifact = publish(estimator, make_card, Path("repo"), name)  # repo/<name>/<version>/model.skops, .json
-    folder = model_folder(Path("repo"), name=None)                 # repo/<name>: the one model there, or the named
+    card, artifact = publish(estimator, make_card, "repo", name)   # repo/<name>/<version>/model.skops, .json
+    card, artifact = publish(estimator, make_card, "s3://bucket/models", name)   # the same in a bucket (stores.py)
 
 The artifact is a skops file (artifacts.py). make_card(sha256, version) gives the card of the bytes written: its
 version is the artifact's sha256[:12] alone, the next whole number (1, 2, 3, ...) in a repository, where the digest
@@ -16,23 +16,25 @@ file, and later ones never change it (routing.py).
     python -m tabserve.repository rollback REPO       # back to the default before it (make rollback)
     python -m tabserve.repository shadow REPO 3 100   # also ask version 3, never answering with it
     python -m tabserve.repository show REPO
+    python -m tabserve.repository promote s3://bucket/models     # the same for a repository in a bucket
 """
 
 import hashlib
 import json
 import os
-import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 from tabserve.artifacts import SUFFIX, to_bytes
 from tabserve.card import card_path
-from tabserve.routing import ROUTING_FILE, Routing, RoutingError, change, published, read_routing, write_routing
+from tabserve.routing import Routing, RoutingError, change
 from tabserve.signing import SIGNATURE, sign_files
+from tabserve.stores import StoreError, open_store, store_for
 
 ARTIFACT = "model" + SUFFIX  # a version's artifact; its card is model.json beside it
 OLD_ARTIFACT = "model.joblib"  # what versions published before skops hold: a pickle, refused unless ALLOW_PICKLE
+ROUTING_ATTEMPTS = 5  # a routing command reads and rewrites the file at most this often, if others keep changing it
 
 
 def file_sha256(path):
@@ -82,24 +84,19 @@ def save(estimator, make_card, output, version=None, sign_key=None):
 
 
 def publish(estimator, make_card, repository, name, sign_key=None):
-    """Publish the model as the next version of repository/name, signed (model.sig) when a key is given; (the card,
-    the version's artifact)."""
-    folder = Path(repository) / name
-    folder.mkdir(parents=True, exist_ok=True)
+    """Publish the model as the next version of repository/name (a folder, or s3://BUCKET/PREFIX), signed (model.sig)
+    when a key is given; (the card, where the version's artifact is). The first version becomes the default of a new
+    routing file; later ones leave the routing as it is."""
+    store = store_for(repository, name)
     while True:
-        version = str(max(map(int, published(folder)), default=0) + 1)
-        staging = Path(tempfile.mkdtemp(dir=folder, prefix=f".version-{version}-"))
-        try:  # signed in place: a version's folder holds exactly its artifact, its card and model.sig
-            card = save(estimator, make_card, staging / version / ARTIFACT, version, sign_key)
-            os.chmod(staging / version, 0o755)
-            os.rename(staging / version, folder / version)  # fails if another publisher took this number meanwhile
-        except OSError:
-            continue
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        if not (folder / ROUTING_FILE).exists():
-            write_routing(folder, Routing(version))
-        return card, folder / version / ARTIFACT
+        version = store.next_version()
+        # Signed in place: a version's folder holds exactly its artifact, its card and model.sig.
+        card = store.add_version(version, lambda folder, number=version: save(estimator, make_card,
+                                                                              folder / ARTIFACT, number, sign_key))
+        if card is not None:  # else another publisher took the number meanwhile: the next one
+            break
+    store.write_routing(Routing(version), create=True)  # a new model's; an existing routing file is left alone
+    return card, f"{store.location}/{version}/{ARTIFACT}"
 
 
 def version_artifact(folder):
@@ -109,42 +106,32 @@ def version_artifact(folder):
         else folder / OLD_ARTIFACT
 
 
-def model_folder(repository, name=None):
-    """The folder of the model a repository serves: the one named, else the only one there; ValueError naming what
-    the repository holds."""
-    repository = Path(repository)
-    if not repository.is_dir():
-        raise ValueError(f"the model repository {repository} is not a folder")
-    models = sorted(entry.name for entry in repository.iterdir() if (entry / ROUTING_FILE).is_file())
-    if (name or (models[0] if len(models) == 1 else None)) in models:
-        return repository / (name or models[0])
-    if not models:
-        raise ValueError(f"the model repository {repository} holds no model: publish one with train.py --publish")
-    if name is None:
-        raise ValueError(f"the model repository {repository} holds {', '.join(models)}: set MODEL_NAME to one")
-    raise ValueError(f"the model repository {repository} has no model {name!r}; it holds {', '.join(models)}")
-
-
 USAGE = ("usage: python -m tabserve.repository canary REPO VERSION PERCENT | promote REPO [VERSION] | rollback REPO | "
-         "shadow REPO VERSION PERCENT | show REPO   (REPO: a repository with one model, or REPO/<model name>)")
+         "shadow REPO VERSION PERCENT | show REPO   (REPO: a repository with one model, or REPO/<model name>; a "
+         "folder or s3://BUCKET/PREFIX)")
 
 
 def main(argv=None):
-    """One command each for a canary, a promotion, a rollback and a shadow: the routing file rewritten."""
+    """One command each for a canary, a promotion, a rollback and a shadow: the routing file rewritten, read again
+    and rewritten when another operator changed it meanwhile (a bucket's conditional write)."""
     argv = sys.argv[1:] if argv is None else argv
     expected = {"canary": (4,), "shadow": (4,), "promote": (2, 3), "rollback": (2,), "show": (2,)}
     if not argv or argv[0] not in expected or len(argv) not in expected[argv[0]]:
         sys.exit(USAGE)
-    command, folder = argv[0], Path(argv[1])
+    command, location = argv[0], argv[1]
     try:
-        if not (folder / ROUTING_FILE).is_file():
-            folder = model_folder(folder)
-        routing = read_routing(folder)
-        if command != "show":
-            routing = change(routing, command, argv[2:], published(folder))
-            write_routing(folder, routing)
-    except (RoutingError, ValueError, OSError) as err:
-        sys.exit(f"{folder}: {err}")
+        store = open_store(location)
+        for _ in range(ROUTING_ATTEMPTS):
+            routing, tag = store.read_routing()
+            if command == "show":
+                break
+            routing = change(routing, command, argv[2:], store.look().versions)
+            if store.write_routing(routing, tag):
+                break
+        else:
+            sys.exit(f"{location}: the routing file kept changing under this command: try again")
+    except (RoutingError, StoreError, OSError) as err:
+        sys.exit(f"{location}: {err}")
     print(json.dumps(routing.as_json()))
 
 

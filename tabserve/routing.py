@@ -98,11 +98,16 @@ def read_routing(folder):
         raise RoutingError(f"cannot read {Path(folder) / ROUTING_FILE}: {err.strerror}") from None
 
 
+def routing_text(routing):
+    """The routing file's text."""
+    return json.dumps(routing.as_json(), indent=2) + "\n"
+
+
 def write_routing(folder, routing):
     """Write the routing file atomically: the API reads the old one or the new one, never half of one."""
     handle, temporary = tempfile.mkstemp(dir=folder, prefix=f".{ROUTING_FILE}.", suffix=".tmp")
     with os.fdopen(handle, "w", encoding="utf-8") as output:
-        output.write(json.dumps(routing.as_json(), indent=2) + "\n")
+        output.write(routing_text(routing))
     os.chmod(temporary, 0o644)
     os.replace(temporary, Path(folder) / ROUTING_FILE)
 

@@ -29,6 +29,8 @@ DEFAULT_THREADS = 8
 DEFAULT_MODEL_PATH = ROOT / "model" / "iris.skops"
 BOOLEANS = ("true", "false")
 BATCHING_CHOICES = ("auto", "on", "off")
+# Seconds between two looks at an s3:// repository, by each worker: one LIST request (per 1,000 objects) a look.
+DEFAULT_REPOSITORY_POLL = 10.0
 DEFAULT_DRIFT_WINDOW = 3600  # seconds: the recent window of GET /api/v1.0/monitoring and the PSI gauges
 DEFAULT_DRIFT_THRESHOLDS = (0.1, 0.25)  # PSI: below the first stable, above the second drifted (the usual bands)
 # The live values an input needs before its PSI is judged: an unchanged distribution over 10 bins shows a PSI of
@@ -64,7 +66,8 @@ class ApiSettings(Settings):
 
     port: int = DEFAULT_PORTS["api"]
     model_path: Path = DEFAULT_MODEL_PATH
-    model_repository: Path = None  # MODEL_REPOSITORY: serve every version published there instead (versions.py)
+    model_repository: str = None  # MODEL_REPOSITORY: a folder or s3://BUCKET/PREFIX: serve its versions (versions.py)
+    repository_poll: float = DEFAULT_REPOSITORY_POLL  # REPOSITORY_POLL: seconds between looks at an s3:// one
     model_name: str = None  # which model of the repository, when it holds more than one
     allow_pickle: bool = False  # ALLOW_PICKLE: load a pickle artifact anyway (a migration), warned at every load
     signing_keys: dict = field(default=None, repr=False)  # MODEL_SIGNING_PUBLIC_KEY's keys: every version verified
@@ -151,7 +154,8 @@ def read_api_settings(environ):
     if name and not repository:
         raise StartupError("MODEL_NAME names a model of MODEL_REPOSITORY, which is not set")
     return ApiSettings(model_path=Path(environ.get("MODEL_PATH") or DEFAULT_MODEL_PATH),
-                       model_repository=Path(repository) if repository else None, model_name=name or None,
+                       model_repository=repository or None, model_name=name or None,
+                       repository_poll=seconds_of(environ, "REPOSITORY_POLL", DEFAULT_REPOSITORY_POLL),
                        batching=batching, **read_artifact_settings(environ),
                        users_file=Path(users_file) if users_file else None, failures_per_minute=int(failures),
                        trusted_proxies=proxies, **read_monitoring_settings(environ), **common)
@@ -200,14 +204,20 @@ def read_web_settings(environ):
     api_url = (environ.get("API_URL") or DEFAULT_API_URL).rstrip("/")
     if urlsplit(api_url).scheme not in ("http", "https") or not urlsplit(api_url).hostname:
         raise StartupError(f"API_URL must be an http:// or https:// URL, got {api_url!r}")
-    timeout = environ.get("API_TIMEOUT") or str(DEFAULT_TIMEOUT)
+    return WebSettings(api_url=api_url, timeout=seconds_of(environ, "API_TIMEOUT", DEFAULT_TIMEOUT, MAX_TIMEOUT),
+                       **common)
+
+
+def seconds_of(environ, name, default, limit=3600):
+    """A number of seconds, above 0 and at most limit; StartupError otherwise."""
+    text = environ.get(name) or str(default)
     try:
-        seconds = float(timeout)
+        value = float(text)
     except ValueError:
-        seconds = math.nan
-    if not 0 < seconds <= MAX_TIMEOUT:
-        raise StartupError(f"API_TIMEOUT must be a number of seconds from 0 to {MAX_TIMEOUT}, got {timeout!r}")
-    return WebSettings(api_url=api_url, timeout=seconds, **common)
+        value = math.nan
+    if not 0 < value <= limit:
+        raise StartupError(f"{name} must be a number of seconds above 0 and at most {limit}, got {text!r}")
+    return value
 
 
 def positive_int(environ, name, default):

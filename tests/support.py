@@ -5,6 +5,7 @@ Imported as `tests.support` from the repository root: by the tests (pytest puts 
 pytest.ini) and by `python -m tools.bench` / `python -m tools.load`.
 """
 
+import json
 import os
 import shlex
 import shutil
@@ -15,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
@@ -287,6 +289,48 @@ def api_server(model_path, server="serve.py", **env):
                             **env}, command)
     wait_ready(server.url + "/readyz")
     return server
+
+
+class Traffic:
+    """Clients asking a served API, each with a routing key of its own, until the block ends: every status and every
+    version that answered, to show that what happened meanwhile (a promotion, a store gone) lost no request.
+
+        with Traffic(server.url, query(FLOWERS["setosa"])) as traffic:
+            ...
+        assert traffic.failed() == {} and traffic.versions == {"1", "2"}
+    """
+
+    def __init__(self, url, query_string, clients=8):
+        self.url, self.query, self.clients = url, query_string, clients
+        self.statuses, self.versions, self.stopping = [], set(), threading.Event()
+        self.threads = [threading.Thread(target=self.ask, args=(number,), daemon=True) for number in range(clients)]
+
+    def ask(self, number):
+        while not self.stopping.is_set():
+            request = urllib.request.Request(f"{self.url}/api/v1.0?{self.query}",
+                                             headers={**auth_header(), "X-Routing-Key": f"client-{number}"})
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    self.statuses.append(response.status)
+                    self.versions.add(json.loads(response.read())["model"]["version"])
+            except urllib.error.HTTPError as err:
+                self.statuses.append(err.code)
+            except OSError as err:  # no answer at all
+                self.statuses.append(type(err).__name__)
+
+    def __enter__(self):
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(timeout=15)
+
+    def failed(self):
+        """{status: count} of the answers that were not a 200."""
+        return {status: self.statuses.count(status) for status in set(self.statuses) if status != 200}
 
 
 def web_server(api_url, **env):

@@ -88,7 +88,8 @@ def table_variables(section):
     """The variables named in the first column of a table of docs/configuration.md's section."""
     text = (ROOT / "docs" / "configuration.md").read_text()
     part = text.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
-    return {name for row in re.findall(r"^\| ([^|]+) \|", part, re.M) for name in re.findall(r"`([A-Z_]+)`", row)}
+    return {name for row in re.findall(r"^\| ([^|]+) \|", part, re.M)
+            for name in re.findall(r"`([A-Z][A-Z0-9_]*)`", row)}
 
 
 def variables_read_by_the_code():
@@ -96,7 +97,7 @@ def variables_read_by_the_code():
     for path in [*ROOT.glob("*.py"), *ROOT.glob("tabserve/*.py")]:
         text = path.read_text()
         names |= set(re.findall(r'environ(?:\.get)?[(\[]"([A-Z][A-Z0-9_]+)"', text))
-        names |= set(re.findall(r'(?:positive_int|choice|fraction_of)\(environ, "([A-Z_]+)"', text))
+        names |= set(re.findall(r'(?:positive_int|choice|fraction_of|seconds_of)\(environ, "([A-Z][A-Z0-9_]*)"', text))
         names |= set(re.findall(r'"(PROMETHEUS_MULTIPROC_DIR)"', text))
     return {name for name in names if name not in WSGI_KEYS and not name.startswith("HTTP_")}
 
@@ -105,13 +106,13 @@ def variables_of_the_deployment():
     names = set()
     overrides = sorted(str(path.relative_to(ROOT)) for path in (ROOT / "deploy").glob("*.yml"))
     for path in ("docker-compose.yml", "docker-stack.yml", *overrides, "deploy/haproxy.cfg"):
-        names |= set(re.findall(r"\$\{([A-Z_]+)", (ROOT / path).read_text()))
+        names |= set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", (ROOT / path).read_text()))
     makefile = (ROOT / "Makefile").read_text()
-    names |= set(re.findall(r"^([A-Z_]+) \?=", makefile, re.M))
-    names |= set(re.findall(r"\$\(if \$\(([A-Z_]+)\)", makefile))
-    names |= set(re.findall(r"--[a-z-]+ \$\(([A-Z_]+)\)", makefile))
+    names |= set(re.findall(r"^([A-Z][A-Z0-9_]*) \?=", makefile, re.M))
+    names |= set(re.findall(r"\$\(if \$\(([A-Z][A-Z0-9_]*)\)", makefile))
+    names |= set(re.findall(r"--[a-z-]+ \$\(([A-Z][A-Z0-9_]*)\)", makefile))
     for command in re.findall(r"-m tabserve\.repository (.*)", makefile):  # make canary VERSION=2 PERCENT=10
-        names |= set(re.findall(r"\$\(([A-Z_]+)\)", command))
+        names |= set(re.findall(r"\$\(([A-Z][A-Z0-9_]*)\)", command))
     return names - variables_read_by_the_code()
 
 

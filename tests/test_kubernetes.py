@@ -18,6 +18,7 @@ from tests.support import ROOT, require, web_server
 
 KUSTOMIZATION = ROOT / "deploy" / "kubernetes"
 REPOSITORY_OVERLAY = ROOT / "deploy" / "kubernetes-repository"  # the base, serving a model repository
+S3_OVERLAY = ROOT / "deploy" / "kubernetes-s3"  # the base, serving a model repository in S3
 VERSIONS = ("1.25.0", "1.37.0")  # the oldest and the newest kubernetes-validate knows, and what the README claims
 CLUSTER_SCOPED = {"Namespace"}
 IMAGES = {"tabserve-api": "Dockerfile.api", "tabserve-web": "Dockerfile.web"}
@@ -61,21 +62,22 @@ def json_patch(document, operations):
     return document
 
 
-def render_overlay(base):
-    """What `kubectl apply -k deploy/kubernetes-repository` sends: the base with its volume and its patch."""
-    overlay = yaml.safe_load((REPOSITORY_OVERLAY / "kustomization.yaml").read_text())
+def render_overlay(base, folder=REPOSITORY_OVERLAY):
+    """What `kubectl apply -k deploy/kubernetes-repository` (or another overlay of the base) sends: the base with the
+    overlay's resources and patches."""
+    overlay = yaml.safe_load((folder / "kustomization.yaml").read_text())
     assert set(overlay) <= {"apiVersion", "kind", "namespace", "labels", "resources", "patches"}
     assert overlay["resources"][0] == "../kubernetes" and overlay["namespace"] == "tabserve"
     rendered = copy.deepcopy(base)
     for resource in overlay["resources"][1:]:
         rendered += [{**document, "metadata": {**document["metadata"], "namespace": overlay["namespace"]}}
-                     for document in load(REPOSITORY_OVERLAY / resource)]
+                     for document in load(folder / resource)]
     for document in rendered:
         for pairs in overlay["labels"]:
             document["metadata"].setdefault("labels", {}).update(pairs["pairs"])
         for patch in overlay["patches"]:
             if (document["kind"], document["metadata"]["name"]) == (patch["target"]["kind"], patch["target"]["name"]):
-                json_patch(document, load(REPOSITORY_OVERLAY / patch["path"])[0])
+                json_patch(document, load(folder / patch["path"])[0])
     return rendered
 
 
@@ -140,16 +142,37 @@ def test_the_model_repository_overlay_is_valid_and_mounts_one_volume_read_only(m
     assert env["MODEL_PATH"] == ""  # the image's own model is not served (both set is refused)
 
 
-def test_the_overlay_renders_as_kubectl_renders_it(manifests):
+@pytest.mark.parametrize("version", VERSIONS)
+def test_the_s3_overlay_reads_the_bucket_with_keys_from_a_secret_file(manifests, version):
+    rendered = render_overlay(manifests, S3_OVERLAY)
+    for document in rendered:
+        kubernetes_validate.validate(document, version, strict=True)
+    kubernetes_validate.validate(load(S3_OVERLAY / "s3-secret.example.yaml")[0], version, strict=True)
+    pod = next(d for d in of_kind(rendered, "Deployment") if d["metadata"]["name"] == "tabserve-api")["spec"][
+        "template"]["spec"]
+    container = pod["containers"][0]
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert env["MODEL_REPOSITORY"].startswith("s3://") and env["MODEL_PATH"] == ""
+    secret = next(v for v in pod["volumes"] if "secret" in v and v["secret"]["secretName"] == "tabserve-s3")
+    mount = next(m for m in container["volumeMounts"] if m["name"] == secret["name"])
+    assert mount["readOnly"] and env["AWS_SHARED_CREDENTIALS_FILE"].startswith(mount["mountPath"] + "/")
+    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(env)  # keys as a file, never as variables
+    assert not of_kind(rendered, "PersistentVolumeClaim")  # no shared volume
+    documented = set(re.findall(r"^\| `([A-Z_]+)`", (ROOT / "docs" / "configuration.md").read_text(), re.M))
+    assert set(env) <= documented, set(env) - documented
+
+
+@pytest.mark.parametrize("overlay", [REPOSITORY_OVERLAY, S3_OVERLAY], ids=lambda folder: folder.name)
+def test_the_overlay_renders_as_kubectl_renders_it(manifests, overlay):
     """The emulation above beside kustomize itself, where kubectl is installed."""
     require(shutil.which("kubectl"), "kubectl is not installed: the overlay is checked by the emulation only")
-    rendered = subprocess.run(["kubectl", "kustomize", str(REPOSITORY_OVERLAY)], capture_output=True, text=True,
+    rendered = subprocess.run(["kubectl", "kustomize", str(overlay)], capture_output=True, text=True,
                               check=True).stdout
 
     def key(document):
         return document["kind"], document["metadata"]["name"]
 
-    ours = {key(d): d for d in render_overlay(manifests)}
+    ours = {key(d): d for d in render_overlay(manifests, overlay)}
     theirs = {key(d): d for d in yaml.safe_load_all(rendered)}
     assert set(ours) == set(theirs)
     for name, document in ours.items():

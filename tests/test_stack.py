@@ -291,6 +291,42 @@ def test_the_versions_walk_through_on_compose(docker_engine, tmp_path):
         assert touch.returncode != 0 and "Read-only file system" in touch.stderr
 
 
+def test_the_s3_walk_through_on_compose(docker_engine, tmp_path):
+    """docs/running.md's S3 walk-through, word for word but for the ports and the keys' file: the S3 server up,
+    version 1 published into it with make, the API up, version 2 published while it serves, a canary, promotion
+    and rollback through the bucket."""
+    credentials, s3_port = tmp_path / "credentials", free_port()
+    make = {"S3": f"http://127.0.0.1:{s3_port}", "S3_CREDENTIALS": str(credentials), "REPO": "s3://models/"}
+    subprocess.run(["make", "s3-credentials", f"S3_CREDENTIALS={credentials}"], cwd=ROOT, check=True,
+                   capture_output=True, timeout=60)
+    walk = Stack({"S3_CREDENTIALS": str(credentials), "S3_PORT": str(s3_port), "REPOSITORY_POLL": "1"},
+                 files=("docker-compose.yml", "deploy/s3.yml"))
+
+    def run_make(*words):
+        arguments = [*words, *(f"{name}={value}" for name, value in make.items())]
+        return subprocess.run(["make", *arguments], cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
+
+    try:
+        walk.compose("up", "--build", "-d", "--wait", "s3", timeout=UP_TIMEOUT)
+        run_make("publish")
+        with running(walk):
+            assert walk.api("/api/v1.0/model")["version"] == "1"
+            run_make("publish", "MODEL=random_forest")
+            eventually(lambda: {"version": "2", "state": "READY"}.items() <= index(walk)[-1].items())
+            run_make("canary", "VERSION=2", "PERCENT=10")
+            eventually(lambda: any(answered_by(walk, f"key-{n}") == "2" for n in range(100)))
+            run_make("promote")
+            eventually(lambda: answered_by(walk) == "2")
+            run_make("rollback")
+            eventually(lambda: answered_by(walk) == "1")
+            assert walk.inspect("api", "{{.State.Health.Status}}") == "healthy"
+            secrets = walk.compose("exec", "-T", "api", "printenv", check=False).stdout
+            assert "AWS_SECRET_ACCESS_KEY" not in secrets  # the keys are a file, never a variable
+    finally:
+        walk.compose("down", "-v", check=False, timeout=300)
+        subprocess.run(["docker", "image", "rm", f"{walk.project}-s3"], capture_output=True)
+
+
 def index(stack):
     request = urllib.request.Request(f"http://127.0.0.1:{stack.api_port}/v2/repository/index", data=b"",
                                      headers={"Authorization": "Basic bXlfdXNlcm5hbWU6bXlfcGFzc3dvcmQ="})

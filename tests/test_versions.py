@@ -4,15 +4,11 @@ asked by name, followed without a restart, counted per version (tabserve/reposit
 import json
 import re
 import shutil
-import threading
 import time
-import urllib.error
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import webtest
-from support import FLOWERS, PASSWORD, USERNAME, api_server, auth_header, query, serve_in_thread
+from support import FLOWERS, PASSWORD, USERNAME, Traffic, api_server, query, serve_in_thread
 
 import api
 import train
@@ -22,6 +18,7 @@ from tabserve.metrics import ApiMetrics
 from tabserve.model import load_checked
 from tabserve.serving import with_batching
 from tabserve.settings import ApiSettings, StartupError, read_api_settings
+from tabserve.stores import FolderStore
 
 NAME = "iris-classifier"
 SETOSA = FLOWERS["setosa"]
@@ -296,7 +293,7 @@ def test_each_version_has_its_own_batcher(repository):
     def load(artifact, whole_folder):
         return with_batching(load_checked(artifact, whole_folder=whole_folder), "on", metrics)
 
-    served = versions.Versions.repository(repository / NAME, load, api.logger)
+    served = versions.Versions.repository(FolderStore(repository / NAME), load, api.logger)
     first, second = served.named("1").compute, served.named("2").compute
     assert type(first).__name__ == type(second).__name__ == "Batcher" and first is not second
 
@@ -330,33 +327,16 @@ def test_a_repository_with_nothing_or_several_models_says_so(tmp_path, master):
 def test_promotion_and_rollback_under_load_lose_no_request(repository):
     """Two workers, 8 clients; a canary, a promotion and a rollback while they ask: every request answered."""
     server = api_server("", MODEL_REPOSITORY=str(repository))
-    statuses, seen, stop = [], set(), threading.Event()
-
-    def ask(number):
-        while not stop.is_set():
-            request = urllib.request.Request(f"{server.url}/api/v1.0?{QUERY}",
-                                             headers={**auth_header(), "X-Routing-Key": f"client-{number}"})
-            try:
-                with urllib.request.urlopen(request, timeout=10) as response:
-                    statuses.append(response.status)
-                    seen.add(json.loads(response.read())["model"]["version"])
-            except urllib.error.HTTPError as err:
-                statuses.append(err.code)
-
     folder = str(repository / NAME)
     try:
-        with ThreadPoolExecutor(8) as pool:
-            for number in range(8):
-                pool.submit(ask, number)
+        with Traffic(server.url, QUERY) as traffic:
             for command in (["canary", folder, "2", "50"], ["promote", folder], ["rollback", folder]):
                 time.sleep(1.5)
                 repositories.main(command)
             time.sleep(1.5)
-            stop.set()
-        assert len(statuses) > 100 and set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
-        assert seen == {"1", "2"}
+        assert len(traffic.statuses) > 100 and traffic.failed() == {}
+        assert traffic.versions == {"1", "2"}
     finally:
-        stop.set()
         server.stop()
 
 
