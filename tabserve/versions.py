@@ -228,9 +228,10 @@ class Versions:
         named = {routing.default, routing.previous, *(s.version for s in (routing.canary, routing.shadow) if s)}
         for name in [name for name in self.versions if name not in look.versions and name not in named]:
             if self.versions[name].state != LOADING:
+                # Said before it is done, so the log never lags what a client sees.
+                self.log.info("version %s was removed from %s and is no longer served", name, self.store.location)
                 del self.versions[name]
                 self.on_state(Version(name, REMOVED))
-                self.log.info("version %s was removed from %s and is no longer served", name, self.store.location)
 
     def follow_routing(self, look, force=False):
         """Read the routing file again if it changed or a version became ready; keep the last good one otherwise."""
