@@ -31,6 +31,7 @@ from pathlib import Path
 
 from tabserve.artifacts import FORMAT, SUFFIX, ArtifactError
 from tabserve.card import CardError, card_path, read_card
+from tabserve.csvfiles import SEPARATORS
 from tabserve.datasets import BUNDLED, DEFAULT_DATASET, load_bundled
 from tabserve.describe import build_card, library_versions
 from tabserve.packages import PackageError, needed_packages
@@ -55,14 +56,15 @@ DEFAULT_SEED = 42
 DEFAULT_TEST_SIZE = 0.25
 DEFAULT_INTERVAL = 0.9  # a regressor's prediction interval covers the true value 9 times in 10
 # The options --convert goes with (the others keep their defaults).
-CONVERT_OPTIONS = {"convert", "sign_key", "dataset", "interval", "seed", "test_size", "drop", "missing"}
+CONVERT_OPTIONS = {"convert", "sign_key", "dataset", "interval", "seed", "test_size", "drop", "keep", "missing"}
 
 
 def read_table(args, task):
     """The table the command line names: a CSV file (its task given, or decided from its target), or a bundled
     dataset (its own task)."""
     if args.csv:
-        return read_csv(args.csv, args.target, args.drop, task=task, missing=args.missing)
+        return read_csv(args.csv, args.target, args.drop, task=task, missing=args.missing, separator=args.sep,
+                        decimal=args.decimal, keep=args.keep)
     table = load_bundled(args.dataset)
     if task and task != table.task:
         raise TableError(f"the {args.dataset} table is a {table.task}, not a {task}")
@@ -73,8 +75,12 @@ def train(args):
     """Train (or adopt), evaluate and save as the parsed command line says; return the card written."""
     fitted = load_fitted(args.fitted) if args.fitted else None
     table = read_table(args, fitted_task(fitted, args.fitted, args.task) if fitted is not None else args.task)
+    if args.calibration and table.task != "regression":
+        raise TableError(f"--calibration calibrates a regressor's interval; --fitted {args.fitted} is a classifier")
     if fitted is not None:
-        estimator, train_split, facts = adopt(fitted, args.fitted, table, args.interval, args.seed, args.labels)
+        calibration = calibration_table(args, table) if args.calibration else None
+        estimator, train_split, facts = adopt(fitted, args.fitted, table, args.interval, args.seed, args.labels,
+                                              calibration)
     else:
         algorithm = choose_algorithm(table.task, args.model)
         estimator, train_split, facts = fit(table, algorithm, args.seed, args.test_size, args.interval)
@@ -95,6 +101,21 @@ def train(args):
         return save(estimator, make_card, output, sign_key=args.sign_key), output
     except ArtifactError as err:
         raise TableError(f"{f'--fitted {args.fitted}' if args.fitted else 'the model'} {err}") from None
+
+
+def calibration_table(args, table):
+    """The --calibration rows, read as the table was, with the table's columns; TableError when they differ."""
+    left_out = [label for label, _ in table.left_out]
+    rows = read_csv(args.calibration, args.target, [*args.drop, *left_out], task=table.task, missing=args.missing,
+                    separator=args.sep, decimal=args.decimal, keep=[column.label for column in table.columns])
+    for ours, theirs in zip(table.columns, rows.columns, strict=False):
+        if (ours.name, ours.kind) != (theirs.name, theirs.kind):
+            raise TableError(f"--calibration {args.calibration}: its column {theirs.label!r} is not the table's "
+                             f"{ours.label!r} ({ours.kind})")
+    if len(rows.columns) != len(table.columns):
+        raise TableError(f"--calibration {args.calibration} has {len(rows.columns)} feature columns, the table "
+                         f"{len(table.columns)}")
+    return rows
 
 
 def convert(path, sign_key=None):
@@ -144,6 +165,14 @@ def repository(text):
     return text if text.startswith("s3://") else Path(text)
 
 
+def separator(text):
+    """argparse type: a separator of CSV cells, as a character or by its name ("tab")."""
+    names = {name: character for character, name in SEPARATORS.items()}
+    if text not in SEPARATORS and text not in names:
+        raise argparse.ArgumentTypeError(f"must be one of , ; | or tab, got {text!r}")
+    return names.get(text, text)
+
+
 def skops_path(text):
     """argparse type: where the artifact goes, named for its format."""
     if not text.endswith(SUFFIX):
@@ -179,19 +208,36 @@ def add_table_options(parser):
                              "distinct values, or with fractions, is a regression; any other a classification)")
     parser.add_argument("--drop", action="append", default=[], metavar="COLUMN",
                         help="with --csv: a column to leave out, such as an ID (repeatable)")
+    parser.add_argument("--sep", type=separator, metavar="SEPARATOR",
+                        help="with --csv: the separator of its cells (, ; | or tab, or their names), if not the one "
+                             "found: the one that splits its first lines into the same number of cells")
+    parser.add_argument("--decimal", choices=(".", ","),
+                        help="with --csv: the decimal mark of its numbers, if not the one found (a comma when cells "
+                             "such as 12,5 appear beside a separator other than the comma, and no 12.5)")
+    parser.add_argument("--keep", action="append", default=[], metavar="COLUMN",
+                        help="with --csv: learn from a column that identifies rows, which is otherwise left out (every "
+                             "value distinct, text or whole numbers, or a row counter; the report names them)")
     parser.add_argument("--missing", action="append", metavar="TEXT",
                         help="with --csv: a cell that means no value (repeatable; default: "
                              f"{', '.join(MISSING_MARKERS)}); an empty cell always does")
 
 
-def add_model_options(parser):
-    """Which model: trained here, or fitted elsewhere; its name and where it goes."""
+def add_adoption_options(parser):
+    """A model fitted elsewhere: the file, the rows its interval is calibrated on, its classes' names."""
     parser.add_argument("--fitted", type=Path, metavar="FILE",
-                        help="with --csv: a model you fitted elsewhere (joblib), adopted instead of training one; a "
-                             "regressor's interval is calibrated on the table, so give it rows it was not fitted on")
+                        help="with --csv: a model you fitted elsewhere (joblib, or skops), adopted instead of "
+                             "training one; a regressor's interval is calibrated on rows it never saw (--calibration, "
+                             "or copies of it refitted on folds of the table)")
+    parser.add_argument("--calibration", type=Path, metavar="FILE",
+                        help="with --fitted, for a regressor: rows the model never saw, with the table's columns, to "
+                             "calibrate its interval on (default: copies of the model refitted on folds of the table)")
     parser.add_argument("--labels", type=lambda text: text.split(","), metavar="A,B,C",
                         help="with --fitted: the class names of a classifier fitted on the codes 0, 1, 2, ... "
                              "(default: the table's classes in sorted order, as LabelEncoder numbers them)")
+
+
+def add_model_options(parser):
+    """Which model is trained, its name and where it goes."""
     parser.add_argument("--name", type=model_name,
                         help="the model's name (default: from the dataset or file, e.g. iris-classifier)")
     parser.add_argument("--model", choices=algorithm_names(),
@@ -228,20 +274,22 @@ def add_model_options(parser):
 def parse_args(argv=None):
     parser = OneLineErrorParser(description="Train a model on a table and save it, with its model card, for api.py.")
     add_table_options(parser)
+    add_adoption_options(parser)
     add_model_options(parser)
     args = parser.parse_args(argv)
     if args.csv and not args.target:
         parser.error("--csv needs --target, the column to predict")
     if args.fitted and args.model:
         parser.error("--fitted adopts a model, --model trains one: give one of them")
-    if args.labels and not args.fitted:
-        parser.error("--labels goes with --fitted")
+    if (args.labels or args.calibration) and not args.fitted:
+        parser.error("--labels and --calibration go with --fitted")
     if args.publish and args.output:
         parser.error("--publish and --output: give one of them")
     if args.convert and any(value for name, value in vars(args).items() if name not in CONVERT_OPTIONS):
         parser.error("--convert writes an existing artifact again: it goes with --sign-key only")
-    if not args.csv and (args.target or args.drop or args.fitted or args.missing):
-        parser.error("--target, --drop, --missing and --fitted go with --csv")
+    if not args.csv and (args.target or args.drop or args.keep or args.fitted or args.missing or args.sep
+                         or args.decimal):
+        parser.error("--target, --drop, --keep, --missing, --sep, --decimal and --fitted go with --csv")
     args.missing = tuple(args.missing) if args.missing is not None else MISSING_MARKERS
     return args
 

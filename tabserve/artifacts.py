@@ -62,6 +62,9 @@ TRUSTED = (
     # An object column's dtype (a table with categories), and LightGBM's ordered parameters.
     "numpy.dtype",
     "collections.OrderedDict",
+    # This package's own transformers: a date into its parts, a category's rare levels into one.
+    "tabserve.dates.DateParts",
+    "tabserve.levels.RareLevels",
 )
 # Models fitted elsewhere through the scikit-learn API of XGBoost and LightGBM: their estimators, and their boosters,
 # which hold the trees in each library's own model format, parsed by the library itself.

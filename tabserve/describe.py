@@ -20,8 +20,10 @@ import skops
 from sklearn.model_selection import train_test_split
 
 from tabserve.artifacts import FORMAT
+from tabserve.dates import days_of, text_of
 from tabserve.drift import distributions
 from tabserve.frames import frame_maker
+from tabserve.levels import RARE
 from tabserve.training import MISSING_LEVEL
 
 REFERENCE_ROWS = 50  # rows kept with the model's answers, for the API's self-test and its check of the fast path
@@ -62,23 +64,34 @@ def simple_params(estimator):
 
 
 def describe_input(column, values, policy):
-    """One input as the card describes it; values are the training split's, for a number's range and for what a
-    missing value becomes (policy: "impute", "native" or "adopted": training.missing_policy)."""
+    """One input as the card describes it; values are the training split's, for a number's (or a date's) range and
+    for what a missing value becomes (policy: "impute", "native" or "adopted": training.missing_policy)."""
     entry = {"name": column.name, "label": column.label, "kind": column.kind, "unit": column.unit,
              "optional": bool(column.missing)}
     if column.missing:
         entry["missing"] = missing_facts(column, values, policy)
     if column.kind == "category":
-        return {**entry, "categories": column.categories}
+        rare = {"open": True, "rare": rare_facts(column, values)} if column.levels is not None else {}
+        return {**entry, "categories": column.categories, **rare}
+    if column.kind == "date":
+        given = sorted(value for value in values.tolist() if isinstance(value, str))
+        return {**entry, "format": column.form, "training_range": {"min": given[0], "max": given[-1]}}
     numbers = np.asarray(values, dtype=float)
     allowed = dict(column.allowed) or headroom(numbers)
     return {**entry, "allowed": allowed,
             "training_range": {"min": float(np.nanmin(numbers)), "max": float(np.nanmax(numbers))}}
 
 
+def rare_facts(column, values):
+    """What an open category's rare group holds in the training split: its levels and rows, and its name."""
+    rare = [value for value in values.tolist() if isinstance(value, str) and value not in set(column.levels)]
+    return {"value": RARE, "levels": len(set(rare)), "rows": len(rare)}
+
+
 def missing_facts(column, values, policy):
     """How often an input was missing in the table, and what the model assumes when it is: the value the pipeline
-    fills in (a number's training median, a category's level of its own), or that the model handles it itself."""
+    fills in (a number's training median, each of a date's parts' medians, a category's level of its own), or that
+    the model handles it itself."""
     facts = {"rows": int(column.missing)}
     if policy == "native":
         return {**facts, "assumed": "handled by the model, which learnt where a missing value goes"}
@@ -86,6 +99,8 @@ def missing_facts(column, values, policy):
         return {**facts, "assumed": "handled by the model as it was fitted"}
     if column.kind == "category":
         return {**facts, "value": MISSING_LEVEL, "assumed": "a level of its own for a missing value"}
+    if column.kind == "date":
+        return {**facts, "assumed": "the median of each of its parts in training (year, day of the year, weekday)"}
     median = float(np.nanmedian(np.asarray(values, dtype=float)))
     unit = f" {column.unit}" if column.unit else ""
     return {**facts, "value": median, "assumed": f"{median:g}{unit}, the median in training"}
@@ -119,8 +134,8 @@ def typical_rows(table, X):
         distance = np.zeros(len(rows))
         for index, column in enumerate(table.columns):
             values = rows[:, index]
-            if column.kind == "number":  # a missing value counts as two deviations away: typical rows are whole
-                values = values.astype(float)
+            if column.kind != "category":  # a missing value counts as two deviations away: typical rows are whole
+                values = values.astype(float) if column.kind == "number" else days_of(values.tolist())
                 distance += np.nan_to_num(((values - np.nanmedian(values)) / (np.nanstd(values) or 1.0)) ** 2, nan=4.0)
             else:
                 common = max(sorted({value for value in values if value == value}), key=list(values).count)
@@ -130,19 +145,22 @@ def typical_rows(table, X):
 
 
 def explanation_facts(table, X, seed, keep_rows):
-    """What an explanation needs (explain.py): each feature's baseline (a number's median, a category's most frequent
-    value, ties to the first in category order), the numbers' means and deviations (ddof 0), and the training rows
+    """What an explanation needs (explain.py): each feature's baseline (a number's or a date's median, a category's
+    most frequent value, ties to the first in category order), the numbers' and dates' means and deviations (ddof 0;
+    a date's in days), and the training rows
     for the neighbours, at most MAX_EXPLANATION_ROWS of them (a stratified sample above that), unless keep_rows is
     false (a table that must not ship inside an image)."""
     baselines, means, deviations = {}, {}, {}
     for index, column in enumerate(table.columns):
         values = X[:, index]
-        if column.kind == "number":
-            numbers = values.astype(float)
-            baselines[column.name] = float(np.nanmedian(numbers))
+        if column.kind != "category":
+            numbers = values.astype(float) if column.kind == "number" else days_of(values.tolist())
+            middle = float(np.nanmedian(numbers))
+            baselines[column.name] = middle if column.kind == "number" else text_of(middle, column.form)
             means[column.name], deviations[column.name] = float(np.nanmean(numbers)), float(np.nanstd(numbers))
         else:
-            baselines[column.name] = max(column.categories, key=list(values).count)
+            # An open category may keep no level at all (none seen MIN_ROWS times): its baseline is the rare group.
+            baselines[column.name] = max(column.categories, key=list(values).count) if column.categories else RARE
     facts = {"baselines": baselines, "means": means, "deviations": deviations, "table_rows": int(len(X)),
              "neighbours": keep_rows}
     if keep_rows:
@@ -225,7 +243,8 @@ def build_card(table, estimator, train_split, facts, sha256, version):
         "distributions": distributions(inputs, X_train, (facts["held_out"], answers["classes"])),
         "texts": page_texts(table),
         "metrics": facts["metrics"],
-        "training": {**facts["training"], "dataset": table.source,
+        "training": {**facts["training"], "dataset": table.source, **({"read": table.dialect} if table.dialect else {}),
+                     "left_out": [{"column": label, "why": why} for label, why in table.left_out],
                      "trained_at": datetime.now(UTC).isoformat(timespec="seconds")},
         "versions": library_versions(),
         "format": FORMAT,

@@ -17,9 +17,12 @@ import math
 
 import numpy as np
 
+from tabserve.dates import days_of, text_of
+
 DECILES = np.linspace(0.1, 0.9, 9)
 EMPTY_SHARE = 0.0001  # the share an empty bin counts as (Evidently's floor)
 MISSING_BIN = "missing"  # the last bin of an input that may be missing
+RARE_LABEL = "rare or new"  # an open category's bin for the values outside its levels (levels.py)
 VERDICTS = ("stable", "moderate", "drifted")
 TOO_FEW = "too few"  # the verdict below the minimum count
 
@@ -33,6 +36,15 @@ def number_reference(values):
     return {"edges": edges.tolist(), "shares": (counts / max(len(values), 1)).tolist()}
 
 
+def date_reference(values, form):
+    """{"edges", "shares"} of dates at the deciles of their time, the edges as the canonical texts of their days."""
+    days = days_of(values)
+    days = days[~np.isnan(days)]
+    texts = sorted({text_of(edge, form) for edge in np.quantile(days, DECILES)}) if len(days) else []
+    counts = np.bincount(np.searchsorted(days_of(texts), days, side="left"), minlength=len(texts) + 1)
+    return {"edges": texts, "shares": (counts / max(len(days), 1)).tolist()}
+
+
 def distributions(inputs, X, output):
     """The card's reference distributions: inputs is the card's "inputs" (their kinds, categories, optional), X the
     training split, output the held-out predictions (class names, or numbers) with the classes when there are."""
@@ -42,9 +54,14 @@ def distributions(inputs, X, output):
         missing = np.array([value is None or value != value for value in column.tolist()], dtype=bool)
         if item["kind"] == "number":
             entry = number_reference(column.astype(float))
+        elif item["kind"] == "date":
+            entry = date_reference(column.tolist(), item["format"])
         else:
             present = column[~missing].tolist()
-            entry = {"shares": [present.count(name) / max(len(present), 1) for name in item["categories"]]}
+            levels = item["categories"] + ([None] if item.get("open") else [])  # None: the rare group's bin
+            known = set(item["categories"])
+            entry = {"shares": [sum(value not in known for value in present) / max(len(present), 1) if name is None
+                                else present.count(name) / max(len(present), 1) for name in levels]}
         share = float(missing.mean()) if len(column) else 0.0
         entry["shares"] = [round(s * (1 - share), 6) for s in entry["shares"]] + ([round(share, 6)]
                                                                                  if item.get("optional") else [])
@@ -77,11 +94,12 @@ def verdict(value, count, thresholds, min_count):
 
 
 def number_labels(edges, unit=""):
-    """The bins' labels: "≤ 5.1 cm", "5.1 to 5.8 cm", ..., "> 7.2 cm"."""
+    """The bins' labels: "≤ 5.1 cm", "5.1 to 5.8 cm", ..., "> 7.2 cm" (a date's edges are its texts)."""
     if not edges:
         return ["any"]
-    between = [f"{low:g} to {high:g}{unit}" for low, high in zip(edges, edges[1:], strict=False)]
-    return [f"≤ {edges[0]:g}{unit}", *between, f"> {edges[-1]:g}{unit}"]
+    shown = [edge if isinstance(edge, str) else f"{edge:g}" for edge in edges]
+    between = [f"{low} to {high}{unit}" for low, high in zip(shown, shown[1:], strict=False)]
+    return [f"≤ {shown[0]}{unit}", *between, f"> {shown[-1]}{unit}"]
 
 
 class Bins:
@@ -95,7 +113,8 @@ class Bins:
         for entry in reference["inputs"]:
             item = inputs[entry["name"]]
             unit = f" {item['unit']}" if item.get("unit") else ""
-            labels = number_labels(entry["edges"], unit) if "edges" in entry else list(item["categories"])
+            labels = number_labels(entry["edges"], unit) if "edges" in entry else list(item["categories"]) + (
+                [RARE_LABEL] if item.get("open") else [])
             # The metrics' bin label: its position, a missing value's bin "missing" (a category may be "missing").
             keys = [str(n) for n in range(len(labels))] + ([MISSING_BIN] if item.get("optional") else [])
             labels += ["not given"] if item.get("optional") else []
@@ -119,8 +138,12 @@ class Bins:
         for row, i in enumerate(numbers):
             self.edges[row, :len(entries[i]["edges"])] = entries[i]["edges"]
         self.missing_bins = np.array([len(self.inputs[i][2]) - 1 for i in numbers], dtype=int)
-        self.categories = [(i, {name: n for n, name in enumerate(item["categories"])}, len(item["categories"]))
-                           for i, item in enumerate(items) if item["kind"] == "category"]
+        # A category's value not among its levels goes to an open one's rare bin, right after them; a missing value
+        # to the last bin (the missing one, where the input may be missing).
+        self.categories = [(i, {name: n for n, name in enumerate(item["categories"])}, len(item["categories"]),
+                            len(self.inputs[i][2]) - 1) for i, item in enumerate(items) if item["kind"] == "category"]
+        self.dates = [(i, days_of(entries[i]["edges"]), len(self.inputs[i][2]) - 1)
+                      for i, item in enumerate(items) if item["kind"] == "date"]
 
     def input_bin(self, index):
         """(input name, the metrics' bin label) of a flat bin number."""
@@ -132,8 +155,12 @@ class Bins:
         if len(self.number_columns):
             found = (numbers[:, :, None] > self.edges[None, :, :]).sum(axis=2)
             bins[:, self.number_columns] = np.where(np.isnan(numbers), self.missing_bins, found)
-        for column, positions, missing in self.categories:
-            bins[:, column] = [positions.get(value, missing) for value in rows[:, column].tolist()]
+        for column, positions, rare, missing in self.categories:
+            bins[:, column] = [positions.get(value, rare) if isinstance(value, str) else missing
+                               for value in rows[:, column].tolist()]
+        for column, edges, missing in self.dates:
+            days = days_of(rows[:, column].tolist())
+            bins[:, column] = np.where(np.isnan(days), missing, np.searchsorted(edges, days, side="left"))
         return bins + self.offsets
 
     def of_output(self, predictions):

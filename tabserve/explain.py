@@ -11,13 +11,15 @@ Exactly, so that anyone can recompute it (train.py keeps what it needs in the me
   f(x) - f(x with f at its baseline), in the target's unit: how far this value moved the prediction. One
   vectorised call predicts x and its n variants (n + 1 rows per row).
 - the distance from x to a training row t is sqrt(sum over numbers ((x_f - t_f) / s_f)^2 + sum over categories [x_f !=
-  t_f]), s_f the table's standard deviation of f (ddof 0); a number with s_f = 0 cannot tell rows apart and is left out;
+  t_f]), s_f the table's standard deviation of f (ddof 0), a date being the number of its days since 1970 (and a
+  date's baseline its median); a number with s_f = 0 cannot tell rows apart and is left out;
   a missing value counts 1 against a value, 0 against another missing one. The nearest come first, ties in table order;
   rounded to DISTANCE_DIGITS.
 """
 
 import numpy as np
 
+from tabserve.dates import days_of
 from tabserve.inputs import is_missing
 
 CONTRIBUTION_DIGITS = 6
@@ -31,8 +33,11 @@ class Explainer:
     def __init__(self, schema, facts):
         self.schema = schema
         self.baselines = [facts["baselines"][name] for name in schema.names]
-        deviations = np.array([facts["deviations"][schema.names[i]] for i in schema.number_columns])
-        self.distance_numbers = [column for column, s in zip(schema.number_columns, deviations, strict=True) if s > 0]
+        measured = [i for i, item in enumerate(schema.inputs) if item.kind in ("number", "date")]
+        deviations = np.array([facts["deviations"][schema.names[i]] for i in measured])
+        self.distance_numbers = [column for column, s in zip(measured, deviations, strict=True) if s > 0]
+        self.dates = [place for place, column in enumerate(self.distance_numbers)
+                      if schema.inputs[column].kind == "date"]
         self.deviations = deviations[deviations > 0]
         self.categories = [i for i, item in enumerate(schema.inputs) if item.kind == "category"]
         rows = facts.get("rows") if facts.get("neighbours") else None
@@ -41,9 +46,18 @@ class Explainer:
         self.row_answers = [("class", name) for name in facts["row_classes"]] if "row_classes" in facts else [
             ("target", value) for value in facts.get("row_targets", [])]
         if self.rows is not None:
-            self.row_numbers = self.rows[:, self.distance_numbers].astype(float)
+            self.row_numbers = self.numbers(self.rows[:, self.distance_numbers])
             self.row_categories = self.rows[:, self.categories]
             self.row_categories_missing = schema.missing(self.rows)[:, self.categories]
+
+    def numbers(self, values):
+        """Numbers and dates (as days since 1970) of rows' measured columns, (n, measured), as floats."""
+        if not self.dates:
+            return np.asarray(values, dtype=float)
+        values = np.array(values, dtype=object)
+        for place in self.dates:
+            values[:, place] = days_of(values[:, place].tolist())
+        return values.astype(float)
 
     def variants(self, rows):
         """Each row followed by its n copies with one feature replaced by its baseline: (N * (n + 1), inputs)."""
@@ -68,7 +82,7 @@ class Explainer:
         """The NEIGHBOURS training rows nearest to one row, as the API answers them; [] without training rows."""
         if self.rows is None:
             return []
-        numbers = np.asarray(row[self.distance_numbers], dtype=float)
+        numbers = self.numbers(row[np.newaxis, self.distance_numbers])[0]
         gaps = (self.row_numbers - numbers) / self.deviations
         categories = row[self.categories]
         differ = self.row_categories != categories

@@ -137,6 +137,6 @@ def numbers_summary(model, found):
     return {"count": count, "mae": ratio(found.get(("feedback_absolute_error", None, None, None), 0), count, 6),
             "rmse": round(math.sqrt(squared / count), 6) if count else None,
             "with_interval": int(intervals), "coverage": ratio(covered, intervals),
-            "level": model.card["interval"]["level"],
+            "level": (model.card["interval"] or {}).get("level"),
             "training": {"mae": metrics.get(f"{prefix}_mae"), "rmse": metrics.get(f"{prefix}_rmse"),
                          "coverage": metrics.get("interval_coverage")}}

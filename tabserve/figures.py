@@ -55,9 +55,11 @@ def why_rows(context, answer):
 
 def interval_picture(target, answer):
     """Where the training range, the interval and the prediction lie along a picture whose scale holds all three:
-    each as percentages of its width, with the words a reader needs beside it."""
+    each as percentages of its width, with the words a reader needs beside it; None for an answer without one."""
     low, high = target["training_range"]["min"], target["training_range"]["max"]
     interval = answer["interval"]
+    if interval is None:
+        return None
     start, end = min(low, interval["low"]), max(high, interval["high"])
     span = (end - start) or 1.0
 

@@ -66,8 +66,10 @@ class Form:
 
 
 def hint(entry):
-    """The line under an input: its typical range (a number) or how many choices it has (a category)."""
-    if entry["kind"] == "category":
+    """The line under an input: its typical range (a number, a date) or how many choices it has (a category)."""
+    if entry["kind"] == "category" and entry.get("open"):
+        typical = f"Any; {len(entry['categories'])} seen often in training are suggested, others are answered as rare"
+    elif entry["kind"] == "category":
         typical = f"One of {len(entry['categories'])}"
     else:
         low, high = entry["training_range"]["min"], entry["training_range"]["max"]

@@ -6,7 +6,8 @@
     schema.invalid(matrix)                  # vectorised: (n, k) booleans, true where a number breaks its rule
 
 A number is a plain finite decimal within the bounds its metadata allows (JSON Schema's exclusiveMinimum, minimum,
-maximum, exclusiveMaximum; iris: greater than 0 and at most 100 cm); a category is exactly one of its categories.
+maximum, exclusiveMaximum; iris: greater than 0 and at most 100 cm); a category is exactly one of its categories, or
+for an open one (levels.py) any text of up to MAX_TEXT characters; a date is ISO 8601 text (dates.py), any date.
 An input that was missing in training is optional: a missing value (MISSING, NaN in the matrices) is then a value
 too, and the card says what the model assumes of it. /api/v1.0, its batch and /v2 all check through this module, so
 each rule is written once.
@@ -18,6 +19,9 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
+
+from tabserve.dates import EXAMPLE, form_of, parse_iso
+from tabserve.levels import MAX_TEXT
 
 # Plain decimal notation only: float() alone would also take 'nan', 'inf', '1_0' and surrounding spaces.
 DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")  # ASCII digits only
@@ -43,13 +47,15 @@ class Input:
 
     name: str
     label: str
-    kind: str  # "number" or "category"
+    kind: str  # "number", "category" or "date"
     unit: str = None
     allowed: tuple = ()  # ((JSON Schema keyword, bound), ...) of a number
     training_range: tuple = None  # (min, max) of a number in the training split
     categories: tuple = ()
     optional: bool = False  # it was missing in training: the model takes a missing value
     assumed: str = None  # what the model assumes of a missing value, in words
+    open: bool = False  # a category of many levels: any text taken, one outside them answered as the rare group
+    form: str = None  # a date's: "date" or "date-time"
 
     @classmethod
     def from_metadata(cls, entry):
@@ -57,7 +63,8 @@ class Input:
         return cls(entry["name"], entry.get("label", entry["name"]), entry["kind"], entry.get("unit"),
                    tuple((key, float(value)) for key, value in entry.get("allowed", {}).items() if key in BOUNDS),
                    (training["min"], training["max"]) if training else None, tuple(entry.get("categories", ())),
-                   bool(entry.get("optional")), entry.get("missing", {}).get("assumed"))
+                   bool(entry.get("optional")), entry.get("missing", {}).get("assumed"), bool(entry.get("open")),
+                   entry.get("format"))
 
     @property
     def in_unit(self):
@@ -65,6 +72,11 @@ class Input:
 
     def rule(self):
         """What a value must be, as the end of a sentence that begins with the input's name."""
+        if self.kind == "date":
+            return f"must be a {'date-time' if self.form == 'date-time' else 'date'} in ISO 8601 form, as " \
+                   f"{EXAMPLE[self.form or 'date']}"
+        if self.kind == "category" and self.open:
+            return f"must be text of at most {MAX_TEXT} characters"
         if self.kind == "category":
             return f"must be one of {', '.join(self.categories)}"
         if not self.allowed:
@@ -88,23 +100,43 @@ class Input:
         """A query-string or form value, as the model takes it; "" is a missing value, where one may be."""
         if text == "" and self.optional:
             return MISSING
-        if self.kind == "category":
-            if text not in self.categories:
-                raise ValueError(f"{self.rule()}, got {shown(text)}")
-            return text
+        if self.kind != "number":
+            return self.parse_string(text)
         if not DECIMAL.fullmatch(text):
             raise ValueError(f"must be a decimal number{' in ' + self.unit if self.unit else ''}, got {shown(text)}")
         return self.check_number(float(text))
 
+    def parse_string(self, text, quoted=shown):
+        """A category's or a date's text as the model takes it (a date in its canonical form); ValueError saying the
+        rule and the text (quoted as the protocol writes it) otherwise."""
+        try:
+            if self.kind == "date":
+                return self.parse_date(text)
+            if text in self.categories or (self.open and text and len(text) <= MAX_TEXT):
+                return text
+        except ValueError:
+            pass
+        raise ValueError(f"{self.rule()}, got {quoted(text)}")
+
+    def parse_date(self, text):
+        """The canonical text of a date, or of a date-time (where a date alone means its midnight); ValueError when a
+        date input is given a time, which its model never learnt from."""
+        moment = parse_iso(text)
+        if form_of(moment) == self.form:
+            return moment
+        if self.form == "date":
+            raise ValueError("a date without a time")
+        return moment + "T00:00:00"
+
     def parse_json(self, value):
-        """A JSON value, as the model takes it: a number (not true or false) or one of the categories' strings;
-        null is a missing value, where one may be."""
+        """A JSON value, as the model takes it: a number (not true or false), one of the categories' strings (any,
+        for an open one) or a date's text; null is a missing value, where one may be."""
         if value is None and self.optional:
             return MISSING
-        if self.kind == "category":
-            if not isinstance(value, str) or value not in self.categories:
+        if self.kind != "number":
+            if not isinstance(value, str):
                 raise ValueError(f"{self.rule()}, got {json.dumps(value)[:MAX_SHOWN]}")
-            return value
+            return self.parse_string(value, lambda text: json.dumps(text)[:MAX_SHOWN])
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"must be a number, got {json.dumps(value)[:MAX_SHOWN]}")
         try:
@@ -137,6 +169,21 @@ class Schema:
         self.high = np.array([item.training_range[1] for item in numbers])
         self.optional_numbers = np.array([item.optional for item in numbers], dtype=bool)
         self.optional = any(item.optional for item in self.inputs)
+        # What out_of_range() checks beside the numbers: a date outside the training range, an open category's value
+        # outside its levels.
+        self.dates = [(i, item.training_range) for i, item in enumerate(self.inputs) if item.kind == "date"]
+        self.opens = [(i, set(item.categories)) for i, item in enumerate(self.inputs) if item.open]
+
+    def unusual(self, matrix):
+        """(n, inputs) booleans: true where a date lies outside the training range, or an open category's value is
+        none of its levels (a rare one, or one never seen). Numbers are model.out_of_range's."""
+        found = np.zeros(matrix.shape, dtype=bool)
+        for column, (low, high) in self.dates:
+            found[:, column] = [isinstance(value, str) and not low <= value <= high
+                                for value in matrix[:, column].tolist()]
+        for column, levels in self.opens:
+            found[:, column] = [isinstance(value, str) and value not in levels for value in matrix[:, column].tolist()]
+        return found
 
     def invalid(self, numbers):
         """(n, numeric inputs) booleans: true where a number is not finite (but for a missing value where one may

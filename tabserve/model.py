@@ -93,9 +93,9 @@ class NumberPredictions:
 
     task: ClassVar[str] = "regression"
     values: np.ndarray  # (n,)
-    low: np.ndarray  # (n,): the interval's ends
+    low: np.ndarray  # (n,): the interval's ends (None: the model has none, its card says why)
     high: np.ndarray
-    level: float  # the share of true values the intervals hold (intervals.py)
+    level: float  # the share of true values the intervals hold (intervals.py); None without one
     beyond: np.ndarray  # (n,) booleans: the prediction lies outside the target's range in training
     outside: np.ndarray  # (n, inputs) booleans, as for a classifier
 
@@ -206,13 +206,14 @@ def decimals_for(card):
 
 
 def out_of_range(model, rows):
-    """(n, inputs) booleans: true where a number lies outside what the model saw in training."""
+    """(n, inputs) booleans: true where a value lies outside what the model saw in training: a number or a date
+    beyond the training range, an open category's value none of its levels."""
     schema = model.schema
     numbers = schema.numbers_of(rows)
     outside = (numbers < schema.low) | (numbers > schema.high)
     if schema.numeric:
         return outside
-    every = np.zeros(rows.shape, dtype=bool)
+    every = schema.unusual(rows)
     every[:, schema.number_columns] = outside
     return every
 
@@ -229,9 +230,10 @@ def predict(model, rows):
     if model.task == "regression":
         values = np.round(np.asarray(answers, dtype=float).reshape(len(rows)), model.decimals)
         interval, target = model.card["interval"], model.card["target"]["training_range"]
-        # Element by element, the ends follow from the rounded value exactly, whatever company it came in.
-        low, high = values - interval["half_width"], values + interval["half_width"]
-        return NumberPredictions(values=values, low=low, high=high, level=interval["level"],
+        # Element by element, the ends follow from the rounded value exactly, whatever company it came in. A model
+        # fitted elsewhere that could not be calibrated has no interval (training.adopted_interval).
+        low, high = (values - interval["half_width"], values + interval["half_width"]) if interval else (None, None)
+        return NumberPredictions(values=values, low=low, high=high, level=interval["level"] if interval else None,
                                  beyond=(values < target["min"]) | (values > target["max"]),
                                  outside=out_of_range(model, rows))
     return ClassPredictions(classes=model.classes, best=answers.argmax(axis=1),

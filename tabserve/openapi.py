@@ -11,7 +11,9 @@ model of numbers only, one tensor per feature (named by it) for a model with cat
 import json
 
 from tabserve.card import task_of
+from tabserve.dates import EXAMPLE
 from tabserve.inputs import Schema
+from tabserve.levels import MAX_TEXT
 from tabserve.model import MAX_ROWS
 from tabserve.v2 import OUTPUTS
 
@@ -21,8 +23,14 @@ NUMBER_TYPES = ["FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UIN
 def value_schema(item, missing=None):
     """One input's values in JSON Schema: a number with its bounds, or a string among its categories; for an
     optional input, also what says it is missing (missing: null in JSON, "" in a query or a BYTES tensor)."""
-    if item.kind == "category":
+    if item.kind == "category" and item.open:
+        values = {"type": "string", "minLength": 1, "maxLength": MAX_TEXT, "examples": list(item.categories),
+                  "description": f"{item.label}: any text; one outside these frequent levels is answered as a rare one"}
+    elif item.kind == "category":
         values = {"type": "string", "enum": list(item.categories), "description": item.label}
+    elif item.kind == "date":
+        values = {"type": "string", "format": item.form, "description": f"{item.label}: ISO 8601, as "
+                                                                       f"{EXAMPLE[item.form]}"}
     else:
         values = {"type": "number", **dict(item.allowed), "description": f"{item.label}{item.in_unit}"}
     if not item.optional or missing is ...:
@@ -98,11 +106,11 @@ def feature_tensor(item):
             "name": {"const": item.name},
             "shape": {"type": "array", "minItems": 1, "maxItems": 2,
                       "prefixItems": [{"type": "integer", "minimum": 1, "maximum": MAX_ROWS}, {"const": 1}]},
-            "datatype": {"enum": ["BYTES"] if item.kind == "category" else ["FP32", "FP64"]},
+            "datatype": {"enum": ["FP32", "FP64"] if item.kind == "number" else ["BYTES"]},
             "parameters": {"allOf": [{"$ref": "#/components/schemas/Parameters"},
                                      {"not": {"required": ["binary_data_size"]}}]},
             "data": {"type": "array", "minItems": 1, "maxItems": MAX_ROWS,
-                     "items": value_schema(item, "" if item.kind == "category" else None)},
+                     "items": value_schema(item, None if item.kind == "number" else "")},
         },
     }
 
@@ -120,7 +128,8 @@ def inputs_schema(schema):
 def answer_schema(metadata, schema):
     """One row's answer: a classifier's class and probabilities, or a regressor's number and interval; with at
     most a warning per number (and, for a regressor, one for a prediction beyond the target's range)."""
-    numbers = sum(item.kind == "number" or item.optional for item in schema.inputs)  # out of range, or missing
+    # A number or date out of range, an open category's value none of its levels, or a value missing: one at most.
+    numbers = sum(item.kind != "category" or item.open or item.optional for item in schema.inputs)
     warnings = {"type": "array", "items": {"type": "string"}, "maxItems": numbers,
                 "description": "One sentence per input outside the range seen in training or missing (at most one "
                                "per input)"}
@@ -131,13 +140,18 @@ def answer_schema(metadata, schema):
             "probabilities": {"type": "object", "required": classes, "additionalProperties": False,
                               "properties": {name: {"type": "number", "minimum": 0, "maximum": 1} for name in classes}},
             "warnings": warnings}}
-    level = metadata["interval"]["level"]
+    interval = metadata["interval"]
+    if interval:
+        bounds = {"type": "object", "required": ["low", "high", "level"], "additionalProperties": False,
+                  "description": f"Holds the true value for {interval['level']:.0%} of rows like the training data "
+                                 "(conformal prediction: docs/models.md)",
+                  "properties": {"low": {"type": "number"}, "high": {"type": "number"},
+                                 "level": {"const": interval["level"]}}}
+    else:  # a model fitted elsewhere that could not be calibrated: no interval, and a warning saying so
+        bounds, numbers = {"type": "null", "description": "This model has no interval"}, numbers + 1
     return {"type": "object", "required": ["prediction", "interval", "warnings"], "properties": {
         "prediction": {"type": "number", "description": f"The predicted {metadata['target']['label']}"},
-        "interval": {"type": "object", "required": ["low", "high", "level"], "additionalProperties": False,
-                     "description": f"Holds the true value for {level:.0%} of rows like the training data (split "
-                                    "conformal prediction: docs/models.md)",
-                     "properties": {"low": {"type": "number"}, "high": {"type": "number"}, "level": {"const": level}}},
+        "interval": bounds,
         "warnings": {**warnings, "maxItems": numbers + 1,
                      "description": "One sentence per input outside the range seen in training, and one when the "
                                     "prediction lies outside the target's"}}}
@@ -172,7 +186,8 @@ def served_document(path, metadata, drift_window):
     schemas["Features"], schemas["Row"] = rows_schemas(schema)
     schemas["Answer"] = answer_schema(metadata, schema)
     schemas["Explanation"]["allOf"][1] = explanation_schema(metadata)
-    schemas["OutputTensor"]["properties"]["name"] = {"enum": list(OUTPUTS[task_of(metadata)])}
+    schemas["OutputTensor"]["properties"]["name"] = {"enum": [name for name in OUTPUTS[task_of(metadata)]
+                                                              if name != "interval" or metadata.get("interval")]}
     schemas["InferenceRequest"]["properties"]["inputs"] = inputs_schema(schema)
     if schema.numeric:
         schemas["InputTensor"] = matrix_tensor(schema)

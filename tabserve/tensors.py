@@ -217,7 +217,7 @@ def matrix_tensor(schema, header, body):
 def feature_column(item, where, tensor, body, rows):
     """One input's tensor of a model with categories, as a list of N values (numbers not yet checked), and whether
     it was FP32."""
-    datatypes = {"BYTES": None} if item.kind == "category" else {"FP32": "<f4", "FP64": "<f8"}
+    datatypes = {"FP32": "<f4", "FP64": "<f8"} if item.kind == "number" else {"BYTES": None}
     _, datatype, parameters = tensor_fields(where, tensor, datatypes)
     count = tensor_rows(where, tensor.get("shape"), 1, [item.name])
     if rows is not None and count != rows:
@@ -267,16 +267,32 @@ def check_values(schema, matrix, where_of, fp32=()):
         message = MISSING_REQUIRED if np.isnan(value) else f"{item.rule()}, got {read}"
         problems.append((row, schema.number_columns[column], message))
     for column, item in enumerate(schema.inputs):
-        if item.kind == "category":
-            wrong = [row for row, value in enumerate(matrix[:, column])
-                     if value not in item.categories and not (item.optional and is_missing(value))]
-            problems += [(row, column, MISSING_REQUIRED if is_missing(matrix[row, column]) else
-                          f"{item.rule()}, got {shorten(json.dumps(matrix[row, column]))}")
-                         for row in wrong[:MAX_REPORTED]]
+        if item.kind != "number":
+            problems += text_problems(item, column, matrix)
     if not problems:
         return matrix
     errors = [{"field": where_of(row, column), "message": message} for row, column, message in problems[:MAX_REPORTED]]
     raise RequestError(400, f"{len(problems)} values break their input's rule", errors)
+
+
+def text_problems(item, column, matrix):
+    """[(row, column, message)] of a category's or a date's column that break its rule (at most MAX_REPORTED); the
+    others are put in the form the model takes (a date's canonical text), in place."""
+    problems = []
+    for row, value in enumerate(matrix[:, column].tolist()):
+        if is_missing(value):
+            if not item.optional:
+                problems.append((row, column, MISSING_REQUIRED))
+            continue
+        try:
+            if not isinstance(value, str):
+                raise ValueError(f"{item.rule()}, got {shorten(json.dumps(value))}")
+            matrix[row, column] = item.parse_string(value, lambda text: shorten(json.dumps(text)))
+        except ValueError as err:
+            problems.append((row, column, str(err)))
+        if len(problems) >= MAX_REPORTED:
+            break
+    return problems
 
 
 def read_inputs(schema, header, binary):

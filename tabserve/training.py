@@ -39,8 +39,20 @@ from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 from sklearn.svm import SVC
 
 from tabserve.artifacts import FORMAT, ArtifactError, format_of, from_bytes
+from tabserve.dates import DateParts
 from tabserve.frames import FrameError, frame_columns, frame_maker
-from tabserve.intervals import TooFewRows, conformal_half_width, cross_fitted_coverage
+from tabserve.intervals import (
+    CROSS_CONFORMAL,
+    CROSS_GUARANTEE,
+    FOLDS,
+    SPLIT,
+    CannotRefit,
+    TooFewRows,
+    conformal_half_width,
+    cross_fitted_coverage,
+    out_of_fold_residuals,
+)
+from tabserve.levels import RareLevels
 from tabserve.tables import TableError
 
 CV_FOLDS = 5
@@ -106,8 +118,8 @@ def regression_errors(y_true, predicted, prefix):
             f"{prefix}_r2": round(float(r2_score(y_true, predicted)), 4)}
 
 
-def interval_facts(residuals, level, seed):
-    """(metrics, card entry) of the split conformal interval calibrated on these held-out residuals."""
+def interval_facts(residuals, level, seed, method=SPLIT, **extra):
+    """(metrics, card entry) of the conformal interval calibrated on these residuals of rows the model never saw."""
     try:
         half_width = conformal_half_width(residuals, level)
     except TooFewRows as err:
@@ -115,10 +127,25 @@ def interval_facts(residuals, level, seed):
     coverage = cross_fitted_coverage(residuals, level, seed=seed)
     metrics = {"interval_level": level, "interval_width": significant(2 * half_width),
                "interval_coverage": round(coverage, 4)}
-    entry = {"level": level, "half_width": half_width, "calibration_rows": len(residuals),
-             "method": "split conformal: the ceil((n + 1) x level)-th smallest absolute residual of the n held-out "
-                       "rows, either side of the prediction"}
+    entry = {"level": level, "half_width": half_width, "calibration_rows": len(residuals), "method": method, **extra}
     return metrics, entry
+
+
+def adopted_interval(estimator, data, y, level, seed, calibration=None):
+    """(metrics, card entry) of the interval of a regressor fitted elsewhere, calibrated on rows it never saw: the
+    --calibration rows (data, y, file name), else the table's rows each predicted by a copy refitted without them
+    (cross-conformal). (metrics saying why, None) when neither is possible: it is served without an interval."""
+    if calibration is not None:
+        rows, truth, name = calibration
+        residuals = truth - np.asarray(estimator.predict(rows), dtype=float)
+        return interval_facts(residuals, level, seed, f"split conformal on the {len(truth)} rows of --calibration "
+                                                      f"{name}, which the model never saw")
+    try:
+        residuals = out_of_fold_residuals(estimator, data, y, FOLDS, seed)
+    except CannotRefit as err:
+        return {"interval_level": level, "interval_unavailable": f"the model could not be copied and refitted on "
+                f"part of the table to calibrate one ({err}); give rows it never saw with --calibration"}, None
+    return interval_facts(residuals, level, seed, CROSS_CONFORMAL, folds=FOLDS, guarantee=CROSS_GUARANTEE)
 
 
 def evaluate(estimator, split, seed, task, level):
@@ -145,29 +172,52 @@ def evaluate(estimator, split, seed, task, level):
 
 def build_estimator(table, algorithm, seed):
     """The algorithm's estimator for this table, taking the raw values: categories one-hot encoded inside the
-    pipeline (or, for gradient boosting, as codes it splits on natively); an all-numeric table gets it as it is.
-    Where training had missing values, a missing number becomes the training split's median with an indicator that
-    it was missing, and a missing category a level of its own (MISSING_LEVEL); gradient boosting needs neither."""
+    pipeline (or, for gradient boosting, as codes it splits on natively), an open category's rare levels grouped
+    first (levels.py), dates turned into their parts (dates.py); an all-numeric table gets it as it is. Where training
+    had missing values, a missing number (or date part) becomes the training split's median with an indicator that it
+    was missing, and a missing category a level of its own (MISSING_LEVEL); gradient boosting needs neither."""
     estimator = ALGORITHMS[table.task][algorithm](seed)
-    kinds = [column.kind for column in table.columns]
-    numbers = [i for i, kind in enumerate(kinds) if kind == "number"]
-    categories = [i for i, kind in enumerate(kinds) if kind == "category"]
-    native = algorithm in NATIVE_CATEGORIES
-    holes = {kind for column, kind in zip(table.columns, kinds, strict=True) if column.missing} if not native else set()
-    median = SimpleImputer(strategy="median", add_indicator=True)
-    if not categories:
-        return make_pipeline(median, estimator) if holes else estimator
-    if native:
-        codes = OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1)  # NaN stays NaN: missing
-        encode = ColumnTransformer([("categories", codes, categories), ("numbers", "passthrough", numbers)])
+    columns, native = table.columns, algorithm in NATIVE_CATEGORIES
+    numbers, dates, categories = ([i for i, column in enumerate(columns) if column.kind == kind]
+                                  for kind in ("number", "date", "category"))
+    holes = set() if native else {column.kind for column in columns if column.missing}
+    if not categories and not dates:
+        return make_pipeline(median_imputer(), estimator) if holes else estimator
+    encoded = ("categories", category_steps([columns[i] for i in categories], native, "category" in holes),
+               categories)
+    scaled = ("numbers", "passthrough" if native else chain(*([median_imputer()] if "number" in holes else []),
+                                                             StandardScaler()), numbers)
+    parts = ("dates", date_steps([columns[i] for i in dates], native, "date" in holes), dates)
+    steps = [encoded, scaled, parts] if native else [scaled, encoded, parts]  # native: the categories' codes first
+    if native and categories:
         estimator.set_params(categorical_features=list(range(len(categories))))
-        return make_pipeline(encode, estimator)
-    scale, one_hot = StandardScaler(), OneHotEncoder(handle_unknown="ignore", sparse_output=False)
-    level = SimpleImputer(strategy="constant", fill_value=MISSING_LEVEL)
-    encode = ColumnTransformer([
-        ("numbers", make_pipeline(median, scale) if "number" in holes else scale, numbers),
-        ("categories", make_pipeline(level, one_hot) if "category" in holes else one_hot, categories)])
-    return make_pipeline(encode, estimator)
+    return make_pipeline(ColumnTransformer([step for step in steps if step[2]]), estimator)
+
+
+def median_imputer():
+    return SimpleImputer(strategy="median", add_indicator=True)
+
+
+def chain(*steps):
+    """One step as it is, several as a pipeline (so that a table without holes or dates is fitted as before)."""
+    return steps[0] if len(steps) == 1 else make_pipeline(*steps)
+
+
+def category_steps(columns, native, holes):
+    """Categories as the model takes them: an open one's rare levels grouped, then codes (gradient boosting: a
+    missing value stays NaN) or one-hot columns (a missing value a level of its own, where training had some)."""
+    grouped = [RareLevels([column.levels for column in columns])] if any(c.levels for c in columns) else []
+    if native:
+        return chain(*grouped, OrdinalEncoder(handle_unknown="use_encoded_value", unknown_value=-1))
+    filled = [SimpleImputer(strategy="constant", fill_value=MISSING_LEVEL)] if holes else []
+    return chain(*grouped, *filled, OneHotEncoder(handle_unknown="ignore", sparse_output=False))
+
+
+def date_steps(columns, native, holes):
+    """Dates as their parts (dates.DateParts; the hour where a column holds date-times), scaled, a missing date's
+    parts the training medians; gradient boosting takes the parts as they are."""
+    parts = DateParts(hours=any(column.form == "date-time" for column in columns))
+    return parts if native else chain(parts, *([median_imputer()] if holes else []), StandardScaler())
 
 
 def missing_policy(algorithm):
@@ -239,16 +289,21 @@ def class_names(estimator, y, path, labels=None):
     return names, codes
 
 
-def adopt(estimator, path, table, level, seed, labels=None):
+def adopt(estimator, path, table, level, seed, labels=None, calibration=None):
     """A model fitted elsewhere, checked on every row of the table; its metrics are the table's. A regressor's
-    interval is calibrated on the table's rows, which must be rows it was not fitted on. A model fitted on a
-    DataFrame is given one (frames.py); a classifier of class codes gets the table's class names."""
+    interval is calibrated on rows it never saw (adopted_interval: calibration, a Table of them, or copies refitted
+    on folds of the table). A model fitted on a DataFrame is given one (frames.py); a classifier of class codes gets
+    the table's class names."""
     X, y = table.matrix(), table.target
     try:
         columns = frame_columns(estimator, [column.label for column in table.columns])
     except FrameError as err:
         raise TableError(f"--fitted {path} {err}") from None
-    data = X if columns is None else frame_maker([(c.label, c.kind) for c in table.columns], columns)(X)
+    as_given = (lambda rows: rows) if columns is None else frame_maker([(c.label, c.kind) for c in table.columns],
+                                                                       columns)
+    data = as_given(X)
+    if calibration is not None:
+        calibration = (as_given(calibration.matrix()), calibration.target, calibration.source)
     if table.task == "classification" and not (hasattr(estimator, "predict_proba") and hasattr(estimator, "classes_")):
         raise TableError(f"--fitted {path} is not a fitted classifier with predict_proba")
     try:
@@ -262,7 +317,7 @@ def adopt(estimator, path, table, level, seed, labels=None):
     facts = {"algorithm": "fitted elsewhere", "interval": None, "training": training, "missing": "adopted",
              "frame": columns, "held_out": predicted}  # the table's rows: there is no held-out split here
     if table.task == "regression":
-        interval_metrics, facts["interval"] = interval_facts(y - predicted.astype(float), level, seed)
+        interval_metrics, facts["interval"] = adopted_interval(estimator, data, y, level, seed, calibration)
         return estimator, (X, y), {**facts, "metrics": {**regression_errors(y, predicted, "table"),
                                                         **interval_metrics}}
     names, codes = class_names(estimator, y, path, labels)

@@ -23,6 +23,8 @@ from tabserve.wsgi import RequestError, field_error, invalid, shorten
 EXTRA_QUERY_FIELDS = 12
 MAX_REPORTED_ERRORS = 20
 PROBLEM_TYPE = "application/problem+json"
+NO_INTERVAL = ("This model has no prediction interval: it was fitted elsewhere and could not be calibrated (its card's "
+               "metrics say why).")
 
 
 def unquote_utf8(raw):
@@ -155,12 +157,19 @@ def plain_matrix(schema, rows):
 
 
 def range_warnings(schema, row, outside):
-    """One sentence for each number of a row that lies outside what the model saw in training."""
-    return [
-        f"{item.name} {float(row[i]):g}{item.in_unit} lies outside the {item.training_range[0]:g} to "
-        f"{item.training_range[1]:g}{item.in_unit} seen in training, so the answer is an extrapolation."
-        for i, item in ((i, schema.inputs[i]) for i in np.flatnonzero(outside))
-    ]
+    """One sentence for each value of a row that lies outside what the model saw in training."""
+    return [outside_warning(schema.inputs[i], row[i]) for i in np.flatnonzero(outside)]
+
+
+def outside_warning(item, value):
+    """Why a value lies outside what the model saw in training, and what the answer is then."""
+    if item.kind == "category":
+        return (f"{item.name} {shorten(value)!r} is none of the {len(item.categories)} levels of {item.label} seen "
+                f"often in training: the model answered as for a rare one.")
+    low, high = item.training_range
+    shown = (lambda v: v) if item.kind == "date" else (lambda v: f"{float(v):g}")
+    return (f"{item.name} {shown(value)}{item.in_unit} lies outside the {shown(low)} to {shown(high)}{item.in_unit} "
+            "seen in training, so the answer is an extrapolation.")
 
 
 def missing_warnings(schema, missing):
@@ -188,15 +197,21 @@ def answers(model, rows, predictions):
 
 
 def number_answers(target, predictions, warnings):
-    """A regressor's answers: each number with its interval, warned when it lies beyond the target's training range."""
+    """A regressor's answers: each number with its interval (null, and a warning saying so, for a model that has
+    none), warned when it lies beyond the target's training range."""
     unit = f" {target['unit']}" if target.get("unit") else ""
     low, high = target["training_range"]["min"], target["training_range"]["max"]
-    level, beyond = predictions.level, predictions.beyond.tolist()
-    return [{"prediction": value, "interval": {"low": lower, "high": upper, "level": level},
+    values, beyond = predictions.values.tolist(), predictions.beyond.tolist()
+    if predictions.level is None:
+        intervals = [None] * len(values)
+        warnings = [[*found, NO_INTERVAL] for found in warnings]
+    else:
+        intervals = [{"low": lower, "high": upper, "level": predictions.level}
+                     for lower, upper in zip(predictions.low.tolist(), predictions.high.tolist(), strict=True)]
+    return [{"prediction": value, "interval": intervals[i],
              "warnings": warnings[i] + ([f"The prediction {value:g}{unit} lies outside the {low:g} to {high:g}{unit} "
                                          f"of {target['label']} seen in training."] if beyond[i] else [])}
-            for i, (value, lower, upper) in enumerate(zip(predictions.values.tolist(), predictions.low.tolist(),
-                                                          predictions.high.tolist(), strict=True))]
+            for i, value in enumerate(values)]
 
 
 def answer(model, features, rows, predictions):

@@ -93,18 +93,25 @@ def input_metadata(schema):
     if schema.numeric:
         return [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, len(schema.inputs)],
                  "parameters": {"features": ",".join(schema.names)}}]
-    return [{"name": item.name, "datatype": "BYTES" if item.kind == "category" else "FP64", "shape": [-1],
-             "parameters": {"content_type": "str" if item.kind == "category" else "np"}} for item in schema.inputs]
+    return [{"name": item.name, "datatype": "FP64" if item.kind == "number" else "BYTES", "shape": [-1],
+             "parameters": {"content_type": "np" if item.kind == "number" else "str",
+                            **({"format": item.form} if item.kind == "date" else {})}} for item in schema.inputs]
+
+
+def outputs_of(model):
+    """The outputs a version answers: its task's, but a regressor's interval when it has none (a model fitted
+    elsewhere that could not be calibrated)."""
+    return tuple(name for name in OUTPUTS[model.task] if name != "interval" or model.card.get("interval"))
 
 
 def answer_metadata(model):
     """The outputs that say the answer: a classifier's class and probabilities, or a regressor's number and
-    interval (at the card's level)."""
+    interval (at the card's level), where it has one."""
     if model.task == "regression":
-        level = str(model.card["interval"]["level"])
-        return [{"name": "predict", "datatype": "FP64", "shape": [-1, 1]},
-                {"name": "interval", "datatype": "FP64", "shape": [-1, 2],
-                 "parameters": {"columns": "low,high", "level": level}}]
+        interval = model.card.get("interval")
+        return [{"name": "predict", "datatype": "FP64", "shape": [-1, 1]}] + ([
+            {"name": "interval", "datatype": "FP64", "shape": [-1, 2],
+             "parameters": {"columns": "low,high", "level": str(interval["level"])}}] if interval else [])
     return [{"name": "predict", "datatype": "BYTES", "shape": [-1]},
             {"name": "predict_proba", "datatype": "FP64", "shape": [-1, len(model.classes)],
              "parameters": {"classes": ",".join(model.classes)}}]
@@ -164,10 +171,10 @@ def parse_header(text):
     return header
 
 
-def requested_outputs(header, task):
+def requested_outputs(header, model):
     """[(output name, as binary data?)] in the order asked, every output but contributions when none is named."""
     default_binary = header.get("parameters", {}).get("binary_data_output", False)
-    names = OUTPUTS[task]
+    names = outputs_of(model)
     if "outputs" not in header:
         return [(name, default_binary) for name in names[:-1]]
     outputs = expect("outputs", header["outputs"], list)
@@ -246,7 +253,7 @@ def infer(api, name, version=None):
     model = choice.model
     header, binary = read_request(bottle.request.environ)
     rows = read_inputs(model.schema, header, binary)
-    requested = requested_outputs(header, model.task)
+    requested = requested_outputs(header, model)
     predictions = api.serving.predict(choice, rows)
     contributions = None
     if any(output == "contributions" for output, _ in requested):  # n + 1 predictions a row: only when asked

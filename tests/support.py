@@ -122,6 +122,46 @@ def write_penguins_csv(path, rows=344, seed=0):
     return path
 
 
+# A table as a spreadsheet in much of Europe writes it: ";"-separated, decimal commas, a row counter, a date column
+# and a city of a long tail, Seattle's weather (1,461 days, 2012-2015) in shape: a dull day is fog in winter and
+# drizzle in summer, which only the date tells apart.
+WEATHER_COLUMNS = ("Row", "Date", "Precipitation (mm)", "Temp max (°C)", "Wind", "Ticket", "City", "Weather")
+CITIES = 400  # levels of the City column, most of them seen a few times
+
+
+def weather(days=1461, start="2012-01-01", seed=0):
+    """Deterministic days: (date, precipitation, maximum temperature, wind, city, weather), the weather following
+    the season (the day of the year) and the rain."""
+    import datetime
+
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    zipf = 1 / np.arange(1, CITIES + 1)  # City 0 the most frequent, then a long tail: nearly 300 seen in 1,461 days
+    cities = np.random.default_rng(seed + 1).choice(CITIES, days, p=zipf / zipf.sum())
+    first = datetime.date.fromisoformat(start)
+    rows = []
+    for day in range(days):
+        date = first + datetime.timedelta(days=day)
+        winter = np.cos(2 * np.pi * (date.timetuple().tm_yday - 15) / 365.25)  # 1 in January, -1 in July
+        temp = 15 - 8 * winter + rng.normal(0, 3)
+        rain = max(0.0, rng.normal(3 + 3 * winter, 4))
+        city = f"City {cities[day]}"
+        kind = "rain" if rain > 4 else "sun" if temp > 16 - 6 * winter else "fog" if winter > 0 else "drizzle"
+        rows.append((date.isoformat(), round(rain, 1), round(temp, 1), round(rng.uniform(1, 8), 1), city, kind))
+    return rows
+
+
+def write_weather_csv(path, days=1461, start="2012-01-01", seed=0):
+    """weather() as a ";"-separated file with decimal commas, a row counter and a ticket code of each row's own."""
+    def comma(number):
+        return f"{number}".replace(".", ",")
+    lines = [";".join(WEATHER_COLUMNS)] + [
+        f"{index + 1};{date};{comma(rain)};{comma(temp)};{comma(wind)};T-{index * 7919 % 100003:05d};{city};{kind}"
+        for index, (date, rain, temp, wind, city, kind) in enumerate(weather(days, start, seed))]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
 # As in Dockerfile.api and Dockerfile.web; THREADS and friends pass through from the environment.
 SERVER_SETTINGS = {"WORKERS": "2", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 

@@ -348,7 +348,9 @@ def test_v2_sends_contributions_only_when_asked_json_or_binary(served, model_fil
 def test_a_constant_column_contributes_nothing_and_is_left_out_of_the_distance(tmp_path):
     lines = ["size,colour,constant,kind"] + [f"{i},{'red' if i % 3 else 'blue'},7,{'ab'[i % 2]}" for i in range(40)]
     (tmp_path / "constant.csv").write_text("\n".join(lines) + "\n")
-    train.main(["--csv", str(tmp_path / "constant.csv"), "--target", "kind", "--output", str(tmp_path / "c.skops")])
+    # size counts the rows, so it would be left out as an identifier: kept, to stand for a measurement here.
+    train.main(["--csv", str(tmp_path / "constant.csv"), "--target", "kind", "--keep", "size", "--output",
+                str(tmp_path / "c.skops")])
     _, metadata, client = api_of({"c": tmp_path / "c.skops"}, "c")
     answer = client.get("/api/v1.0/explain", params={"size": "4", "colour": "red", "constant": "7"}).json
     assert answer["contributions"]["constant"] == 0
@@ -356,6 +358,15 @@ def test_a_constant_column_contributes_nothing_and_is_left_out_of_the_distance(t
                                        "distance": 0.0}
     answer = client.get("/api/v1.0/explain", params={"size": "4", "colour": "red", "constant": "1000"}).json
     assert answer["neighbours"][0]["distance"] == 0.0  # a column with no spread cannot tell rows apart
+
+
+def test_a_table_whose_only_number_is_constant_is_explained(tmp_path):
+    lines = ["colour,constant,kind"] + [f"{'red' if i % 3 else 'blue'},7,{'ab'[i % 2]}" for i in range(40)]
+    (tmp_path / "constant.csv").write_text("\n".join(lines) + "\n")
+    train.main(["--csv", str(tmp_path / "constant.csv"), "--target", "kind", "--output", str(tmp_path / "c.skops")])
+    _, metadata, client = api_of({"c": tmp_path / "c.skops"}, "c")
+    answer = client.get("/api/v1.0/explain", params={"colour": "red", "constant": "7"}).json
+    assert answer["contributions"]["constant"] == 0 and answer["neighbours"][0]["distance"] == 0.0
 
 
 def test_without_rows_explanations_have_contributions_and_no_neighbours(tmp_path):

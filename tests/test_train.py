@@ -156,7 +156,7 @@ def test_a_file_that_is_not_utf8_is_refused(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--csv", "x.csv"], "--csv needs --target"),
-    (["--target", "y"], "--target, --drop, --missing and --fitted go with --csv"),
+    (["--target", "y"], "--target, --drop, --keep, --missing, --sep, --decimal and --fitted go with --csv"),
     (["--dataset", "mnist"], "invalid choice: 'mnist'"),
     (["--name", "My Model"], "must be lower-case letters, digits and '-'"),
     (["--task", "clustering"], "invalid choice: 'clustering'"),

@@ -1,6 +1,7 @@
 % # The form, made from the model's inputs (GET /api/v1.0/model). A number input says step="any" (and the smallest
 % # value its rule allows, if any) so that the browser lets any decimal through and the API, the one place where
-% # the validation rules live, decides; a category is a <select> of its categories.
+% # the validation rules live, decides; a category is a <select> of its categories, or, for one of many levels (open),
+% # a text input that suggests its frequent levels; a date is a date input (a date-time, a datetime-local one).
 % rebase("layout.tpl", title=title, stylesheet=stylesheet, texts=texts, description=description)
   <h1>{{texts["question"]}}</h1>
   <p class="lead">{{texts["lead"]}}</p>
@@ -38,7 +39,18 @@
       % end
       </label>
       % required = "" if item.get("optional") else " required"
-      % if item["kind"] == "category":
+      % if item["kind"] == "category" and item.get("open"):
+      <input id="{{name}}" name="{{name}}" type="text" list="{{name}}-levels" maxlength="200"{{required}}
+             value="{{values.get(name, "")}}"{{!' aria-invalid="true"' if invalid else ""}} aria-describedby="{{described}}">
+      <datalist id="{{name}}-levels">
+        % for category in item["categories"]:
+        <option value="{{category}}"></option>
+        % end
+      </datalist>
+      % elif item["kind"] == "date":
+      <input id="{{name}}" name="{{name}}" type="{{"datetime-local" if item.get("format") == "date-time" else "date"}}"{{!' step="1"' if item.get("format") == "date-time" else ""}}{{required}}
+             value="{{values.get(name, "")}}"{{!' aria-invalid="true"' if invalid else ""}} aria-describedby="{{described}}">
+      % elif item["kind"] == "category":
       <select id="{{name}}" name="{{name}}"{{required}}{{!' aria-invalid="true"' if invalid else ""}} aria-describedby="{{described}}">
         <option value="">{{"Not given" if item.get("optional") else "Choose…"}}</option>
         % for category in item["categories"]:

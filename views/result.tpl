@@ -5,8 +5,12 @@
 % if task == "regression":
   <p class="eyebrow">The model predicts</p>
   <h1 class="answer number">{{label}}</h1>
+  % if picture:
   <p class="lead">{{target["label"]}}, and for {{picture["level"]}} of rows like the training data the true value lies
   in its interval, {{picture["interval"]}}.</p>
+  % else:
+  <p class="lead">{{target["label"]}}, with no interval: this model could not be calibrated.</p>
+  % end
 % else:
   <p class="eyebrow">The model says this is</p>
   <h1 class="answer">{{label}}</h1>
@@ -22,7 +26,7 @@
     </ul>
   </div>
   % end
-% if task == "regression":
+% if task == "regression" and picture:
   <h2>Interval</h2>
   <figure class="interval">
     <svg class="scale" viewBox="0 0 100 24" preserveAspectRatio="none" aria-hidden="true" focusable="false">
@@ -35,7 +39,7 @@
     <figcaption>The prediction {{label}} (the line), its {{picture["level"]}} interval {{picture["interval"]}} (the
     band), and the {{picture["training"]}} of {{target["label"]}} in the training data (the darker track).</figcaption>
   </figure>
-% else:
+% elif task != "regression":
   <h2>Probabilities</h2>
   <ul class="chart">
   % for name, probability in answer["probabilities"].items():
