@@ -23,7 +23,7 @@ repository := $(or $(REPO),models)
 S3_CREDENTIALS ?= .s3/credentials
 s3 := $(if $(S3),AWS_ENDPOINT_URL=$(S3) AWS_SHARED_CREDENTIALS_FILE=$(abspath $(S3_CREDENTIALS)) AWS_REGION=us-east-1)
 
-.PHONY: test lint train publish signing-key s3-credentials canary promote rollback api web screenshots bench bench-batching bench-web bench-versus bench-models load images stack stack-down s3-stack s3-stack-down clean
+.PHONY: test lint grpc-code train publish signing-key s3-credentials canary promote rollback api web screenshots bench bench-batching bench-web bench-versus bench-models load images stack stack-down s3-stack s3-stack-down clean
 
 $(VENV)/installed: requirements.txt requirements-web.txt requirements-extras.txt requirements-test.txt
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,14 @@ CHECKOV_VERSION := 3.3.30
 	$(PYTHON) -m venv .venv-checkov
 	.venv-checkov/bin/python -m pip install --quiet --disable-pip-version-check checkov==$(CHECKOV_VERSION)
 	touch $@
+
+# grpc-code: tabserve/grpcgen from proto/inference.proto (proto/README.md); its generator in an environment of its own.
+GRPC_TOOLS_VERSION := 1.80.0
+grpc-code:
+	[ -x .venv-protoc/bin/python ] || { $(PYTHON) -m venv .venv-protoc && \
+	    .venv-protoc/bin/python -m pip install --quiet --disable-pip-version-check grpcio-tools==$(GRPC_TOOLS_VERSION); }
+	.venv-protoc/bin/python -m grpc_tools.protoc -Itabserve/grpcgen=proto --python_out=. --grpc_python_out=. \
+	    proto/inference.proto
 
 test: $(VENV)/installed .venv-checkov/installed
 	$(VENV)/bin/python -m pytest
@@ -147,4 +155,4 @@ s3-stack-down:
 	docker stack rm $(S3_STACK)
 
 clean:
-	rm -rf $(VENV) .venv-checkov .pytest_cache __pycache__ */__pycache__
+	rm -rf $(VENV) .venv-checkov .venv-protoc .pytest_cache __pycache__ */__pycache__

@@ -22,6 +22,7 @@ import logging
 import multiprocessing
 import os
 import shutil
+import socket
 import sys
 import tempfile
 
@@ -30,7 +31,13 @@ from granian.constants import Interfaces
 from granian.http import HTTP1Settings
 
 from tabserve.logs import configure_logging
-from tabserve.settings import DEFAULT_WORKERS, StartupError, logging_settings, read_server_settings
+from tabserve.settings import (
+    DEFAULT_WORKERS,
+    StartupError,
+    logging_settings,
+    read_grpc_port,
+    read_server_settings,
+)
 
 # docker stop waits 10 s before SIGKILL: requests in flight get this long to finish.
 GRACEFUL_TIMEOUT = 5
@@ -88,10 +95,35 @@ def build_server(name, host, port, workers, threads):
     return server
 
 
+def check_free(host, port):
+    """StartupError when another process listens on the gRPC port. The workers share it with SO_REUSEPORT, which
+    would as gladly share it with another server of the same user: a bind without it fails where anyone listens."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # connections of a last run, closing, are no owner
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise StartupError(f"GRPC_PORT {port} on {host} is taken ({err.strerror}): set GRPC_PORT to a free port, "
+                               "or off") from None
+
+
+def worker_app(app, host, threads, grpc_port):
+    """What a worker serves, called in it after the fork: the app, and beside the API's its gRPC server (gRPC's
+    threads must not exist before a fork, so each worker starts its own; they share the port)."""
+    if grpc_port is not None:
+        from tabserve import grpcapi  # only where it is served: the web app never loads grpc
+        grpcapi.serve(app, host, grpc_port, threads)
+    return app
+
+
 def serve(name, default_workers=DEFAULT_WORKERS):
     """Serve the app of the module called name (its app_from_env()) until SIGTERM or SIGINT."""
     try:
         settings = read_server_settings(name, os.environ, default_workers)
+        grpc_port = read_grpc_port(os.environ) if name == "api" else None
+        if grpc_port is not None:
+            check_free(settings[0], grpc_port)
     except StartupError as err:
         sys.exit(f"serve.py: {err}")
     metrics_dir = tempfile.mkdtemp(prefix=f"tabserve-{name}-metrics-")
@@ -103,6 +135,7 @@ def serve(name, default_workers=DEFAULT_WORKERS):
         # The workers are forked copies of this process and inherit the app; "fork" is also what lets them share
         # the model's memory (Python 3.14 changes the default start method).
         multiprocessing.set_start_method("fork", force=True)
-        build_server(name, *settings).serve(target_loader=lambda target: app)
+        host, _, _, threads = settings
+        build_server(name, *settings).serve(target_loader=lambda target: worker_app(app, host, threads, grpc_port))
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -24,6 +24,7 @@ LOG_FORMATS = ("text", "json")
 ACCESS_LOGS = ("all", "errors", "off")
 DEFAULT_ACCESS_LOG = "errors"
 DEFAULT_PORTS = {"api": 8000, "web": 5000}
+DEFAULT_GRPC_PORT = 8001  # the API's gRPC port, as Triton's
 DEFAULT_WORKERS = 2
 DEFAULT_THREADS = 8
 DEFAULT_MODEL_PATH = ROOT / "model" / "iris.skops"
@@ -225,6 +226,16 @@ def positive_int(environ, name, default):
     if not value.isdigit() or int(value) < 1:
         raise StartupError(f"{name} must be a whole number of at least 1, got {value!r}")
     return int(value)
+
+
+def read_grpc_port(environ):
+    """GRPC_PORT: where the API serves the Open Inference Protocol over gRPC (grpcapi.py); None when "off"."""
+    text = environ.get("GRPC_PORT", "").strip().lower() or str(DEFAULT_GRPC_PORT)
+    if text == "off":
+        return None
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise StartupError(f"GRPC_PORT must be a port from 1 to 65535, or off, got {text!r}")
+    return int(text)
 
 
 def read_server_settings(name, environ, default_workers=DEFAULT_WORKERS):

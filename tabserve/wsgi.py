@@ -19,6 +19,7 @@ from tabserve.logs import log_request, request_id
 # A client's own X-Request-ID is kept when it is short and plain; anything else is replaced, never logged as sent.
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 MAX_BODY_BYTES = 1024 * 1024  # read_body() refuses more, before reading it
+GRPC_KEY = "tabserve.grpc"  # in the environ of a gRPC call answered by a route (grpcapi.py): its method
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
@@ -136,7 +137,10 @@ def handle_requests(app, log, crash, on_finish, access_log, headers=()):
 
 
 def endpoint_of(environ):
-    """The route that answered, for metric labels: never the raw path, or clients could invent labels."""
+    """The route that answered, for metric labels: never the raw path, or clients could invent labels; a gRPC call's
+    method (grpcapi.py), which the route answered for it."""
+    if GRPC_KEY in environ:
+        return environ[GRPC_KEY]
     route = environ.get("bottle.route")
     return route.rule if route else "unmatched"
 

@@ -290,10 +290,11 @@ class Server:
     """
 
     def __init__(self, module, env=None, command=None):
-        self.port = free_port()
+        self.port, self.grpc_port = free_port(), free_port()  # the API serves gRPC beside HTTP (GRPC_PORT)
         self.url = f"http://127.0.0.1:{self.port}"
         log, self.log_path = tempfile.mkstemp(prefix="tabserve-server-", suffix=".log")
-        environ = {**os.environ, **SERVER_SETTINGS, "HOST": "127.0.0.1", "PORT": str(self.port), **(env or {})}
+        environ = {**os.environ, **SERVER_SETTINGS, "HOST": "127.0.0.1", "PORT": str(self.port),
+                   "GRPC_PORT": str(self.grpc_port), **(env or {})}
         argv = command(self.port) if command else [sys.executable, "serve.py", module]
         self.process = subprocess.Popen(argv, cwd=ROOT, env=environ, stdout=log, stderr=log)
         os.close(log)  # the server has its own copy
