@@ -9,9 +9,11 @@ import shutil
 import subprocess
 import urllib.request
 
+import grpc
 import kubernetes_validate
 import pytest
 import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tabserve import server
 from tests.support import ROOT, require, web_server
@@ -302,17 +304,26 @@ def test_every_environment_variable_is_one_the_configuration_table_documents(dep
     assert named and named <= documented, named - documented
 
 
-def probe_paths(deployment):
+def probes(deployment):
     container = containers_of(deployment)[0]
-    return {container[probe]["httpGet"]["path"] for probe in ("startupProbe", "readinessProbe", "livenessProbe")}
+    return [container[probe] for probe in ("startupProbe", "readinessProbe", "livenessProbe")]
 
 
 def test_every_probe_path_answers_200_from_the_services_as_the_images_serve_them(deployments, served_api):
+    """An HTTP probe's path answers 200; a gRPC probe asks the image's gRPC port (GRPC_PORT in Dockerfile.api),
+    whose health service answers SERVING without credentials."""
+    grpc_port = int(re.search(r"GRPC_PORT=([0-9]+)", (ROOT / "Dockerfile.api").read_text()).group(1))
     web = web_server(served_api.url)
     try:
         for name, server in (("tabserve-api", served_api), ("tabserve-web", web)):
-            for path in probe_paths(deployments[name]):
-                with urllib.request.urlopen(server.url + path, timeout=10) as response:
-                    assert response.status == 200, (name, path)
+            for probe in probes(deployments[name]):
+                if "grpc" in probe:
+                    assert name == "tabserve-api" and probe["grpc"]["port"] == grpc_port
+                    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+                        answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+                    assert answer.status == health_pb2.HealthCheckResponse.SERVING
+                    continue
+                with urllib.request.urlopen(server.url + probe["httpGet"]["path"], timeout=10) as response:
+                    assert response.status == 200, (name, probe)
     finally:
         web.stop()

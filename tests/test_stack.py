@@ -16,6 +16,7 @@ from contextlib import contextmanager
 
 import numpy as np
 import pytest
+import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton
 from tritonclient.http.auth import BasicAuth
 
@@ -42,9 +43,9 @@ class Stack:
 
     def __init__(self, env=None, files=()):
         self.project = f"tabserve-test-{uuid.uuid4().hex[:8]}"
-        self.api_port, self.web_port = free_port(), free_port()
+        self.api_port, self.web_port, self.grpc_port = free_port(), free_port(), free_port()
         self.env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "API_PORT": str(self.api_port),
-                    "WEB_PORT": str(self.web_port), **(env or {})}
+                    "WEB_PORT": str(self.web_port), "API_GRPC_PORT": str(self.grpc_port), **(env or {})}
         self.files = [argument for file in files for argument in ("-f", file)]
 
     def compose(self, *args, check=True, timeout=120):
@@ -124,6 +125,16 @@ def test_tritonclient_speaks_the_open_inference_protocol_with_the_container(stac
         assert result.as_numpy("predict_proba").shape == (2, 3)
     finally:
         client.close()
+
+
+def test_tritonclient_grpc_speaks_to_the_container_on_its_published_port(stack):
+    with triton_grpc.InferenceServerClient(f"127.0.0.1:{stack.grpc_port}") as client:
+        assert client.is_server_ready()
+        tensor = triton_grpc.InferInput("input-0", [2, 4], "FP64")
+        tensor.set_data_from_numpy(np.array([FLOWERS["setosa"], FLOWERS["virginica"]], dtype=np.float64))
+        demo = {"authorization": "Basic bXlfdXNlcm5hbWU6bXlfcGFzc3dvcmQ="}  # the compose file's demo credentials
+        result = client.infer("iris-classifier", [tensor], headers=demo)
+        assert [label.decode() for label in result.as_numpy("predict")] == ["setosa", "virginica"]
 
 
 def test_web_page_form_and_prediction(stack):

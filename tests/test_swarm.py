@@ -17,7 +17,10 @@ import urllib.error
 import urllib.request
 import uuid
 
+import numpy as np
 import pytest
+import tritonclient.grpc as triton_grpc
+from tritonclient.utils import InferenceServerException
 
 import train
 from tabserve import repository as repositories
@@ -56,7 +59,8 @@ class Stack:
     def __init__(self):
         self.name = f"tabserve-t{uuid.uuid4().hex[:6]}"
         self.tag = f"test-{uuid.uuid4().hex[:8]}"
-        self.ports = {name: free_port() for name in ("API_PORT", "WEB_PORT", "API_TLS_PORT", "WEB_TLS_PORT")}
+        self.ports = {name: free_port() for name in ("API_PORT", "WEB_PORT", "API_TLS_PORT", "WEB_TLS_PORT",
+                                                     "API_GRPC_PORT", "API_GRPC_TLS_PORT")}
         self.env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "STACK": self.name, "TAG": self.tag, "ACCESS_LOG": "all",
                     "LOGIN_WINDOW": str(LOGIN_WINDOW), "LOGIN_FAILURES": str(LOGIN_FAILURES),
                     **{name: str(port) for name, port in self.ports.items()}}
@@ -213,6 +217,25 @@ def test_https_with_the_stacks_certificate(stack):
     assert status == 200 and json.loads(body)["prediction"] == "setosa"
     status, _, page = get(stack.url("WEB_TLS_PORT", f"/prediction?{SETOSA_QUERY}"), context=context)
     assert status == 200 and "Iris setosa" in page
+
+
+def test_grpc_through_the_front_door_in_cleartext_and_over_tls(stack):
+    """tritonclient.grpc through HAProxy's HTTP/2 frontends: h2c, and TLS with ALPN h2 and the stack's certificate;
+    each call is balanced over the replicas (one connection, calls answered by more than one)."""
+    certificate = str(ROOT / ".stack" / stack.name / "tls.crt")
+    rows = np.array([FLOWERS["setosa"]], dtype=np.float32)
+    for port_name, options in (("API_GRPC_PORT", {}), ("API_GRPC_TLS_PORT", {"ssl": True,
+                                                                            "root_certificates": certificate})):
+        with triton_grpc.InferenceServerClient(f"localhost:{stack.ports[port_name]}", **options) as client:
+            assert client.is_server_ready()
+            tensor = triton_grpc.InferInput("input-0", [1, 4], "FP32")
+            tensor.set_data_from_numpy(rows)
+            for _ in range(6):
+                result = client.infer("iris-classifier", [tensor], headers={"authorization": DEMO["Authorization"]})
+                assert result.as_numpy("predict")[0] == b"setosa"
+            with pytest.raises(InferenceServerException) as refused:
+                client.infer("iris-classifier", [tensor])
+            assert refused.value.status() == "StatusCode.UNAUTHENTICATED"
 
 
 def handshake(port, *options):
