@@ -43,6 +43,7 @@ from tests.support import (
     untagged_images,
     wait_ready,
 )
+from tools.grpcload import grpc_load
 from tools.peers import MLSERVER_HOME, mlserver_executable, start_mlserver
 
 AUTH = auth_header()["Authorization"]
@@ -61,6 +62,14 @@ V2_BINARY = "POST /v2/models/iris-classifier/infer, 10000 rows, binary, 2 connec
 MLSERVER_CASE = "MLServer, POST /v2/models/iris/infer, 1 row, 16 connections"
 CONTAINER_16 = "API container, GET /api/v1.0, 16 connections, ACCESS_LOG=default (errors)"
 CONTAINER_1 = "API container, GET /api/v1.0, 1 connection"
+# gRPC figures come from tools/grpcload.py's Python client, not wrk: compare them with each other, not with wrk's.
+GRPC = "{server}gRPC ModelInfer, 1 row, raw, {connections} connection{s} (Python client)"
+
+
+def grpc_cases(target, model, duration, server=""):
+    """The gRPC cases of one server at 1 and 16 connections, with the API's credentials (MLServer needs none)."""
+    return {GRPC.format(server=server, connections=n, s="s" * (n > 1)): (
+        lambda n=n: grpc_load(target, model, n, duration, [("authorization", AUTH)])) for n in (1, 16)}
 
 
 # --- Load ------------------------------------------------------------------------------------------------------
@@ -173,7 +182,7 @@ def loopback_cases(servers, duration, folder):
         cases[name] = lambda script=script, connections=connections: wrk(
             f"{api}/v2/models/iris-classifier/infer", connections, duration, script)
     cases[WEB] = lambda: wrk(f"{web}/prediction?{SETOSA}", 16, duration, auth=False)
-    return cases
+    return cases | grpc_cases(f"127.0.0.1:{servers['api'].grpc_port}", "iris-classifier", duration)
 
 
 # --- MLServer --------------------------------------------------------------------------------------------------
@@ -258,7 +267,8 @@ def mlserver_phase(args, folder, stack):
     if not executable:
         return {}, {}, dict
     stack.append(server := start_mlserver(executable, args.model_path, folder))
-    return {MLSERVER_CASE: mlserver_case(server, args.duration, folder)}, {}, dict
+    return {MLSERVER_CASE: mlserver_case(server, args.duration, folder),
+            **grpc_cases(f"127.0.0.1:{server.grpc_port}", "iris", args.duration, "MLServer, ")}, {}, dict
 
 
 def docker_wanted(args):

@@ -39,11 +39,14 @@ def start_mlserver(executable, model_path, folder, name="iris", settings=None):
         {"name": name, "implementation": "mlserver_sklearn.SKLearnModel", "parameters": {"uri": "./model.joblib"},
          **(settings or {})}))
 
+    grpc_port = free_port()
+
     def command(port):
         (models / "settings.json").write_text(json.dumps({"host": "127.0.0.1", "http_port": port,
-                                                          "grpc_port": free_port(), "metrics_port": free_port()}))
+                                                          "grpc_port": grpc_port, "metrics_port": free_port()}))
         return [str(executable), "start", str(models)]
 
     server = Server(None, command=command)
+    server.grpc_port = grpc_port  # MLServer's own, from its settings (Server's GRPC_PORT is ours)
     wait_ready(server.url + "/v2/health/ready", timeout=120)
     return server
