@@ -64,6 +64,7 @@ def load_users(settings, metrics, realm):
             users = Users(logger, realm, path=settings.users_file, **hooks)
         else:
             users = Users(logger, realm, users={settings.username: (hash_password(settings.password),)}, **hooks)
+            users.remember_password(settings.username, settings.password)
     except UsersFileError as err:
         raise StartupError(str(err)) from None
     logger.info("%d API users, %s; at most %d failed logins a minute per address", len(users.users),

@@ -10,7 +10,9 @@ are both good until the old line is removed); blank lines and lines starting wit
 and a 16-byte random salt, about 50 ms and 16 MiB to compute, which is what makes a stolen file slow to guess from.
 `python api.py --hash-password` prints one. Since every request would otherwise pay those 50 ms, a verified
 Authorization header is remembered (keyed by an HMAC of the header under a key made at start-up, so the memory holds
-no password) for CACHE_SECONDS, at most CACHE_ENTRIES of them; a wrong password is never remembered.
+no password) until the set of users changes, at most CACHE_ENTRIES of them; a wrong password is never remembered.
+The one user of API_USERNAME and API_PASSWORD is remembered at start-up, before the server forks its workers: no
+worker's first request waits for scrypt (it did, 40-80 ms, and at 1 connection that was the p99).
 
 The file is checked at most once a second, at a request: a changed file is read again and the remembered headers
 forgotten, so a removed user or a changed password is refused within about a second. A file that no longer parses
@@ -35,7 +37,6 @@ from tabserve.wsgi import RequestError
 
 SCRYPT = {"n": 2 ** 14, "r": 8, "p": 1}
 SALT_BYTES = 16
-CACHE_SECONDS = 300
 CACHE_ENTRIES = 1_000
 RELOAD_SECONDS = 1.0  # how often the users file is checked for a change, at most
 WINDOW_SECONDS = 60
@@ -201,7 +202,7 @@ class Users:
         self.on_failure = on_failure or (lambda user: None)  # a metrics hook: a name from the set, or UNKNOWN_USER
         self.key = secrets.token_bytes(32)  # for the remembered headers' HMAC; never leaves this process
         self.lock = threading.Lock()
-        self.remembered = collections.OrderedDict()  # HMAC of a verified header -> (user, expiry)
+        self.remembered = collections.OrderedDict()  # HMAC of a verified header -> user
         self.users, self.stamp, self.checked = users or {}, None, time.monotonic()
         if path is not None:
             self.users, self.stamp = self.read(), self.file_stamp()  # a bad file at start-up: UsersFileError
@@ -240,23 +241,34 @@ class Users:
         if self.path is not None and now - self.checked >= RELOAD_SECONDS:
             self.reload()
         header = environ.get("HTTP_AUTHORIZATION", "")
-        key = hmac.digest(self.key, header.encode("latin-1", "replace"), "sha256")
-        entry = self.remembered.get(key)  # one dict read needs no lock: a held lock would stall the other threads
-        if entry is not None and entry[1] > now:
-            environ[USER_KEY] = entry[0]
-            return entry[0]
+        key = self.header_key(header)
+        user = self.remembered.get(key)  # one dict read needs no lock: a held lock would stall the other threads
+        if user is not None:
+            environ[USER_KEY] = user
+            return user
         address = client_address(environ, self.proxies)
         wait = self.limiter.retry_after(address, now)
         if wait:
             raise RequestError(429, f"Too many failed logins from this address: try again in {wait} s.",
                                headers={"Retry-After": str(wait)})
-        user = self.verify(header, address, now)
+        environ[USER_KEY] = user = self.verify(header, address, now)
+        self.remember(key, user)
+        return user
+
+    def remember(self, key, user):
         with self.lock:
-            self.remembered[key] = (user, now + CACHE_SECONDS)
+            self.remembered[key] = user
             while len(self.remembered) > CACHE_ENTRIES:
                 self.remembered.popitem(last=False)
-        environ[USER_KEY] = user
-        return user
+
+    def remember_password(self, name, password):
+        """Remember the header a client sends for this name and password (Basic, as curl and urllib send it), which
+        must be a user's: the API's own user at start-up, whose password it was given."""
+        header = "Basic " + base64.b64encode(f"{name}:{password}".encode()).decode("ascii")
+        self.remember(self.header_key(header), name)
+
+    def header_key(self, header):
+        return hmac.digest(self.key, header.encode("latin-1", "replace"), "sha256")
 
     def verify(self, header, address, now):
         """The user whose password this header carries; RequestError 401 (logged and counted) when there is none.
