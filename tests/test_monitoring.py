@@ -214,13 +214,18 @@ def test_the_counts_are_added_once_enough_requests_wait_not_only_once_a_second(m
     """Binning a second's requests at once held the GIL 3-6 ms every second at 4,000 requests/s, a stall for the
     request that came meanwhile: the worker's thread bins them once FLUSH_REQUESTS wait."""
     monkeypatch.setattr(monitoring, "FLUSH_SECONDS", 3600)
-    binned, flush = [], monitoring.Monitor.flush
+    ours, binned, create, flush = [], [], monitoring.Monitor.__init__, monitoring.Monitor.flush
 
-    def watched_flush(monitor):  # what the worker's thread finds waiting each time it bins
-        if threading.current_thread().name == "monitoring":
+    def watched_create(monitor, *args):
+        ours.append(monitor)
+        create(monitor, *args)
+
+    def watched_flush(monitor):  # what this app's thread finds waiting each time it bins: other tests' threads bin too
+        if monitor in ours and threading.current_thread().name == "monitoring":
             binned.append(sum(len(counts.pending) for counts in monitor.counts.values() if counts))
         flush(monitor)
 
+    monkeypatch.setattr(monitoring.Monitor, "__init__", watched_create)
     monkeypatch.setattr(monitoring.Monitor, "flush", watched_flush)
     client = client_of(model_path)
     for _ in range(monitoring.FLUSH_REQUESTS - 1):
