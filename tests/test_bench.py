@@ -10,6 +10,7 @@ import sys
 from tests.support import ROOT, require
 
 CASES = ("hello world, gunicorn sync, 16 connections", "hello world, granian, 16 connections",
+         "hello world, gunicorn sync, 1 connection", "hello world, granian, 1 connection",
          "GET /api/v1.0, gunicorn gevent, 16 connections", "GET /api/v1.0, 16 connections",
          "GET /api/v1.0, 1 connection", "GET /api/v1.0/explain, 16 connections",
          "GET /api/v1.0 with API_USERS_FILE, 16 connections",
@@ -27,10 +28,17 @@ def test_bench_runs_and_prints_its_table(model_path):
     cases = {line.split(" | ")[0][2:]: line for line in table}
     for case in CASES:
         assert case in cases, result.stdout
-    measured = [line for line in table if line.count("|") == 7 and not line.startswith(("| case", "| ---"))]
+    measured = [line for line in table if line.count("|") == 8 and not line.startswith(("| case", "| ---"))]
     assert len(measured) >= 10
     for line in measured:
         assert line.rstrip(" |").endswith("| 0"), f"failed requests in: {line}"  # the 'failed' column
+        assert "nan" not in line, line  # p99.9 among them, from wrk's Lua hook
+    # The peers side by side: the hello worlds and this API's server, at 1 and 16 connections, with p99.9.
+    assert cases["figure"].split(" | ")[1:] == ["hello world (gunicorn sync, 2 workers)",
+                                                "hello world (granian, 2 workers)", "tabserve, serve.py |"]
+    for row in ("p99 at 1 connection", "p99.9 at 1 connection", "p99.9 at 16 connections",
+                "cold start, to the first answer", "memory of the largest worker after the load, RSS (PSS)"):
+        assert "–" not in cases[row] and "nan" not in cases[row], cases[row]
 
 
 def test_the_batching_bench_runs_and_prints_its_targets():

@@ -16,18 +16,14 @@ trained model.
 
 import argparse
 import json
-import math
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-import numpy as np
 
 from tabserve import users
 from tests.support import (
@@ -36,7 +32,6 @@ from tests.support import (
     ROOT,
     USERNAME,
     Server,
-    auth_header,
     free_port,
     query,
     remove_untagged_images,
@@ -44,24 +39,30 @@ from tests.support import (
     wait_ready,
 )
 from tools.grpcload import grpc_load
+from tools.measure import AUTH, batch, measure, post_script, print_table, v2_request, wrk
 from tools.peers import MLSERVER_HOME, mlserver_executable, start_mlserver
 
-AUTH = auth_header()["Authorization"]
 SETOSA = query(FLOWERS["setosa"])
-UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 BATCH_ROWS = (1, 100, 10_000)
 IMAGE = "tabserve-bench"
 # The container's logging settings measured side by side with its default ("").
 LOGGING = ("ACCESS_LOG=all", "ACCESS_LOG=off", "PREDICTION_LOG=stdout")
-CEILING = "hello world, gunicorn sync, 16 connections"
+HELLO_SYNC, HELLO_GRANIAN, API_PROCESS = "hello world, gunicorn sync", "hello world, granian", "GET /api/v1.0"
+CEILING = f"{HELLO_SYNC}, 16 connections"
+GRANIAN_HELLO = f"{HELLO_GRANIAN}, 16 connections"
 WEB = "web GET /prediction, 16 connections"
 EXPLAIN = "GET /api/v1.0/explain, 16 connections"
 USERS_FILE = "GET /api/v1.0 with API_USERS_FILE, 16 connections"
 V2_ONE = "POST /v2/models/iris-classifier/infer, 1 row, JSON, 16 connections"
 V2_BINARY = "POST /v2/models/iris-classifier/infer, 10000 rows, binary, 2 connections"
-MLSERVER_CASE = "MLServer, POST /v2/models/iris/infer, 1 row, 16 connections"
-CONTAINER_16 = "API container, GET /api/v1.0, 16 connections, ACCESS_LOG=default (errors)"
-CONTAINER_1 = "API container, GET /api/v1.0, 1 connection"
+MLSERVER = "MLServer, POST /v2/models/iris/infer, 1 row"
+MLSERVER_CASE = f"{MLSERVER}, 16 connections"
+CONTAINER = "API container, GET /api/v1.0"
+CONTAINER_16 = f"{CONTAINER}, 16 connections, ACCESS_LOG=default (errors)"
+CONTAINER_1 = f"{CONTAINER}, 1 connection"
+# The side by side table's columns: {heading: the cases' name before ", N connections"}.
+PEERS = {"hello world (gunicorn sync, 2 workers)": HELLO_SYNC, "hello world (granian, 2 workers)": HELLO_GRANIAN,
+         "MLServer 1.7": MLSERVER, "tabserve, the API container": CONTAINER, "tabserve, serve.py": API_PROCESS}
 # gRPC figures come from tools/grpcload.py's Python client, not wrk: compare them with each other, not with wrk's.
 GRPC = "{server}gRPC ModelInfer, 1 row, raw, {connections} connection{s} (Python client)"
 
@@ -70,56 +71,6 @@ def grpc_cases(target, model, duration, server=""):
     """The gRPC cases of one server at 1 and 16 connections, with the API's credentials (MLServer needs none)."""
     return {GRPC.format(server=server, connections=n, s="s" * (n > 1)): (
         lambda n=n: grpc_load(target, model, n, duration, [("authorization", AUTH)])) for n in (1, 16)}
-
-
-# --- Load ------------------------------------------------------------------------------------------------------
-
-
-def wrk(url, connections, duration, script=None, auth=True):
-    """Run wrk: requests/s, p50 and p99 latency in ms, and the number of non-2xx answers or socket errors."""
-    command = ["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "10s"]
-    command += ["-H", f"Authorization: {AUTH}"] if auth else []
-    command += ["-s", script] if script else []
-    output = subprocess.run(command + [url], capture_output=True, text=True, check=True).stdout
-    latency = {p: float(v) * UNITS[u] for p, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)$", output, re.M)}
-    failures = sum(map(int, re.findall(r"(?:Non-2xx or 3xx responses:|connect|read|write|timeout) (\d+)", output)))
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
-    # A server that hangs answers nothing within wrk's timeout: each connection's request failed.
-    return {"rps": rps, "failures": failures + (connections if rps == 0 else 0),
-            "p50": latency.get("50", math.nan), "p99": latency.get("99", math.nan)}
-
-
-def post_script(body, folder, headers=None):
-    """A wrk Lua script that POSTs this body (bytes, or text sent as JSON) with these headers."""
-    if isinstance(body, str):
-        body, headers = body.encode(), {"Content-Type": "application/json", **(headers or {})}
-    script = Path(folder) / f"post-{len(list(Path(folder).glob('post-*')))}.lua"
-    lines = ['wrk.method = "POST"', *(f'wrk.headers["{name}"] = "{value}"' for name, value in (headers or {}).items()),
-             'wrk.body = "' + "".join(f"\\{byte}" for byte in body) + '"']
-    script.write_text("\n".join(lines) + "\n")
-    return str(script)
-
-
-def v2_request(rows, binary):
-    """An Open Inference Protocol request for these rows: (body, headers); binary: Triton's binary tensors, out too."""
-    rows = np.asarray(rows, dtype=np.float64)
-    tensor = {"name": "input-0", "shape": list(rows.shape), "datatype": "FP64"}
-    if not binary:
-        return json.dumps({"inputs": [{**tensor, "data": rows.ravel().tolist()}]}), {}
-    raw = rows.astype("<f8").tobytes()
-    header = json.dumps({"inputs": [{**tensor, "parameters": {"binary_data_size": len(raw)}}],
-                         "parameters": {"binary_data_output": True}}).encode()
-    return header + raw, {"Inference-Header-Content-Length": str(len(header))}
-
-
-def batch(rows):
-    flowers = [FLOWERS["setosa"], FLOWERS["virginica"]] * (rows // 2) + [FLOWERS["versicolor"]] * (rows % 2)
-    return json.dumps({"instances": flowers})
-
-
-def median_of(results, key):
-    values = [result[key] for result in results if result[key] is not None]
-    return statistics.median(values) if values else None
 
 
 # --- The servers on loopback -----------------------------------------------------------------------------------
@@ -140,8 +91,6 @@ def start_servers(model_path, folder, stack):
     (users_file := Path(folder) / "users").write_text(f"{USERNAME}:{users.hash_password(PASSWORD)}\n")
     from_file = {**credentials, "API_USERNAME": "", "API_PASSWORD": "", "API_USERS_FILE": str(users_file)}
     commands = {"api": ("api", credentials, None), "api users file": ("api", from_file, None),
-                "hello granian": ("tools.hello", {}, None),
-                "hello sync": (None, {}, gunicorn("tools.hello:hello_app()", "sync")),
                 "hello gevent": (None, {}, gunicorn("tools.hello:hello_app()", "gevent")),
                 "api gevent": (None, {**credentials, "PROMETHEUS_MULTIPROC_DIR": str(metrics)},
                                gunicorn("api:app_from_env()", "gevent"))}
@@ -150,7 +99,7 @@ def start_servers(model_path, folder, stack):
         stack.append(server := Server(module, env, command))
         servers[name] = server
         seconds = wait_ready(server.url + ("/readyz" if name.startswith("api") else "/"))
-        servers.setdefault("api cold start", seconds)
+        servers.setdefault("api cold start", seconds)  # the first, alone
     stack.append(web := Server("web", {**credentials, "API_URL": servers["api"].url}))
     wait_ready(web.url + "/readyz")
     servers["web"] = web
@@ -160,9 +109,8 @@ def start_servers(model_path, folder, stack):
 def loopback_cases(servers, duration, folder):
     """{case name: a function that measures it once}."""
     api, web = servers["api"].url, servers["web"].url
-    cases = {f"hello world, {name}, 16 connections": (lambda url=servers[f"hello {key}"].url: wrk(url + "/", 16,
-                                                                                                 duration, auth=False))
-             for key, name in (("sync", "gunicorn sync"), ("gevent", "gunicorn gevent"), ("granian", "granian"))}
+    cases = {"hello world, gunicorn gevent, 16 connections": lambda: wrk(servers["hello gevent"].url + "/", 16,
+                                                                          duration, auth=False)}
     cases["GET /api/v1.0, gunicorn gevent, 16 connections"] = lambda: wrk(
         f"{servers['api gevent'].url}/api/v1.0?{SETOSA}", 16, duration)
     cases["GET /api/v1.0, 16 connections"] = lambda: wrk(f"{api}/api/v1.0?{SETOSA}", 16, duration)
@@ -188,10 +136,15 @@ def loopback_cases(servers, duration, folder):
 # --- MLServer --------------------------------------------------------------------------------------------------
 
 
-def mlserver_case(server, duration, folder):
+def connections(n):
+    return f"{n} connection{'s' * (n > 1)}"
+
+
+def mlserver_cases(server, duration, folder):
     body = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": list(FLOWERS["setosa"])}]}
     script = post_script(json.dumps(body), folder)
-    return lambda: wrk(f"{server.url}/v2/models/iris/infer", 16, duration, script, auth=False)
+    return {f"{MLSERVER}, {connections(n)}": (lambda n=n: wrk(f"{server.url}/v2/models/iris/infer", n, duration,
+                                                                script, auth=False)) for n in (1, 16)}
 
 
 # --- The API container -----------------------------------------------------------------------------------------
@@ -228,13 +181,29 @@ def start_container(setting, stack):
 
 
 def container_memory(container):
-    """Resident memory of the container's server processes, in MiB: (main process, workers' largest, workers)."""
+    """Resident memory of the container's server processes, in MiB: (main process, workers' largest, workers), and
+    the workers' pids."""
     rows = subprocess.run(["docker", "top", container, "-eo", "pid,ppid,rss,args"], capture_output=True, text=True,
                           check=True).stdout.splitlines()[1:]
     servers = [row.split(None, 3) for row in rows if row.split(None, 3)[3].startswith("python serve.py")]
     main = next(s for s in servers if not any(s[1] == other[0] for other in servers))
     workers = [int(s[2]) / 1024 for s in servers if s is not main]
-    return int(main[2]) / 1024, max(workers, default=0), len(workers)
+    return (int(main[2]) / 1024, max(workers, default=0), len(workers)), [int(s[0]) for s in servers if s is not main]
+
+
+def children(server):
+    return [int(pid) for pid in subprocess.run(["pgrep", "-P", str(server.process.pid)], capture_output=True,
+                                               text=True).stdout.split()]
+
+
+def worker_memory(pids):
+    """The largest worker's resident memory (RSS) and its proportional share (PSS: the pages it shares with the
+    main process and the other workers divided among them), in MiB."""
+    figures = []
+    for pid in pids:
+        rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        figures.append([int(re.search(rf"^{key}:\s+(\d+) kB", rollup, re.M).group(1)) / 1024 for key in ("Rss", "Pss")])
+    return tuple(max(column) for column in zip(*figures, strict=True)) if figures else None
 
 
 def container_cases(urls, duration):
@@ -257,31 +226,46 @@ def loopback_phase(args, folder, stack):
             main_process, *workers = servers[name].rss_mib()
             lines[f"{name} memory after the load (RSS)"] = (f"main process {main_process:.0f} MiB, largest of "
                                                             f"{len(workers)} workers {max(workers):.0f} MiB")
-        return lines
+        return lines | {f"{API_PROCESS} memory": worker_memory(children(servers["api"]))}
 
-    return loopback_cases(servers, args.duration, folder), {"api cold start": servers["api cold start"]}, memory
+    cold_start = servers["api cold start"]
+    figures = {"api cold start": cold_start, f"{API_PROCESS} cold start": cold_start}
+    return loopback_cases(servers, args.duration, folder), figures, memory
 
 
 def mlserver_phase(args, folder, stack):
     executable = mlserver_executable(install=args.mlserver is True) if args.mlserver is not False else None
     if not executable:
         return {}, {}, dict
+    started = time.monotonic()
     stack.append(server := start_mlserver(executable, args.model_path, folder))
-    return {MLSERVER_CASE: mlserver_case(server, args.duration, folder),
-            **grpc_cases(f"127.0.0.1:{server.grpc_port}", "iris", args.duration, "MLServer, ")}, {}, dict
+    figures = {f"{MLSERVER} cold start": time.monotonic() - started}
+    return {**mlserver_cases(server, args.duration, folder),
+            **grpc_cases(f"127.0.0.1:{server.grpc_port}", "iris", args.duration, "MLServer, ")}, figures, (
+        lambda: {f"{MLSERVER} memory": worker_memory(children(server))})
 
 
 def docker_wanted(args):
     return args.docker or (args.docker is None and shutil.which("docker"))
 
 
-def latency_phase(args, folder, stack):
-    """The API image alone, as users run it: cold start, latency at 1 connection, size."""
-    if not docker_wanted(args):
-        return {}, {}, dict
-    figures = {f"{name} image": f"{size:.0f} MB" for name, size in build_images(stack).items()}
-    _, url, figures["container cold start"] = start_container("", stack)
-    return {CONTAINER_1: lambda: wrk(f"{url}/api/v1.0?{SETOSA}", 1, args.duration)}, figures, dict
+def peers_phase(args, folder, stack):
+    """The hello worlds and the API image as users run it, at 1 and 16 connections, each loaded with the others idle
+    beside it: the side by side table's figures, cold starts, memory, the images' sizes."""
+    urls, figures, pids = {}, {}, {}
+    for peer, command in ((HELLO_SYNC, gunicorn("tools.hello:hello_app()", "sync")), (HELLO_GRANIAN, None)):
+        stack.append(server := Server("tools.hello", {}, command))
+        figures[f"{peer} cold start"] = wait_ready(server.url + "/")
+        urls[peer], pids[peer] = server.url + "/", lambda server=server: children(server)
+    if docker_wanted(args):
+        figures |= {f"{name} image": f"{size:.0f} MB" for name, size in build_images(stack).items()}
+        container, url, figures["container cold start"] = start_container("", stack)
+        figures[f"{CONTAINER} cold start"] = figures["container cold start"]
+        urls[CONTAINER], pids[CONTAINER] = f"{url}/api/v1.0?{SETOSA}", lambda: container_memory(container)[1]
+    cases = {f"{peer}, {connections(n)}": (lambda url=url, n=n, peer=peer: wrk(url, n, args.duration,
+                                                                               auth=peer == CONTAINER))
+             for peer, url in urls.items() for n in (1, 16)}
+    return cases, figures, lambda: {f"{peer} memory": worker_memory(find()) for peer, find in pids.items()}
 
 
 def logging_phase(args, folder, stack):
@@ -292,31 +276,10 @@ def logging_phase(args, folder, stack):
     containers, urls = {}, {}
     for setting in ("", *LOGGING):
         containers[setting], urls[setting], _ = start_container(setting, stack)
-    return container_cases(urls, args.duration), {}, lambda: {"container memory": container_memory(containers[""])}
+    return container_cases(urls, args.duration), {}, lambda: {"container memory": container_memory(containers[""])[0]}
 
 
 # --- Report ----------------------------------------------------------------------------------------------------
-
-
-def measure(cases, rounds):
-    """Each case `rounds` times, interleaved, so that a noisy moment hurts every case a little, not one a lot."""
-    results = {name: [] for name in cases}
-    for _ in range(rounds):
-        for name, run in cases.items():
-            results[name].append(run())
-    return {name: {key: median_of(samples, key) for key in ("rps", "p50", "p99")} | {
-        "failures": sum(sample["failures"] for sample in samples)} for name, samples in results.items()}
-
-
-def print_table(medians, names):
-    print("| case | requests/s | rows/s | p50 ms | p99 ms | failed |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for name in names:
-        result = medians[name]
-        rows = int(re.search(r"(\d+) rows?", name).group(1)) if re.search(r"\d+ rows?", name) else 1
-        print(f"| {name} | {result['rps']:,.0f} | {result['rps'] * rows:,.0f} | {result['p50']:.2f} | "
-              f"{result['p99']:.2f} | {result['failures']} |")
-    print()
 
 
 def target_rows(medians, figures):
@@ -335,14 +298,49 @@ def target_rows(medians, figures):
                  ("the default logging costs ≤ 10 % of the container's rate",
                   1 - container / rps[CONTAINER_16.replace("default (errors)", "off")], -0.10, "{:.0%}"),
                  ("API container p99 at 1 connection < 1 ms", medians[CONTAINER_1]["p99"], -1.0, "{:.2f} ms"),
-                 ("API container cold start < 1.5 s", figures["container cold start"], -1.5, "{:.2f} s"),
-                 ("memory per API worker < 150 MiB", figures["container memory"][1], -150, "{:.0f} MiB")]
-        if MLSERVER_CASE in rps:
-            rows.append(("API container ≥ 8 × MLServer's default scikit-learn server", container / rps[MLSERVER_CASE],
-                         8, "{:.1f} ×"))
+                 *peer_targets(medians, figures)]
     # A negative bound is an upper limit: the measured value must stay under its absolute value.
     return [(target, fmt.format(value), value >= bound if bound > 0 else value <= -bound)
             for target, value, bound, fmt in rows]
+
+
+def peer_targets(medians, figures):
+    """The targets of the side by side table: the API container beside the hello worlds and MLServer."""
+    alone, hello = medians[f"{CONTAINER}, 16 connections"], medians[CEILING]
+    rows = [("API container p99 ≤ 1.5 × the gunicorn hello world's, 1 connection",
+             medians[CONTAINER_1]["p99"] / medians[f"{HELLO_SYNC}, 1 connection"]["p99"], -1.5, "{:.2f} ×"),
+            ("API container p99 ≤ 1.5 × the gunicorn hello world's, 16 connections", alone["p99"] / hello["p99"], -1.5,
+             "{:.2f} ×"),
+            ("API container ≥ 40 % of the granian hello world's rate (16 connections)",
+             alone["rps"] / medians[GRANIAN_HELLO]["rps"], 0.40, "{:.0%}"),
+            ("API container cold start < 1 s", figures["container cold start"], -1.0, "{:.2f} s"),
+            ("memory per API worker < 150 MiB (RSS, the largest after the load)", figures[f"{CONTAINER} memory"][0],
+             -150, "{:.0f} MiB")]
+    if MLSERVER_CASE in medians:
+        rows.append(("API container ≥ 10 × MLServer's default scikit-learn server (16 connections)",
+                     alone["rps"] / medians[MLSERVER_CASE]["rps"], 10, "{:.1f} ×"))
+    return rows
+
+
+PEER_ROWS = (("req/s at 16 connections", 16, "rps", "{:,.0f}"), ("p50 at 1 connection", 1, "p50", "{:.2f} ms"),
+             ("p99 at 1 connection", 1, "p99", "{:.2f} ms"), ("p99.9 at 1 connection", 1, "p999", "{:.2f} ms"),
+             ("p99 at 16 connections", 16, "p99", "{:.2f} ms"), ("p99.9 at 16 connections", 16, "p999", "{:.2f} ms"))
+
+
+def print_peers(medians, figures):
+    """The side by side table: each peer's column, its figures at 1 and 16 connections, cold start and memory."""
+    peers = {heading: peer for heading, peer in PEERS.items() if f"{peer}, 16 connections" in medians}
+    rows = [(label, [fmt.format(medians[f"{peer}, {connections(n)}"][key]) for peer in peers.values()])
+            for label, n, key, fmt in PEER_ROWS]
+    starts, memory = ([figures.get(f"{peer} {figure}") for peer in peers.values()] for figure in ("cold start",
+                                                                                                    "memory"))
+    rows.append(("cold start, to the first answer", ["–" if s is None else f"{s:.2f} s" for s in starts]))
+    rows.append(("memory of the largest worker after the load, RSS (PSS)",
+                 ["–" if m is None else f"{m[0]:.0f} MiB ({m[1]:.0f})" for m in memory]))
+    print("| figure | " + " | ".join(peers) + " |\n| --- |" + " ---: |" * len(peers))
+    for label, cells in rows:
+        print(f"| {label} | " + " | ".join(cells) + " |")
+    print()
 
 
 def print_figures(figures):
@@ -366,6 +364,7 @@ def report(medians, figures, args):
     containers = [name for name in medians if name.startswith("API container")]
     if containers:
         print_table(medians, containers)
+    print_peers(medians, figures)
     print_figures(figures)
     print("\n| target | measured | met |\n| --- | ---: | --- |")
     for target, measured, met in target_rows(medians, figures):
@@ -410,7 +409,7 @@ def main(argv=None):
     try:
         # One phase after another, so that what is measured shares the machine with nothing else of this run (idle
         # servers beside it more than doubled the API container's p99 at 1 connection).
-        for phase in (loopback_phase, mlserver_phase, latency_phase, logging_phase):
+        for phase in (peers_phase, loopback_phase, mlserver_phase, logging_phase):
             stack = []
             with tempfile.TemporaryDirectory(prefix="tabserve-bench-") as folder:
                 try:

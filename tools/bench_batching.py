@@ -18,7 +18,8 @@ from pathlib import Path
 
 import train
 from tests.support import FLOWERS, PASSWORD, USERNAME, Server, query, wait_ready
-from tools.bench import measure, post_script, print_table, stop, wrk
+from tools.bench import stop
+from tools.measure import measure, post_script, print_table, wrk
 from tools.peers import MLSERVER_HOME, mlserver_executable, start_mlserver
 
 SETOSA = query(FLOWERS["setosa"])

@@ -25,8 +25,9 @@ import numpy as np
 from sklearn.datasets import load_diabetes
 
 from tests.support import write_homes_csv
-from tools.bench import post_script, stop, wrk
+from tools.bench import stop
 from tools.bench_versus import CONNECTIONS, ROOT, start
+from tools.measure import post_script, wrk
 
 # name -> train.py's arguments (the first is the one the others are read against)
 DEFAULT = "iris, logistic_regression (the default classifier)"

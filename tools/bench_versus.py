@@ -23,8 +23,9 @@ import time
 from pathlib import Path
 
 from tests.support import FLOWERS, PASSWORD, ROOT, USERNAME, Server, query, wait_ready
-from tools.bench import batch, post_script, stop, v2_request, wrk
+from tools.bench import stop
 from tools.bench_web import unpack
+from tools.measure import batch, post_script, v2_request, wrk
 
 DEFAULT_BASE = "509470e"  # the last commit before the package (issue 27): the iris service as it was
 CONNECTIONS = 16

@@ -21,7 +21,8 @@ import tempfile
 from pathlib import Path
 
 from tests.support import FLOWERS, PASSWORD, ROOT, USERNAME, Server, query, wait_ready
-from tools.bench import stop, wrk
+from tools.bench import stop
+from tools.measure import wrk
 
 BEFORE_WHY = "8df6e4b"  # "Your own model": the last commit whose result page had no "Why"
 WEB_CORE, LOAD_CORE = 0, 1

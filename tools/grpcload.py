@@ -1,6 +1,6 @@
 """A gRPC load generator for the benchmarks, as wrk is for HTTP: Open Inference Protocol ModelInfer calls, each of
 `connections` clients on a channel of its own with one call in flight, for `duration` seconds; the same figures as
-tools/bench.py's wrk() (requests/s, p50 and p99 in ms, failures).
+tools/measure.py's wrk() (requests/s, p50, p99 and p99.9 in ms, failures).
 
     figures = grpc_load("127.0.0.1:8001", "iris-classifier", connections=16, duration=5, metadata=AUTHORIZATION)
 
@@ -53,6 +53,6 @@ async def load(target, model, connections, duration, metadata):
 def grpc_load(target, model, connections, duration, metadata=()):
     latencies, failures = asyncio.run(load(target, model, connections, duration, tuple(metadata)))
     if not latencies:
-        return {"rps": 0.0, "p50": math.nan, "p99": math.nan, "failures": failures or connections}
-    p50, p99 = (float(np.percentile(latencies, q)) * 1000 for q in (50, 99))
-    return {"rps": len(latencies) / duration, "p50": p50, "p99": p99, "failures": failures}
+        return {"rps": 0.0, "p50": math.nan, "p99": math.nan, "p999": math.nan, "failures": failures or connections}
+    p50, p99, p999 = (float(np.percentile(latencies, q)) * 1000 for q in (50, 99, 99.9))
+    return {"rps": len(latencies) / duration, "p50": p50, "p99": p99, "p999": p999, "failures": failures}
