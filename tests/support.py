@@ -299,10 +299,14 @@ class Server:
         self.process = subprocess.Popen(argv, cwd=ROOT, env=environ, stdout=log, stderr=log)
         os.close(log)  # the server has its own copy
 
+    def workers(self):
+        """The pids of the server's worker processes (its main process's children)."""
+        children = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout
+        return [int(pid) for pid in children.split()]
+
     def rss_mib(self):
         """Resident memory of the main process and of each worker, in MiB."""
-        children = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout
-        return [rss_mib(pid) for pid in [self.process.pid, *map(int, children.split())]]
+        return [rss_mib(pid) for pid in [self.process.pid, *self.workers()]]
 
     def log_text(self):
         return Path(self.log_path).read_text()

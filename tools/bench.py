@@ -193,11 +193,6 @@ def container_memory(container):
     return (int(main[2]) / 1024, max(workers, default=0), len(workers)), [int(s[0]) for s in servers if s is not main]
 
 
-def children(server):
-    return [int(pid) for pid in subprocess.run(["pgrep", "-P", str(server.process.pid)], capture_output=True,
-                                               text=True).stdout.split()]
-
-
 def worker_memory(pids):
     """The largest worker's resident memory (RSS) and its proportional share (PSS: the pages it shares with the
     main process and the other workers divided among them), in MiB."""
@@ -228,7 +223,7 @@ def loopback_phase(args, folder, stack):
             main_process, *workers = servers[name].rss_mib()
             lines[f"{name} memory after the load (RSS)"] = (f"main process {main_process:.0f} MiB, largest of "
                                                             f"{len(workers)} workers {max(workers):.0f} MiB")
-        return lines | {f"{API_PROCESS} memory": worker_memory(children(servers["api"]))}
+        return lines | {f"{API_PROCESS} memory": worker_memory(servers["api"].workers())}
 
     cold_start = servers["api cold start"]
     figures = {"api cold start": cold_start, f"{API_PROCESS} cold start": cold_start}
@@ -244,7 +239,7 @@ def mlserver_phase(args, folder, stack):
     figures = {f"{MLSERVER} cold start": time.monotonic() - started}
     return {**mlserver_cases(server, args.duration, folder),
             **grpc_cases(f"127.0.0.1:{server.grpc_port}", "iris", args.duration, "MLServer, ")}, figures, (
-        lambda: {f"{MLSERVER} memory": worker_memory(children(server))})
+        lambda: {f"{MLSERVER} memory": worker_memory(server.workers())})
 
 
 def docker_wanted(args):
@@ -258,7 +253,7 @@ def peers_phase(args, folder, stack):
     for peer, command in ((HELLO_SYNC, gunicorn("tools.hello:hello_app()", "sync")), (HELLO_GRANIAN, None)):
         stack.append(server := Server("tools.hello", {}, command))
         figures[f"{peer} cold start"] = wait_ready(server.url + "/")
-        urls[peer], pids[peer] = server.url + "/", lambda server=server: children(server)
+        urls[peer], pids[peer] = server.url + "/", lambda server=server: server.workers()
     if docker_wanted(args):
         figures |= {f"{name} image": f"{size:.0f} MB" for name, size in build_images(stack).items()}
         container, url, figures["container cold start"] = start_container("", stack)

@@ -51,9 +51,8 @@ def start_web(tree, api_url, stack):
 
 def cpu_seconds(server):
     """The user and system CPU time of the server's processes (the main one and its workers) so far."""
-    children = subprocess.run(["pgrep", "-P", str(server.process.pid)], capture_output=True, text=True).stdout
     ticks = 0
-    for pid in [server.process.pid, *map(int, children.split())]:
+    for pid in [server.process.pid, *server.workers()]:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         ticks += int(fields[11]) + int(fields[12])  # utime and stime: fields 14 and 15 of proc(5)
     return ticks / os.sysconf("SC_CLK_TCK")
