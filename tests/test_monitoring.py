@@ -212,7 +212,7 @@ def test_drift_is_stable_on_training_like_traffic_and_shows_on_the_input_that_mo
 
 def test_the_counts_are_added_once_enough_requests_wait_not_only_once_a_second(model_path, monkeypatch):
     """Binning a second's requests at once held the GIL 3-6 ms every second at 4,000 requests/s, a stall for the
-    request that came meanwhile: the worker's thread bins them once FLUSH_REQUESTS wait."""
+    request that came meanwhile: the worker's thread bins them once FLUSH_ROWS wait."""
     monkeypatch.setattr(monitoring, "FLUSH_SECONDS", 3600)
     ours, binned, create, flush = [], [], monitoring.Monitor.__init__, monitoring.Monitor.flush
 
@@ -222,13 +222,13 @@ def test_the_counts_are_added_once_enough_requests_wait_not_only_once_a_second(m
 
     def watched_flush(monitor):  # what this app's thread finds waiting each time it bins: other tests' threads bin too
         if monitor in ours and threading.current_thread().name == "monitoring":
-            binned.append(sum(len(counts.pending) for counts in monitor.counts.values() if counts))
+            binned.append(sum(counts.kept for counts in monitor.counts.values() if counts))
         flush(monitor)
 
     monkeypatch.setattr(monitoring.Monitor, "__init__", watched_create)
     monkeypatch.setattr(monitoring.Monitor, "flush", watched_flush)
     client = client_of(model_path)
-    for _ in range(monitoring.FLUSH_REQUESTS - 1):
+    for _ in range(monitoring.FLUSH_ROWS - 1):  # one row each
         client.get(f"/api/v1.0?{query(FLOWERS['setosa'])}")
     time.sleep(0.5)
     assert len(binned) == 1  # the thread's first look, at start; then it waits while fewer wait than the bound
@@ -236,7 +236,22 @@ def test_the_counts_are_added_once_enough_requests_wait_not_only_once_a_second(m
     deadline = time.monotonic() + 10
     while len(binned) < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert len(binned) == 2 and sum(binned) == monitoring.FLUSH_REQUESTS  # the first look may have found the first
+    assert len(binned) == 2 and sum(binned) == monitoring.FLUSH_ROWS  # the first look may have found the first
+
+
+def test_requests_that_find_the_kept_rows_full_are_counted_at_once(model_path, monkeypatch):
+    """Small requests' rows wait in a buffer of FLUSH_ROWS + SMALL_REQUEST rows for the worker's thread; when the
+    thread is late (here it never runs), a request that finds no room is binned on its own: none is left out."""
+    monkeypatch.setattr(monitoring.Monitor, "run", lambda monitor: None)
+    client = client_of(model_path)
+    batch = [{name: FLOWERS["virginica"][index] for index, name in enumerate(FEATURES)}] * monitoring.SMALL_REQUEST
+    for _ in range(2):
+        client.post_json("/api/v1.0/predict", {"instances": batch})
+    for _ in range(5):
+        client.get(f"/api/v1.0?{query(FLOWERS['setosa'])}")
+    report = client.get("/api/v1.0/monitoring").json
+    bins = {row["label"]: row["count"] for row in report["output"]["bins"]}
+    assert bins == {"setosa": 5, "versicolor": 0, "virginica": 2 * monitoring.SMALL_REQUEST}
 
 
 def test_categories_and_missing_values_are_counted_in_their_bins(tmp_path):
