@@ -67,7 +67,11 @@ def test_api_keeps_its_document_with_credentials(served_api, seed, model_identit
 
 
 def test_api_keeps_its_document_without_credentials(served_api, model_identity, tmp_path):
-    run_schemathesis(f"{served_api.url}/openapi.json", served_api.url, 1, model_identity, tmp_path)
+    """Without the coverage phase: its boundary values of each parameter reach no parameter here, since the 401
+    comes before any is read, and it was the slowest run of the suite (40-70 s of its 60-118 s). The fuzzing and
+    stateful phases still send every operation random requests without credentials."""
+    run_schemathesis(f"{served_api.url}/openapi.json", served_api.url, 1, model_identity, tmp_path,
+                     "--phases", "examples,fuzzing,stateful")
 
 
 @pytest.fixture(scope="module")
