@@ -11,7 +11,7 @@ each worker adds them to the Prometheus counters once every FLUSH_SECONDS, or so
 counters are the multiprocess ones of metrics.py, so a report is exact across the server's workers (give the others
 FLUSH_SECONDS), and Prometheus adds them up across replicas. The recent window is the counts now less those of a
 snapshot taken at least that long ago: the workers' threads take one every drift_window / 60 seconds (at least every
-second) into a file beside the counters' (in memory, without the server), so that any worker can answer for all of
+second) into files beside the counters' (in memory, without the server), so that any worker can answer for all of
 them.
 """
 
@@ -36,49 +36,58 @@ FLUSH_SECONDS = 1.0
 FLUSH_ROWS = 256
 SMALL_REQUEST = 256  # rows: a request this small is kept to be binned later with the others (Counts)
 SNAPSHOTS = 60  # kept per window: its resolution is a sixtieth of it
+SNAPSHOT_FILE = "monitoring-snapshot-"  # and its time: one file a snapshot in PROMETHEUS_MULTIPROC_DIR
 COUNTED = (f"{PREFIX}_api_drift_", f"{PREFIX}_api_feedback", f"{PREFIX}_api_predictions")
 
 logger = logging.getLogger(__name__)
 
 
 class Snapshots:
-    """The shared counts at moments past: in a file of the server's metrics directory, or in memory without one."""
+    """The shared counts at moments past: a file each in the server's metrics directory, or in memory without one.
+    A file each, so that taking or reading one costs one snapshot's counts: a single file of the window's snapshots,
+    read and written whole, grew to 0.6 MB in an hour for iris and held a worker's GIL 100 ms at every snapshot."""
 
     def __init__(self, keep_seconds):
         folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-        self.path = Path(folder) / "monitoring-snapshots.json" if folder else None
+        self.folder = Path(folder) if folder else None
         self.memory, self.keep = [], keep_seconds
 
-    def load(self):
-        if self.path is None:
-            return self.memory
-        try:
-            return [(when, {decoded(key): value for key, value in counts.items()})
-                    for when, counts in json.loads(self.path.read_text())]
-        except (OSError, ValueError):
-            return []
+    def times(self):
+        """{time: file} of the snapshots in the folder, oldest first."""
+        found = {}
+        for path in self.folder.glob(f"{SNAPSHOT_FILE}*.json"):
+            try:
+                found[float(path.stem.removeprefix(SNAPSHOT_FILE))] = path
+            except ValueError:
+                continue
+        return dict(sorted(found.items()))
 
     def add(self, when, counts):
-        kept = [entry for entry in self.load() if entry[0] >= when - self.keep] + [(when, counts)]
-        if self.path is None:
-            self.memory = kept
+        if self.folder is None:
+            self.memory = [entry for entry in self.memory if entry[0] >= when - self.keep] + [(when, counts)]
             return
-        text = json.dumps([[t, {json.dumps(key): value for key, value in c.items()}] for t, c in kept])
-        temporary = self.path.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_text(text)
-        os.replace(temporary, self.path)  # a reader sees the old file or the new one
+        path = self.folder / f"{SNAPSHOT_FILE}{when:.6f}.json"
+        temporary = path.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text(json.dumps([[name, labels, value] for (name, labels), value in counts.items()]))
+        os.replace(temporary, path)  # a reader sees the whole snapshot or none
+        for then, old in self.times().items():
+            if then < when - self.keep:
+                old.unlink(missing_ok=True)  # another worker may have removed it first
 
     def at(self, when):
         """(time, counts) of the latest snapshot taken at or before `when`; None if there is none."""
-        entries = self.load()
-        position = bisect.bisect_right([entry[0] for entry in entries], when)
-        return entries[position - 1] if position else None
-
-
-def decoded(text):
-    """A counter's key, (sample name, ((label, value), ...)), from its JSON in the snapshots file."""
-    name, labels = json.loads(text)
-    return name, tuple(map(tuple, labels))
+        if self.folder is None:
+            position = bisect.bisect_right([entry[0] for entry in self.memory], when)
+            return self.memory[position - 1] if position else None
+        earlier = [(then, path) for then, path in self.times().items() if then <= when]
+        if not earlier:
+            return None
+        then, path = earlier[-1]
+        try:
+            rows = json.loads(path.read_text())
+        except (OSError, ValueError):  # removed meanwhile, as too old for any window: there is none that old
+            return None
+        return then, {(name, tuple(map(tuple, labels))): value for name, labels, value in rows}
 
 
 class Counts:

@@ -254,6 +254,28 @@ def test_requests_that_find_the_kept_rows_full_are_counted_at_once(model_path, m
     assert bins == {"setosa": 5, "versicolor": 0, "virginica": 2 * monitoring.SMALL_REQUEST}
 
 
+@pytest.mark.parametrize("shared", [True, False], ids=["files", "memory"])
+def test_snapshots_answer_the_latest_at_or_before_a_time_and_forget_what_no_window_needs(tmp_path, monkeypatch,
+                                                                                        shared):
+    """The recent window's snapshots: a file each under the server (an hour of them in one file, read and written
+    whole at every snapshot, held a worker's GIL 100 ms), kept as long as a window can ask for them."""
+    if shared:
+        monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    else:
+        monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    snapshots = monitoring.Snapshots(keep_seconds=100)
+    key = ("tabserve_api_predictions_total", (("version", "1"),))
+    assert snapshots.at(1000.0) is None
+    for when in range(1000, 1250, 10):
+        snapshots.add(float(when), {key: float(when - 1000)})
+    assert snapshots.at(1185.5) == (1180.0, {key: 180.0})
+    assert snapshots.at(1240.0) == (1240.0, {key: 240.0})
+    assert snapshots.at(1145.0) == (1140.0, {key: 140.0})  # 1240 - 100 is kept, and all after it
+    assert snapshots.at(1139.0) is None  # older ones are gone
+    if shared:
+        assert len(list(tmp_path.glob("monitoring-snapshot-*.json"))) == 11 and not list(tmp_path.glob("*.tmp"))
+
+
 def test_categories_and_missing_values_are_counted_in_their_bins(tmp_path):
     path = tmp_path / "penguins.skops"
     table = write_penguins_csv(tmp_path / "penguins.csv")
