@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.support import free_port
+from tests.support import free_ports
 
 BUCKET = "models"
 KEYS = {"AWS_ACCESS_KEY_ID": "tabserve-tests", "AWS_SECRET_ACCESS_KEY": "tabserve-tests-secret"}
@@ -36,7 +36,7 @@ class S3Server:
 
     def __init__(self, folder, bucket=BUCKET):
         self.folder, self.bucket, self.process = Path(folder), bucket, None
-        self.ports = {name: free_port() for name in PORTS}
+        self.ports = dict(zip(PORTS, free_ports(len(PORTS)), strict=True))
         self.url = f"http://127.0.0.1:{self.ports['s3.port']}"
         self.log = self.folder / "weed.log"
 

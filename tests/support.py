@@ -223,11 +223,22 @@ def readme_curl(port):
     return shlex.split(command.replace("localhost:8000", f"localhost:{port}"))
 
 
+def free_ports(count):
+    """count different TCP ports on 127.0.0.1 that nothing listens on now. Held together while they are chosen:
+    one at a time, the kernel may give the same port twice, and a container publishing it twice does not start."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
 def free_port():
     """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def wait_ready(url, timeout=60.0):
@@ -290,7 +301,7 @@ class Server:
     """
 
     def __init__(self, module, env=None, command=None):
-        self.port, self.grpc_port = free_port(), free_port()  # the API serves gRPC beside HTTP (GRPC_PORT)
+        self.port, self.grpc_port = free_ports(2)  # the API serves gRPC beside HTTP (GRPC_PORT)
         self.url = f"http://127.0.0.1:{self.port}"
         log, self.log_path = tempfile.mkstemp(prefix="tabserve-server-", suffix=".log")
         environ = {**os.environ, **SERVER_SETTINGS, "HOST": "127.0.0.1", "PORT": str(self.port),

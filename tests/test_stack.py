@@ -26,6 +26,7 @@ from tests.support import (
     FLOWERS,
     ROOT,
     free_port,
+    free_ports,
     query,
     readme_curl,
     require,
@@ -43,7 +44,7 @@ class Stack:
 
     def __init__(self, env=None, files=()):
         self.project = f"tabserve-test-{uuid.uuid4().hex[:8]}"
-        self.api_port, self.web_port, self.grpc_port = free_port(), free_port(), free_port()
+        self.api_port, self.web_port, self.grpc_port = free_ports(3)
         self.env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "API_PORT": str(self.api_port),
                     "WEB_PORT": str(self.web_port), "API_GRPC_PORT": str(self.grpc_port), **(env or {})}
         self.files = [argument for file in files for argument in ("-f", file)]

@@ -25,7 +25,17 @@ from tritonclient.utils import InferenceServerException
 import train
 from tabserve import repository as repositories
 from tabserve import users
-from tests.support import FLOWERS, ROOT, auth_header, free_port, query, readme_curl, require, wait_ready
+from tests.support import (
+    FLOWERS,
+    ROOT,
+    auth_header,
+    free_port,
+    free_ports,
+    query,
+    readme_curl,
+    require,
+    wait_ready,
+)
 
 LOGIN_WINDOW = 3  # seconds; the stack's default is 60
 LOGIN_FAILURES = 10
@@ -67,8 +77,8 @@ class Stack:
     def __init__(self):
         self.name = f"tabserve-t{uuid.uuid4().hex[:6]}"
         self.tag = f"test-{uuid.uuid4().hex[:8]}"
-        self.ports = {name: free_port() for name in ("API_PORT", "WEB_PORT", "API_TLS_PORT", "WEB_TLS_PORT",
-                                                     "API_GRPC_PORT", "API_GRPC_TLS_PORT")}
+        names = ("API_PORT", "WEB_PORT", "API_TLS_PORT", "WEB_TLS_PORT", "API_GRPC_PORT", "API_GRPC_TLS_PORT")
+        self.ports = dict(zip(names, free_ports(len(names)), strict=True))
         self.env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "STACK": self.name, "TAG": self.tag, "ACCESS_LOG": "all",
                     "LOGIN_WINDOW": str(LOGIN_WINDOW), "LOGIN_FAILURES": str(LOGIN_FAILURES),
                     **{name: str(port) for name, port in self.ports.items()}}

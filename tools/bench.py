@@ -33,7 +33,7 @@ from tests.support import (
     ROOT,
     USERNAME,
     Server,
-    free_port,
+    free_ports,
     query,
     remove_untagged_images,
     untagged_images,
@@ -169,11 +169,11 @@ def start_container(setting, stack):
     """The API image on free loopback ports, HTTP and gRPC (--network host, Docker's default log driver; containers
     side by side would all claim 8001), with one NAME=VALUE setting or none (""), added to stack: (id, URL, seconds
     from docker run to the first 200 from /readyz)."""
-    port = free_port()
+    port, grpc_port = free_ports(2)
     started = time.monotonic()
     container = subprocess.run(
         ["docker", "run", "-d", "--rm", "--network", "host", "--read-only", "--tmpfs", "/tmp", "--init",
-         "-e", "HOST=127.0.0.1", "-e", f"PORT={port}", "-e", f"GRPC_PORT={free_port()}",
+         "-e", "HOST=127.0.0.1", "-e", f"PORT={port}", "-e", f"GRPC_PORT={grpc_port}",
          "-e", f"API_USERNAME={USERNAME}", "-e", f"API_PASSWORD={PASSWORD}", *(["-e", setting] if setting else []),
          f"{IMAGE}-api"],
         capture_output=True, text=True, check=True).stdout.strip()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import joblib
 
-from tests.support import Server, free_port, load_artifact, wait_ready
+from tests.support import Server, free_ports, load_artifact, wait_ready
 
 MLSERVER = ("mlserver==1.7.1", "mlserver-sklearn==1.7.1",
             "uvloop==0.21.0")  # uvloop 0.22 and later break MLServer 1.7.1's worker start
@@ -39,11 +39,11 @@ def start_mlserver(executable, model_path, folder, name="iris", settings=None):
         {"name": name, "implementation": "mlserver_sklearn.SKLearnModel", "parameters": {"uri": "./model.joblib"},
          **(settings or {})}))
 
-    grpc_port = free_port()
+    grpc_port, metrics_port = free_ports(2)
 
     def command(port):
         (models / "settings.json").write_text(json.dumps({"host": "127.0.0.1", "http_port": port,
-                                                          "grpc_port": grpc_port, "metrics_port": free_port()}))
+                                                          "grpc_port": grpc_port, "metrics_port": metrics_port}))
         return [str(executable), "start", str(models)]
 
     server = Server(None, command=command)
