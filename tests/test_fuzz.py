@@ -26,6 +26,7 @@ SCHEMATHESIS = [sys.executable, "-c", "from schemathesis.cli import schemathesis
 CONFIG = Path(__file__).parent / "schemathesis.toml"
 PROTOCOL_DOCUMENT = Path(__file__).parent / "open-inference-protocol" / "open_inference_rest.yaml"
 SEEDS = (1, 2, 3)  # several seeds, each printed by the run, so that a failure can be replayed with --seed
+DRAWN_PHASES = "examples,fuzzing,stateful"  # the phases whose cases the seed draws: all but coverage
 # What our own document promises is checked in full. The protocol's document describes any model (any datatype, any
 # shape) and only the statuses 200 and 400, so a run from it checks what it can promise of every server: no 5xx,
 # every answer in the content type it names and matching its response schemas, and every request that violates it
@@ -61,9 +62,11 @@ def run_schemathesis(document, base_url, seed, model_identity, workdir, *options
 @pytest.mark.parametrize("seed", SEEDS)
 def test_api_keeps_its_document_with_credentials(served_api, seed, model_identity, tmp_path):
     """Every Schemathesis check (no --checks: the configuration's default is all of them, "schema-valid request
-    rejected" and "schema-violating request accepted" included; --checks all would override its one exception)."""
+    rejected" and "schema-violating request accepted" included; --checks all would override its one exception).
+    The coverage phase (each parameter's boundary values) runs with the first seed only: it sent the same 1,080
+    requests with seeds 1, 2 and 3 (compared in HAR reports), so the other seeds would repeat it."""
     run_schemathesis(f"{served_api.url}/openapi.json", served_api.url, seed, model_identity, tmp_path,
-                     "-H", f"Authorization: {AUTHORIZATION}")
+                     "-H", f"Authorization: {AUTHORIZATION}", *(() if seed == SEEDS[0] else ("--phases", DRAWN_PHASES)))
 
 
 def test_api_keeps_its_document_without_credentials(served_api, model_identity, tmp_path):
@@ -71,7 +74,7 @@ def test_api_keeps_its_document_without_credentials(served_api, model_identity, 
     comes before any is read, and it was the slowest run of the suite (40-70 s of its 60-118 s). The fuzzing and
     stateful phases still send every operation random requests without credentials."""
     run_schemathesis(f"{served_api.url}/openapi.json", served_api.url, 1, model_identity, tmp_path,
-                     "--phases", "examples,fuzzing,stateful")
+                     "--phases", DRAWN_PHASES)
 
 
 @pytest.fixture(scope="module")
