@@ -394,50 +394,6 @@ def test_versions_are_promoted_and_rolled_back_on_every_replica_without_a_failed
               f"{len(load.failures)} failed")
 
 
-def test_a_repository_in_s3_is_followed_by_every_replica_without_a_failed_request(stack, tmp_path, capsys):
-    """docs/running.md's S3 walk-through on Swarm: the S3 server a stack of its own (make s3-stack), version 1 and 2
-    published into it from this machine, make stack S3_REPOSITORY=1, a promotion and a rollback under load."""
-    s3_stack, credentials, s3_port = f"{stack.name}-s3", tmp_path / "credentials", free_port()
-    env = {**stack.env, "S3_STACK": s3_stack, "S3_NETWORK": s3_stack, "S3_PORT": str(s3_port),
-           "S3_CREDENTIALS": str(credentials), "S3": f"http://127.0.0.1:{s3_port}", "REPO": "s3://models/",
-           "REPOSITORY_POLL": "1"}
-    stack.images.append(f"tabserve-s3:{stack.tag}")
-    try:
-        for words in (["s3-credentials"], ["s3-stack"], ["publish"], ["publish", "MODEL=random_forest"]):
-            made = subprocess.run(["make", *words], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-            assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
-        made = subprocess.run(["make", "stack", "S3_REPOSITORY=1"], cwd=ROOT, env={**env, "REPO": ""},
-                              capture_output=True, text=True, timeout=900)
-        assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
-        answers = [get(stack.url("API_PORT", f"/api/v1.0?{SETOSA_QUERY}&_version=2"), DEMO) for _ in range(9)]
-        assert [status for status, _, _ in answers] == [200] * 9, answers[0][2]
-        assert {json.loads(body)["model"]["version"] for _, _, body in answers} == {"2"}  # every replica: the bucket's
-        with Load(stack.ports["API_PORT"]) as load:
-            subprocess.run(["make", "promote", "VERSION=2"], cwd=ROOT, env=env, check=True, capture_output=True)
-            time.sleep(4)
-            subprocess.run(["make", "rollback"], cwd=ROOT, env=env, check=True, capture_output=True)
-            time.sleep(4)
-        assert load.failures == [], load.failures[:5]
-        assert "2" in load.versions and load.versions[0] == load.versions[-1] == "1"
-        with capsys.disabled():
-            print(f"\nfollowed a repository in S3 on 3 replicas under load: {load.answers} answers, "
-                  f"{len(load.failures)} failed")
-    finally:
-        subprocess.run(["make", "stack", "REPO="], cwd=ROOT, env=stack.env, capture_output=True, timeout=900)
-        docker("stack", "rm", s3_stack, check=False)
-        deadline = time.monotonic() + 60
-        while not s3_stack_gone(s3_stack) and time.monotonic() < deadline:
-            time.sleep(1)
-
-
-def s3_stack_gone(name):
-    """The S3 stack's network gone and its volume removed (Swarm lets go of both a little after stack rm)."""
-    if docker("network", "ls", "-q", "--filter", f"name=^{name}$").stdout.strip():
-        return False
-    removed = docker("volume", "rm", f"{name}_s3-data", check=False)
-    return removed.returncode == 0 or "no such volume" in removed.stderr.lower()
-
-
 def wrk_rate(url):
     output = subprocess.run(["wrk", "-t2", "-c16", "-d5s", "-H", f"Authorization: {DEMO['Authorization']}", url],
                             capture_output=True, text=True, check=True).stdout
@@ -445,7 +401,8 @@ def wrk_rate(url):
     return float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
 
 
-# --- Password guessing (last: every client here reaches the front door from the same address) -------------------
+# --- Password guessing (late, and it waits until its guesses are forgotten: every client here reaches the front door
+# from the same address) -----------------------------------------------------------------------------------------
 
 
 def test_password_guessing_is_stopped_then_forgotten(stack):
@@ -511,3 +468,53 @@ def test_make_stack_writes_the_users_file_from_the_password(stack, tmp_path):
         assert name == "my_username" and users.verify_password("a new stack's password", encoded)
     finally:
         shutil.rmtree(target.parent, ignore_errors=True)
+
+
+# --- Last: it leaves the stack without its API service -------------------------------------------------------
+
+
+def test_a_repository_in_s3_is_followed_by_every_replica_without_a_failed_request(stack, tmp_path, capsys):
+    """docs/running.md's S3 walk-through on Swarm: the S3 server a stack of its own (make s3-stack), version 1 and 2
+    published into it from this machine, make stack S3_REPOSITORY=1, a promotion and a rollback under load."""
+    s3_stack, credentials, s3_port = f"{stack.name}-s3", tmp_path / "credentials", free_port()
+    env = {**stack.env, "S3_STACK": s3_stack, "S3_NETWORK": s3_stack, "S3_PORT": str(s3_port),
+           "S3_CREDENTIALS": str(credentials), "S3": f"http://127.0.0.1:{s3_port}", "REPO": "s3://models/",
+           "REPOSITORY_POLL": "1"}
+    stack.images.append(f"tabserve-s3:{stack.tag}")
+    try:
+        for words in (["s3-credentials"], ["s3-stack"], ["publish"], ["publish", "MODEL=random_forest"]):
+            made = subprocess.run(["make", *words], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+            assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
+        made = subprocess.run(["make", "stack", "S3_REPOSITORY=1"], cwd=ROOT, env={**env, "REPO": ""},
+                              capture_output=True, text=True, timeout=900)
+        assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
+        answers = [get(stack.url("API_PORT", f"/api/v1.0?{SETOSA_QUERY}&_version=2"), DEMO) for _ in range(9)]
+        assert [status for status, _, _ in answers] == [200] * 9, answers[0][2]
+        assert {json.loads(body)["model"]["version"] for _, _, body in answers} == {"2"}  # every replica: the bucket's
+        with Load(stack.ports["API_PORT"]) as load:
+            subprocess.run(["make", "promote", "VERSION=2"], cwd=ROOT, env=env, check=True, capture_output=True)
+            time.sleep(4)
+            subprocess.run(["make", "rollback"], cwd=ROOT, env=env, check=True, capture_output=True)
+            time.sleep(4)
+        assert load.failures == [], load.failures[:5]
+        assert "2" in load.versions and load.versions[0] == load.versions[-1] == "1"
+        with capsys.disabled():
+            print(f"\nfollowed a repository in S3 on 3 replicas under load: {load.answers} answers, "
+                  f"{len(load.failures)} failed")
+    finally:
+        # The API's replicas are on the S3 stack's network: they go first, so that its network can go. The stack is
+        # not deployed again with its image's model: no test comes after this one (the fixture removes the rest).
+        docker("service", "rm", f"{stack.name}_api", check=False)
+        docker("stack", "rm", s3_stack, check=False)
+        deadline = time.monotonic() + 60
+        while not s3_stack_gone(s3_stack) and time.monotonic() < deadline:
+            time.sleep(1)
+
+
+def s3_stack_gone(name):
+    """The S3 stack's network gone and its volume removed (Swarm lets go of both a little after stack rm)."""
+    if docker("network", "ls", "-q", "--filter", f"name=^{name}$").stdout.strip():
+        docker("network", "rm", name, check=False)  # refused while the API's removed replicas are still stopping
+        return False
+    removed = docker("volume", "rm", f"{name}_s3-data", check=False)
+    return removed.returncode == 0 or "no such volume" in removed.stderr.lower()
