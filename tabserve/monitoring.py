@@ -129,7 +129,8 @@ class Counts:
         kept = self.rows[:self.kept], self.outputs[:self.kept]
         taken = self.inputs.copy(), self.output.copy()
         self.inputs[:], self.output[:] = 0, 0
-        self.rows, self.outputs, self.kept = self.buffers()
+        if self.kept:  # only large requests were counted: the empty buffers stay
+            self.rows, self.outputs, self.kept = self.buffers()
         return taken, kept
 
     def add_kept(self, taken, kept):
