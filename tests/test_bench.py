@@ -15,7 +15,7 @@ CASES = ("hello world, gunicorn sync, 16 connections", "hello world, granian, 16
          "GET /api/v1.0, 1 connection", "GET /api/v1.0/explain, 16 connections",
          "GET /api/v1.0 with API_USERS_FILE, 16 connections",
          "POST /api/v1.0/predict, 10000 rows, 2 connections",
-         "web GET /prediction, 16 connections", "API process cold start (serve.py start to first 200 from /readyz)")
+         "web GET /prediction, 16 connections")
 
 
 def test_bench_runs_and_prints_its_table(model_path):
