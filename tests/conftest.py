@@ -26,6 +26,18 @@ from tests.support import (
     write_fruit_csv,
 )
 
+# Tests run in one process per core (pytest-xdist). These modules run one after another in a single process, in
+# their file's order: they share the one Docker engine (images, compose projects, the swarm), or they measure time
+# (a latency, a deadline) or put the machine under load, which a neighbour's load would disturb.
+ONE_AT_A_TIME = {"test_stack", "test_swarm", "test_hostile", "test_load", "test_users", "test_web", "test_s3",
+                 "test_batching", "test_serve", "test_bench"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.module.__name__.rpartition(".")[2] in ONE_AT_A_TIME:
+            item.add_marker(pytest.mark.xdist_group("one at a time"))
+
 
 @pytest.fixture(scope="session")
 def model_path(tmp_path_factory):
