@@ -203,6 +203,7 @@ class Users:
         self.key = secrets.token_bytes(32)  # for the remembered headers' HMAC; never leaves this process
         self.lock = threading.Lock()
         self.remembered = collections.OrderedDict()  # HMAC of a verified header -> user
+        self.verifying = {}  # HMAC of a header being verified -> an Event set when it is done
         self.users, self.stamp, self.checked = users or {}, None, time.monotonic()
         if path is not None:
             self.users, self.stamp = self.read(), self.file_stamp()  # a bad file at start-up: UsersFileError
@@ -251,9 +252,30 @@ class Users:
         if wait:
             raise RequestError(429, f"Too many failed logins from this address: try again in {wait} s.",
                                headers={"Retry-After": str(wait)})
-        environ[USER_KEY] = user = self.verify(header, address, now)
-        self.remember(key, user)
+        environ[USER_KEY] = user = self.verify_once(key, header, address, now)
         return user
+
+    def verify_once(self, key, header, address, now):
+        """verify() and remember, once for the requests that bring one new header at the same time: the others wait
+        and take its user. A burst of requests from a new client, or from every client after the file changed, would
+        each pay scrypt's 50 ms and 16 MiB (8 threads: 128 MiB at once). A refused header is tried by each request,
+        so that each failed login is counted."""
+        with self.lock:
+            running = self.verifying.get(key)
+            if running is None:
+                self.verifying[key] = done = threading.Event()
+        if running is not None:
+            running.wait()
+            user = self.remembered.get(key)
+            return user if user is not None else self.verify(header, address, now)
+        try:
+            user = self.verify(header, address, now)
+            self.remember(key, user)
+            return user
+        finally:
+            with self.lock:
+                del self.verifying[key]
+            done.set()
 
     def remember(self, key, user):
         with self.lock:

@@ -1,6 +1,7 @@
 """Credentials a team can run with (users.py): a users file of scrypt hashes, several clients, rotation without a
 restart, verified headers remembered, failed logins limited per address, nothing secret in a log or a metric."""
 
+import concurrent.futures
 import json
 import logging
 import subprocess
@@ -100,6 +101,26 @@ def test_a_verified_header_is_remembered_and_a_wrong_one_never_is(model_path, tm
     get(client, "web", "wrong", status=401)
     get(client, "web", "wrong", status=401)
     assert len(checks) == 2  # checked every time, remembered never
+
+
+def test_a_burst_of_requests_with_a_new_header_costs_one_scrypt(model_path, tmp_path, monkeypatch):
+    """Eight requests at once with a header not yet verified (a new client, or every client after the file changed)
+    wait for one verification instead of paying 50 ms and 16 MiB each; a wrong password is checked for each of them,
+    so that each failed login counts."""
+    client = app_with(model_path, users_file(tmp_path / "users", web="web secret"))
+    checks, verify = [], users.verify_password
+
+    def slow_verify(password, encoded):
+        checks.append(password)
+        time.sleep(0.2)  # long enough for the whole burst to arrive while the first verifies
+        return verify(password, encoded)
+
+    monkeypatch.setattr(users, "verify_password", slow_verify)
+    for password, status, verified in (("web secret", 200, 1), ("wrong", 401, 8)):
+        checks.clear()
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda _, p=password, s=status: get(client, "web", p, status=s), range(8)))
+        assert len(answers) == 8 and len(checks) == verified, checks
 
 
 def test_the_api_users_password_is_known_before_any_request(model_path, monkeypatch):
