@@ -4,6 +4,7 @@ app in front of it, and stand-ins for an API that is down, slow or failing."""
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 import webtest
@@ -33,10 +34,18 @@ ONE_AT_A_TIME = {"test_stack", "test_swarm", "test_hostile", "test_load", "test_
                  "test_batching", "test_serve", "test_bench"}
 
 
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if item.module.__name__.rpartition(".")[2] in ONE_AT_A_TIME:
-            item.add_marker(pytest.mark.xdist_group("one at a time"))
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist's, called only when it runs the tests
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's scheduling by scope, each test a scope of its own but those of ONE_AT_A_TIME, which are one. (Its own
+    xdist_group marks do not work with pytest 9.2: xdist 3.8 renames a test's private _nodeid, which pytest no
+    longer reads, and the tests of a group were spread over both processes.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class OneAtATime(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            return "one at a time" if Path(nodeid.split("::")[0]).stem in ONE_AT_A_TIME else nodeid
+
+    return OneAtATime(config, log)
 
 
 @pytest.fixture(scope="session")
