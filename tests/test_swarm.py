@@ -5,6 +5,7 @@ Initialises a single-node swarm when the engine is in none (and leaves it at the
 stack and the images it built. Skips where Docker is missing (fails instead when CI is set).
 """
 
+import functools
 import http.client
 import json
 import re
@@ -382,16 +383,24 @@ def test_versions_are_promoted_and_rolled_back_on_every_replica_without_a_failed
     versions = [json.loads(get(stack.url("API_PORT", f"/api/v1.0?{SETOSA_QUERY}"), DEMO)[2])["model"]["version"]
                 for _ in range(9)]
     assert versions == ["1"] * 9  # every replica serves the repository's default
-    with Load(stack.ports["API_PORT"]) as load:
-        repositories.main(["promote", str(repository), "2"])
-        time.sleep(3)
-        repositories.main(["rollback", str(repository)])
-        time.sleep(3)
-    assert load.failures == [], load.failures[:5]
-    assert "2" in load.versions and load.versions[0] == load.versions[-1] == "1"
+    load = promoted_and_rolled_back(stack, lambda: repositories.main(["promote", str(repository), "2"]),
+                                    lambda: repositories.main(["rollback", str(repository)]), settle=3)
     with capsys.disabled():
         print(f"\npromoted and rolled back on 3 replicas under load: {load.answers} answers, "
               f"{len(load.failures)} failed")
+
+
+def promoted_and_rolled_back(stack, promote, rollback, settle):
+    """The Load of a client that asked the API while version 2 was promoted and then rolled back, settle seconds after
+    each: no request failed, and the replicas answered version 1, then 2, then 1 again."""
+    with Load(stack.ports["API_PORT"]) as load:
+        promote()
+        time.sleep(settle)
+        rollback()
+        time.sleep(settle)
+    assert load.failures == [], load.failures[:5]
+    assert "2" in load.versions and load.versions[0] == load.versions[-1] == "1"
+    return load
 
 
 def wrk_rate(url):
@@ -491,13 +500,9 @@ def test_a_repository_in_s3_is_followed_by_every_replica_without_a_failed_reques
         answers = [get(stack.url("API_PORT", f"/api/v1.0?{SETOSA_QUERY}&_version=2"), DEMO) for _ in range(9)]
         assert [status for status, _, _ in answers] == [200] * 9, answers[0][2]
         assert {json.loads(body)["model"]["version"] for _, _, body in answers} == {"2"}  # every replica: the bucket's
-        with Load(stack.ports["API_PORT"]) as load:
-            subprocess.run(["make", "promote", "VERSION=2"], cwd=ROOT, env=env, check=True, capture_output=True)
-            time.sleep(4)
-            subprocess.run(["make", "rollback"], cwd=ROOT, env=env, check=True, capture_output=True)
-            time.sleep(4)
-        assert load.failures == [], load.failures[:5]
-        assert "2" in load.versions and load.versions[0] == load.versions[-1] == "1"
+        make = functools.partial(subprocess.run, cwd=ROOT, env=env, check=True, capture_output=True)
+        load = promoted_and_rolled_back(stack, lambda: make(["make", "promote", "VERSION=2"]),
+                                        lambda: make(["make", "rollback"]), settle=4)
         with capsys.disabled():
             print(f"\nfollowed a repository in S3 on 3 replicas under load: {load.answers} answers, "
                   f"{len(load.failures)} failed")
