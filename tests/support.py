@@ -224,14 +224,25 @@ def readme_curl(port):
     return shlex.split(command.replace("localhost:8000", f"localhost:{port}"))
 
 
+# Every port free_ports has handed out in this process.
+_GIVEN = set()
+
+
 def free_ports(count):
-    """count different TCP ports on 127.0.0.1 that nothing listens on now. Held together while they are chosen:
-    one at a time, the kernel may give the same port twice, and a container publishing it twice does not start."""
-    sockets = [socket.socket() for _ in range(count)]
+    """count different TCP ports on 127.0.0.1 that nothing listens on now, and that this process has not been given
+    before. Held together while they are chosen: one at a time, the kernel may give the same port twice, and a
+    container publishing it twice does not start; and a port given to one caller (the Server's, say) but not yet
+    listened on must not go to the next (MLServer's gRPC port, an S3 server's)."""
+    sockets, ports = [], []
     try:
-        for sock in sockets:
+        while len(ports) < count:
+            sock = socket.socket()
+            sockets.append(sock)
             sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
+            if (port := sock.getsockname()[1]) not in _GIVEN:
+                ports.append(port)
+        _GIVEN.update(ports)
+        return ports
     finally:
         for sock in sockets:
             sock.close()

@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from tests.support import PASSWORD, ROOT, USERNAME, Server, api_server, readme_curl, wait_ready
+from tests.support import PASSWORD, ROOT, USERNAME, Server, api_server, free_ports, readme_curl, wait_ready
 
 
 def test_the_password_does_not_reach_the_apps_environ():
@@ -22,6 +22,13 @@ def test_the_password_does_not_reach_the_apps_environ():
         server.stop()
     assert environ["PATH_INFO"] == "/" and "wsgi.input" in environ  # it is the request's environ
     assert "API_PASSWORD" not in environ and PASSWORD not in json.dumps(environ)
+
+
+def test_the_servers_of_a_test_run_never_share_a_port():
+    """A port handed to one server but not yet listened on must not go to the next (the kernel, asked for any free
+    port 300 times, repeats a few): a server started on a taken port fails, and so would its test."""
+    ports = [port for _ in range(150) for port in free_ports(2)]
+    assert len(set(ports)) == len(ports)
 
 
 @pytest.mark.parametrize("environ, message", [
