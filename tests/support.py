@@ -316,8 +316,11 @@ class Server:
         self.port, self.grpc_port = free_ports(2)  # the API serves gRPC beside HTTP (GRPC_PORT)
         self.url = f"http://127.0.0.1:{self.port}"
         log, self.log_path = tempfile.mkstemp(prefix="tabserve-server-", suffix=".log")
+        # Its temporary files in a folder of its own, removed at stop(): a worker ends with os._exit (multiprocessing),
+        # so what one of its threads held then (a version being fetched from S3, say) is never cleaned up by it.
+        self.tmp = tempfile.mkdtemp(prefix="tabserve-server-tmp-")
         environ = {**os.environ, **SERVER_SETTINGS, "HOST": "127.0.0.1", "PORT": str(self.port),
-                   "GRPC_PORT": str(self.grpc_port), **(env or {})}
+                   "GRPC_PORT": str(self.grpc_port), "TMPDIR": self.tmp, **(env or {})}
         argv = command(self.port) if command else [sys.executable, "serve.py", module]
         # A session of its own: stop() can end its workers too, should the main process not (see there).
         self.process = subprocess.Popen(argv, cwd=ROOT, env=environ, stdout=log, stderr=log,
@@ -337,7 +340,7 @@ class Server:
         return Path(self.log_path).read_text()
 
     def stop(self):
-        """Stop the server (SIGTERM, as docker stop does) and remove its log."""
+        """Stop the server (SIGTERM, as docker stop does) and remove its log and temporary files."""
         if self.process.poll() is None:
             self.process.terminate()
         try:
@@ -350,6 +353,7 @@ class Server:
         with suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         Path(self.log_path).unlink(missing_ok=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def api_server(model_path, server="serve.py", **env):
